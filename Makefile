@@ -1,0 +1,92 @@
+# securetransport.ca_rotation — developer and CI entry points.
+#   make demo   create .venv, install the collection, start the local stack, run rotate.yml
+#   make test   install what the tests need and run unit, integration, sanity and lint
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := $(CURDIR)/.venv
+BIN         := $(VENV)/bin
+BUILD       := $(CURDIR)/.build
+DEV_COLL    := $(BUILD)/collections
+DEV_LINK    := $(DEV_COLL)/ansible_collections/securetransport/ca_rotation
+SANITY_ROOT := $(BUILD)/sanity/ansible_collections/securetransport/ca_rotation
+INSTALLED   := $(BUILD)/installed
+VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
+TARBALL     := $(BUILD)/dist/securetransport-ca_rotation-$(VERSION).tar.gz
+PIP_SHIM    := $(HOME)/.ansible/test/cache/get_pip_24_2.py
+PYTEST_ARGS ?=
+export ANSIBLE_COLLECTIONS_PATH := $(DEV_COLL)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help venv dev build install demo demo-down test unit integration sanity lint bench soak clean
+
+help:
+	@echo "make demo   - create .venv, install the collection, start the local stack, run playbooks/rotate.yml"
+	@echo "make test   - install test requirements and run unit, integration, sanity and lint"
+	@echo "make bench  - run the benchmarks under bench/ (prints figures)"
+	@echo "make clean  - stop the local stack and remove build output"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt requirements-test.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# the source tree, importable as ansible_collections.securetransport.ca_rotation
+dev: venv
+	@mkdir -p $(dir $(DEV_LINK))
+	@[ -L $(DEV_LINK) ] || ln -sfn $(CURDIR) $(DEV_LINK)
+
+build: venv
+	@mkdir -p $(BUILD)/dist
+	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist .
+
+install: build
+	$(BIN)/ansible-galaxy collection install --offline --force -p $(INSTALLED) $(TARBALL)
+
+demo: install
+	$(BIN)/python scripts/localstack up
+	ANSIBLE_COLLECTIONS_PATH=$(INSTALLED) $(BIN)/ansible-playbook playbooks/rotate.yml -i inventories/local $(DEMO_ARGS)
+
+demo-down: venv
+	$(BIN)/python scripts/localstack down
+
+test: dev
+	$(MAKE) unit integration sanity lint
+
+unit: dev
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: dev
+	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
+
+$(PIP_SHIM): .ci/get_pip_shim.py
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# ansible-test needs the collection under ansible_collections/<ns>/<name>: sanity runs on a copy of the
+# files git knows about (tracked + new, not ignored).
+sanity: dev $(PIP_SHIM)
+	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	@git ls-files -z --cached --others --exclude-standard | grep -zv '^\.ci/' | \
+		while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done | \
+		xargs -0 cp --parents -t $(SANITY_ROOT)
+	cd $(SANITY_ROOT) && $(BIN)/ansible-test sanity --python 3.11 --color no $(SANITY_ARGS)
+
+lint: dev
+	$(BIN)/ansible-lint --profile production --offline
+
+bench: dev
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+soak: dev
+	$(BIN)/python -m pytest tests -q -m soak $(PYTEST_ARGS)
+
+clean:
+	-[ -x $(BIN)/python ] && $(BIN)/python scripts/localstack down
+	rm -rf $(BUILD)

