@@ -10,7 +10,8 @@ BIN         := $(VENV)/bin
 BUILD       := $(CURDIR)/.build
 DEV_COLL    := $(BUILD)/collections
 DEV_LINK    := $(DEV_COLL)/ansible_collections/securetransport/ca_rotation
-SANITY_ROOT := $(BUILD)/sanity/ansible_collections/securetransport/ca_rotation
+SANITY_BASE ?= /tmp/securetransport-ca_rotation-sanity
+SANITY_ROOT := $(SANITY_BASE)/ansible_collections/securetransport/ca_rotation
 INSTALLED   := $(BUILD)/installed
 VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL     := $(BUILD)/dist/securetransport-ca_rotation-$(VERSION).tar.gz
@@ -89,4 +90,4 @@ soak: dev
 
 clean:
 	-[ -x $(BIN)/python ] && $(BIN)/python scripts/localstack down
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(SANITY_BASE)

@@ -52,6 +52,7 @@ TRANSIT_MOUNT = "transit"
 TRANSIT_KEY = "ca-bundle-signer"
 KV_MOUNT = "secret"
 CN_PREFIX = "NATS Intermediate CA"
+MEMBER_KEYS = ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")
 
 
 class StackError(RuntimeError):
@@ -373,8 +374,7 @@ class LocalStack:
                 raise StackError(f"OpenBao exited with {proc.returncode}; see {bao_dir / 'openbao.log'}")
             if ca_cert and not os.path.exists(ca_cert):
                 return False
-            status, _ = http_json(f"{addr}/v1/sys/health", cafile=ca_cert)
-            return status == 200
+            return http_json(f"{addr}/v1/sys/health", cafile=ca_cert)[0] == 200
 
         wait_for(healthy, 30, f"OpenBao on {addr}")
 
@@ -529,10 +529,9 @@ class LocalStack:
         def ready(server: dict, peers: int) -> bool:
             if not process_alive(server["pid"], server["config_file"]):
                 raise StackError(f"nats-server {server['name']} exited; see {server['log_file']}")
-            status, _ = http_json(f"{server['monitor_url']}/healthz")
-            if status != 200:
+            if http_json(f"{server['monitor_url']}/healthz")[0] != 200:
                 return False
-            _, routez = http_json(f"{server['monitor_url']}/routez")
+            routez = http_json(f"{server['monitor_url']}/routez")[1]
             routed = {r.get("remote_name") for r in (routez or {}).get("routes", [])}
             return len(routed) >= peers
 
@@ -587,7 +586,7 @@ class LocalStack:
             "ca_rotation_nats_clusters": {
                 c["name"]: {
                     "servers": [s["url"] for s in c["servers"]],
-                    "members": [{k: s[k] for k in ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")} for s in c["servers"]],
+                    "members": [{k: s[k] for k in MEMBER_KEYS} for s in c["servers"]],
                 } for c in self.info["clusters"]
             },
             "ca_rotation_nats_client": {

@@ -1,0 +1,113 @@
+"""The embedded stack: real services up, idempotent `up`, clean `down`, readable status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catools.localstack import LocalStack, http_json, port_open, process_alive
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, str(REPO / "scripts" / "localstack")]
+
+
+def _cli(*args, env=None):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def test_session_stack_serves_mtls_jetstream_and_pki(stack, bao_client):
+    servers = stack["clusters"][0]["servers"]
+    assert len(servers) == 3
+    for server in servers:
+        status, varz = http_json(f"{server['monitor_url']}/varz")
+        assert status == 200
+        assert varz["tls_required"] and varz["tls_verify"], "client port must require mTLS"
+        assert varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"], "route port must require mTLS"
+        assert varz["system_account"] == "SYS"
+        status, jsz = http_json(f"{server['monitor_url']}/jsz")
+        assert status == 200 and jsz["meta_cluster"]["cluster_size"] == 3
+        assert Path(server["ca_file"]).read_text() == Path(stack["pki"]["bundle_file"]).read_text()
+    issuers = bao_client.list(f"{stack['pki']['int_mount']}/issuers")["data"]["key_info"]
+    names = {v["issuer_name"] for v in issuers.values()}
+    assert f"epoch-{stack['pki']['bootstrap_epoch']}" in names
+    key = bao_client.read(f"{stack['pki']['transit_mount']}/keys/{stack['pki']['transit_key']}")["data"]
+    assert key["type"] == "ed25519"
+    for secret in ("token_file",):
+        assert os.stat(stack["openbao"][secret]).st_mode & 0o077 == 0
+    for secret in ("app_password_file", "sys_password_file", "client_key_file"):
+        assert os.stat(stack["nats_auth"][secret]).st_mode & 0o077 == 0
+
+
+def test_up_twice_is_a_noop_and_down_stops_everything(tmp_path):
+    state = tmp_path / "state"
+    inventory = tmp_path / "inventory"
+    env = dict(os.environ, CA_ROTATION_STACK_DIR=str(state))
+    first = _cli("--inventory", str(inventory), "up", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    assert info["changed"] is True
+    second = _cli("--inventory", str(inventory), "up", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout
+    again = json.loads(Path(state, "stack.json").read_text())
+    pids = [again["openbao"]["pid"]] + [s["pid"] for s in again["clusters"][0]["servers"]]
+    assert pids == [info["openbao"]["pid"]] + [s["pid"] for s in info["clusters"][0]["servers"]]
+
+    generated = (inventory / "group_vars" / "all" / "localstack.yml").read_text()
+    token = Path(info["openbao"]["token_file"]).read_text().strip()
+    assert token not in generated
+    for name in ("nats-app-password", "nats-sys-password"):
+        assert Path(state, "secrets", name).read_text() not in generated
+
+    status = _cli("status", "--json", env=env)
+    assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+    exports = _cli("env", env=env)
+    assert "BAO_ADDR" in exports.stdout and token not in exports.stdout
+
+    ports = [info["openbao"]["port"]] + [s[p] for s in info["clusters"][0]["servers"] for p in ("client_port", "cluster_port", "monitor_port")]
+    down = _cli("--inventory", str(inventory), "down", env=env)
+    assert down.returncode == 0, down.stderr
+    markers = [(info["openbao"]["pid"], info["openbao"]["marker"])] + [(s["pid"], s["config_file"]) for s in info["clusters"][0]["servers"]]
+    assert not any(process_alive(pid, marker) for pid, marker in markers)
+    assert not any(port_open(port) for port in ports)
+    assert not state.exists()
+    assert not (inventory / "group_vars" / "all" / "localstack.yml").exists()
+    assert "not running" in _cli("status", env=env).stdout
+
+
+def test_up_restarts_a_stopped_server_and_keeps_the_rest(tmp_path):
+    stack = LocalStack(tmp_path / "s")
+    try:
+        info = stack.up()
+        victim = info["clusters"][0]["servers"][1]
+        bao_pid = info["openbao"]["pid"]
+        from catools.localstack import stop_process
+        stop_process(victim["pid"], victim["config_file"])
+        assert stack.status()["running"] is False
+        again = LocalStack(tmp_path / "s").up()
+        assert again["changed"] is True
+        assert again["openbao"]["pid"] == bao_pid
+        assert LocalStack(tmp_path / "s").status()["running"] is True
+    finally:
+        LocalStack(tmp_path / "s").down()
+
+
+def test_bad_schedule_is_refused_with_the_option_named(tmp_path):
+    result = _cli("--state-dir", str(tmp_path / "x"), "up", "--epoch-duration", "6h", "--lead-time", "7h")
+    assert result.returncode == 2
+    assert "lead_time" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args", [["status"], ["env"]])
+def test_commands_on_a_stack_that_is_not_running(tmp_path, args):
+    result = _cli("--state-dir", str(tmp_path / "none"), *args)
+    if args == ["status"]:
+        assert result.returncode == 0 and "not running" in result.stdout
+    else:
+        assert result.returncode == 1 and "not running" in result.stderr
