@@ -21,6 +21,7 @@ description:
     again after a rollback.
   - O(action=read_cluster) and O(action=record_cluster) read and write the per-cluster proof record
     (C(ca-rotation/clusters/<cluster>)), which tells later runs that a cluster already trusts a bundle.
+  - O(action=read_bundle) reads the bundle stored for O(epoch) (C(ca-bundles/epoch-<n>) in O(kv_mount)), for rollback.
 author:
   - SecureTransport platform team (@securetransport)
 extends_documentation_fragment:
@@ -35,7 +36,7 @@ options:
   action:
     description: What to do with the state document.
     type: str
-    choices: [read, acquire, release, record, hold, clear_hold, read_cluster, record_cluster]
+    choices: [read, acquire, release, record, hold, clear_hold, read_cluster, record_cluster, read_bundle]
     default: read
   kv_mount:
     description: KV v2 mount holding the state.
@@ -72,6 +73,9 @@ options:
     default: rotation
   reason:
     description: Why a hold is set (shown by the status report); for O(action=hold).
+    type: str
+  pem:
+    description: The held bundle (PEM), kept in the hold so that later runs keep delivering it; for O(action=hold).
     type: str
   cluster:
     description: Cluster name; for O(action=read_cluster) and O(action=record_cluster).
@@ -130,6 +134,10 @@ record:
   description: The cluster record.
   returned: when action is read_cluster or record_cluster
   type: dict
+bundle:
+  description: The stored bundle of O(epoch) (C(ca-bundle.pem), C(epoch), C(sha256), ...), or an empty dict when none is stored.
+  returned: when action is read_bundle
+  type: dict
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -144,7 +152,8 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils import
 
 REQUIRED = {
     'acquire': ['holder'], 'release': ['holder'], 'record': ['holder', 'epoch', 'sha256', 'generation'],
-    'hold': ['epoch', 'sha256'], 'read_cluster': ['cluster'], 'record_cluster': ['cluster', 'sha256'],
+    'hold': ['epoch', 'sha256', 'pem'], 'read_cluster': ['cluster'], 'record_cluster': ['cluster', 'sha256'],
+    'read_bundle': ['epoch'],
 }
 
 
@@ -161,6 +170,7 @@ def main():
         generation=dict(type='int'),
         kind=dict(type='str', default='rotation', choices=['rotation', 'rollback']),
         reason=dict(type='str'),
+        pem=dict(type='str'),
         cluster=dict(type='str'),
         record=dict(type='dict'),
         now=dict(type='raw'),
@@ -196,8 +206,12 @@ def main():
             hold = None
             if action == 'hold':
                 hold = {'epoch': params['epoch'], 'sha256': params['sha256'], 'since': isoformat(now),
-                        'reason': params['reason'] or 'rollback'}
+                        'reason': params['reason'] or 'rollback', 'pem': params['pem'],
+                        'generation': params['generation']}
             result = _state.set_hold(client, params['holder'], hold, mount, path, check)
+        elif action == 'read_bundle':
+            data, _version = _state.read_doc(client, mount, 'ca-bundles/epoch-%d' % params['epoch'])
+            result = {'changed': False, 'bundle': data}
         elif action == 'read_cluster':
             result = {'changed': False, 'record': _state.read_cluster(client, params['cluster'], mount, path)}
         else:

@@ -1,0 +1,421 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2025, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: openbao_leaf
+short_description: Issue or renew a leaf certificate from OpenBao PKI into certificate, key and chain files
+version_added: 0.1.0
+description:
+  - Keeps a server or client leaf certificate (for example of a NATS server on a VM) in files - the certificate,
+    its private key and optionally the CA chain. Each file is written atomically (temporary file in the same
+    directory, then rename) with its mode set before any content is written.
+  - A new certificate is issued from role O(role) of O(int_mount) when a file is missing or unreadable, the key does
+    not match the certificate, the common name or a requested SAN is missing, the remaining lifetime falls within
+    O(renew_before), the issuing CA is no longer an issuer of the mount or its epoch has expired, or (with
+    O(renew_if_not_default)) the issuer is no longer the mount's default issuer, so leaves follow an activation.
+  - Otherwise nothing is issued; only files whose content or mode drifted are rewritten.
+  - The private key is never logged and returned only with O(return_content=true).
+author:
+  - SecureTransport platform team (!UNKNOWN)
+extends_documentation_fragment:
+  - securetransport.ca_rotation.openbao
+  - securetransport.ca_rotation.epoch
+options:
+  int_mount:
+    description:
+      - Mount path of the PKI secrets engine that issues the leaf.
+    type: str
+    default: pki_int
+  role:
+    description:
+      - PKI role used to issue the certificate.
+    type: str
+    required: true
+  common_name:
+    description:
+      - Common name of the certificate.
+    type: str
+    required: true
+  alt_names:
+    description:
+      - DNS subject alternative names.
+    type: list
+    elements: str
+    default: []
+  ip_sans:
+    description:
+      - IP subject alternative names.
+    type: list
+    elements: str
+    default: []
+  ttl:
+    description:
+      - Requested lifetime (OpenBao duration such as V(24h)); default is the role's TTL. The issuer truncates it to
+        its own NotAfter.
+    type: str
+  issuer_ref:
+    description:
+      - Issue from this issuer (name such as V(epoch-12), or ID) instead of the mount's default issuer.
+      - A certificate issued by another issuer is renewed.
+    type: str
+  key_source:
+    description:
+      - V(openbao) - OpenBao generates the key (C(issue) endpoint); it travels to the managed host in the API response.
+      - V(local) - the key is generated on the managed host and only a CSR goes to OpenBao (C(sign) endpoint; the
+        role must allow the key type).
+    type: str
+    choices: [openbao, local]
+    default: openbao
+  key_type:
+    description:
+      - Key type. Unset means the role's key type (V(ec) with O(key_source=local)).
+      - Needed with O(key_source=openbao) when the role has C(key_type=any).
+    type: str
+    choices: [ec, rsa, ed25519]
+  key_bits:
+    description:
+      - Key size for O(key_type) (V(0) - the default size, P-256 or RSA 2048).
+    type: int
+    default: 0
+  cert_file:
+    description:
+      - Certificate file. With O(full_chain) it also holds the issuing CA certificate after the leaf.
+    type: path
+    required: true
+  key_file:
+    description:
+      - Private key file (PKCS#8 PEM when OpenBao generates it).
+    type: path
+    required: true
+  chain_file:
+    description:
+      - Optional file for the CA chain of the issuer as OpenBao returns it (issuing CA first).
+    type: path
+  full_chain:
+    description:
+      - Append the issuing CA certificate to O(cert_file), so peers that trust only the root can build the chain.
+    type: bool
+    default: true
+  mode:
+    description:
+      - Mode of O(cert_file) and O(chain_file), as an octal string.
+    type: raw
+    default: '0644'
+  key_mode:
+    description:
+      - Mode of O(key_file), as an octal string.
+    type: raw
+    default: '0600'
+  owner:
+    description:
+      - Owner (name or UID) of the files; default is the user running the module.
+    type: str
+  group:
+    description:
+      - Group (name or GID) of the files.
+    type: str
+  renew_before:
+    description:
+      - Renew once the remaining lifetime is below this - a percentage of the certificate's total lifetime (V(33%))
+        or a duration in the formats of O(epoch_duration) (V(2h)).
+    type: raw
+    default: 33%
+  renew_if_not_default:
+    description:
+      - Renew when the certificate's issuer is no longer the default issuer of O(int_mount) (after an activation).
+        Ignored with O(issuer_ref).
+    type: bool
+    default: true
+  force:
+    description:
+      - Always issue a new certificate.
+    type: bool
+    default: false
+  return_content:
+    description:
+      - Also return the private key in RV(private_key).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Reads the files and OpenBao and reports whether a certificate would be issued (and why) or files rewritten.
+  diff_mode:
+    support: none
+    description: Certificate files are not diffed; RV(reasons) says why they change.
+notes:
+  - The epoch options are used to recognise a leaf whose issuing epoch (issuer C(epoch-<n>)) has expired, and O(now)
+    to evaluate the renewal window at another time.
+  - Required OpenBao capability - C(update) on C(<int_mount>/issue/<role>) (C(<int_mount>/sign/<role>) with O(key_source=local),
+    or the C(issuer/<issuer_ref>/) variants). Listing issuers and reading their certificates need no token.
+seealso:
+  - module: securetransport.ca_rotation.openbao_intermediate
+'''
+
+EXAMPLES = r'''
+- name: Server certificate for a NATS server on a VM, renewed after each activation
+  securetransport.ca_rotation.openbao_leaf:
+    openbao:
+      url: https://openbao.example.com:8200
+      token_file: /etc/ca-rotation/openbao-token
+    role: nats-leaf
+    common_name: nats-0.example.com
+    alt_names: [nats-0.example.com, localhost]
+    ip_sans: [127.0.0.1]
+    cert_file: /etc/nats/tls/server.pem
+    key_file: /etc/nats/tls/server-key.pem
+    chain_file: /etc/nats/tls/chain.pem
+    owner: nats
+    group: nats
+  notify: Reload nats
+
+- name: Client certificate with a key generated locally, renewed with 2h left
+  securetransport.ca_rotation.openbao_leaf:
+    role: nats-leaf
+    common_name: billing-service
+    key_source: local
+    key_type: ec
+    renew_before: 2h
+    cert_file: /srv/billing/tls/client.pem
+    key_file: /srv/billing/tls/client-key.pem
+'''
+
+RETURN = r'''
+reasons:
+  description: Why a certificate was (or would be) issued or files rewritten; empty when nothing changed.
+  returned: always
+  type: list
+  elements: str
+  sample: ['it was issued by epoch-41, which is no longer the default issuer (epoch-42)']
+issued:
+  description: Whether a new certificate was (or in check mode would be) issued.
+  returned: always
+  type: bool
+files_written:
+  description: Files whose content was (or would be) rewritten.
+  returned: always
+  type: list
+  elements: str
+certificate:
+  description: The leaf certificate (PEM) now in O(cert_file); null in check mode when a new one would be issued.
+  returned: always
+  type: str
+serial:
+  description: Serial number of the leaf (colon-separated hex).
+  returned: always
+  type: str
+common_name:
+  description: Common name of the leaf.
+  returned: always
+  type: str
+sha256:
+  description: SHA-256 fingerprint (hex) of the leaf's DER encoding.
+  returned: always
+  type: str
+not_before:
+  description: NotBefore of the leaf.
+  returned: always
+  type: str
+not_after:
+  description: NotAfter of the leaf.
+  returned: always
+  type: str
+renew_at:
+  description: When the leaf enters the renewal window (O(renew_before)).
+  returned: always
+  type: str
+issuer_id:
+  description: ID of the issuer that signed the leaf (null if unknown).
+  returned: always
+  type: str
+issuer_name:
+  description: Name of that issuer, for example V(epoch-42).
+  returned: always
+  type: str
+epoch:
+  description: Epoch of that issuer when it is named C(epoch-<n>), else null.
+  returned: always
+  type: int
+ca_chain:
+  description: The CA chain written to O(chain_file) (PEM list, issuing CA first).
+  returned: always
+  type: list
+  elements: str
+private_key:
+  description: The private key (PEM). Only with O(return_content=true), and only when a certificate was issued in this run.
+  returned: when O(return_content=true) and a certificate was issued
+  type: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
+    EPOCH_ARG_SPEC,
+    EpochError,
+    isoformat,
+    schedule_from_module_params,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HVAC_IMPORT_ERROR,
+    KEY_TYPES,
+    OPENBAO_ARG_SPEC,
+    OpenBaoError,
+    atomic_write,
+    cert_facts,
+    connect,
+    epoch_of,
+    file_needs_write,
+    find_leaf_issuer,
+    issue_leaf,
+    issuer_certificates,
+    leaf_renewal_reasons,
+    load_cert,
+    parse_mode,
+    parse_renew_before,
+    read_leaf_files,
+    renewal_threshold,
+    set_attributes,
+    split_pem_certs,
+)
+
+
+def main():
+    argument_spec = dict(
+        int_mount=dict(type='str', default='pki_int'),
+        role=dict(type='str', required=True),
+        common_name=dict(type='str', required=True),
+        alt_names=dict(type='list', elements='str', default=[]),
+        ip_sans=dict(type='list', elements='str', default=[]),
+        ttl=dict(type='str'),
+        issuer_ref=dict(type='str'),
+        key_source=dict(type='str', default='openbao', choices=['openbao', 'local']),
+        key_type=dict(type='str', choices=list(KEY_TYPES)),
+        key_bits=dict(type='int', default=0),
+        cert_file=dict(type='path', required=True),
+        key_file=dict(type='path', required=True, no_log=False),
+        chain_file=dict(type='path'),
+        full_chain=dict(type='bool', default=True),
+        mode=dict(type='raw', default='0644'),
+        key_mode=dict(type='raw', default='0600', no_log=False),
+        owner=dict(type='str'),
+        group=dict(type='str'),
+        renew_before=dict(type='raw', default='33%'),
+        renew_if_not_default=dict(type='bool', default=True),
+        force=dict(type='bool', default=False),
+        return_content=dict(type='bool', default=False),
+    )
+    argument_spec.update(OPENBAO_ARG_SPEC)
+    argument_spec.update(EPOCH_ARG_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    p = module.params
+    if HVAC_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib('hvac'), exception=HVAC_IMPORT_ERROR)
+    if CRYPTOGRAPHY_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
+
+    try:
+        schedule, now = schedule_from_module_params(p)
+        renew_before = parse_renew_before(p['renew_before'])
+    except EpochError as err:
+        module.fail_json(msg=str(err), option=err.option)
+    try:
+        mode = parse_mode(p['mode'], 'mode')
+        key_mode = parse_mode(p['key_mode'], 'key_mode')
+    except OpenBaoError as err:
+        module.fail_json(msg=str(err))
+    owner, group = p['owner'], p['group']
+
+    check = module.check_mode
+    result = {'reasons': [], 'issued': False, 'files_written': []}
+    try:
+        client = connect(p)
+        issuers = issuer_certificates(client, p['int_mount'])
+        if p['issuer_ref'] and not any(p['issuer_ref'] in (iid, info['issuer_name']) for iid, info in issuers.items()):
+            raise OpenBaoError('issuer_ref %r is not an issuer of mount %r (issuers: %s)' % (
+                p['issuer_ref'], p['int_mount'], ', '.join(sorted(i['issuer_name'] or iid for iid, i in issuers.items()))
+                or 'none'))
+        disk = read_leaf_files(p['cert_file'], p['key_file'])
+        reasons = []
+        if p['force']:
+            reasons.append('force is set')
+        issuer = (None, None)
+        if disk['problem']:
+            reasons.append(disk['problem'])
+        else:
+            issuer = find_leaf_issuer(disk['cert'], issuers)
+            reasons.extend(leaf_renewal_reasons(
+                disk['cert'], common_name=p['common_name'], alt_names=p['alt_names'], ip_sans=p['ip_sans'],
+                renew_before=renew_before, now=now, issuer=issuer, issuers=issuers, issuer_ref=p['issuer_ref'],
+                renew_if_not_default=p['renew_if_not_default'], schedule=schedule))
+        result['reasons'] = reasons
+
+        files = [(p['cert_file'], mode), (p['key_file'], key_mode)] + ([(p['chain_file'], mode)] if p['chain_file'] else [])
+        if reasons:
+            result['issued'] = True
+            result['files_written'] = [f for f, _m in files]
+            if check:
+                result.update(certificate=None, serial=None, common_name=p['common_name'], sha256=None,
+                              not_before=None, not_after=None, renew_at=None, issuer_id=None, issuer_name=None,
+                              epoch=None, ca_chain=[])
+                module.exit_json(changed=True, **result)
+            leaf = issue_leaf(client, int_mount=p['int_mount'], role=p['role'], common_name=p['common_name'],
+                              alt_names=p['alt_names'], ip_sans=p['ip_sans'], ttl=p['ttl'], issuer_ref=p['issuer_ref'],
+                              key_type=p['key_type'], key_bits=p['key_bits'], local_key=p['key_source'] == 'local')
+            cert_text = leaf['certificate'] + (leaf['issuing_ca'] if p['full_chain'] and leaf['issuing_ca'].strip() else '')
+            contents = {p['cert_file']: cert_text, p['key_file']: leaf['private_key'].strip() + '\n'}
+            if p['chain_file']:
+                contents[p['chain_file']] = ''.join(leaf['ca_chain'])
+            # Key first: a crash between the writes leaves a mismatching pair, which the next run re-issues.
+            for path, file_mode in [files[1], files[0]] + files[2:]:
+                atomic_write(path, contents[path], file_mode, owner, group)
+            if p['return_content']:
+                result['private_key'] = contents[p['key_file']]
+            facts = {k: leaf[k] for k in ('certificate', 'serial', 'common_name', 'sha256', 'not_before', 'not_after',
+                                          'issuer_id', 'issuer_name', 'epoch', 'ca_chain')}
+            cert = load_cert(leaf['certificate'])
+        else:
+            cert = disk['cert']
+            issuer_id, info = issuer
+            leaf_pem = split_pem_certs(disk['cert_text'])[0]
+            issuing_ca = (info or {}).get('certificate') or ''
+            ca_chain = (info or {}).get('ca_chain') or []
+            expected = {p['cert_file']: leaf_pem + (issuing_ca.strip() + '\n' if p['full_chain'] and issuing_ca else '')}
+            if p['chain_file']:
+                expected[p['chain_file']] = ''.join(ca_chain)
+            changed_attrs = False
+            for path, file_mode in files:
+                if path in expected:
+                    differs, attrs = file_needs_write(path, expected[path], file_mode, owner, group)
+                else:
+                    differs, attrs = False, file_needs_write(path, '', file_mode, owner, group)[1]
+                if differs:
+                    result['files_written'].append(path)
+                    result['reasons'].append('%s is out of date' % path)
+                    if not check:
+                        atomic_write(path, expected[path], file_mode, owner, group)
+                elif attrs:
+                    changed_attrs = True
+                    result['reasons'].append('mode or owner of %s differ' % path)
+                    if not check:
+                        set_attributes(path, file_mode, owner, group)
+            facts = cert_facts(leaf_pem)
+            facts.update(issuer_id=issuer_id, issuer_name=(info or {}).get('issuer_name') or None, ca_chain=ca_chain)
+            facts['epoch'] = epoch_of(facts['issuer_name'])
+            facts['_changed'] = bool(result['files_written']) or changed_attrs
+        changed = result['issued'] or facts.pop('_changed', False)
+        result.update(facts)
+        result['renew_at'] = isoformat(renewal_threshold(renew_before, cert.not_valid_before_utc, cert.not_valid_after_utc))
+    except OpenBaoError as err:
+        module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
+    except EpochError as err:
+        module.fail_json(msg=str(err), option=err.option)
+    module.exit_json(changed=changed, **result)
+
+
+if __name__ == '__main__':
+    main()
