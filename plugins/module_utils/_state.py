@@ -137,7 +137,8 @@ def record(client, holder, *, epoch, sha256, generation, kind='rotation', now, h
     the same sha256 — a re-run after a crash). The caller must hold the lock."""
     def change(state):
         lock = state.get('lock')
-        if holder and (not lock or lock.get('holder') != holder):
+        # in check mode the lock was only predicted, never written
+        if holder and not check_mode and (not lock or lock.get('holder') != holder):
             raise StateError('cannot record generation %s: this run (%s) does not hold the rotation lock (held by %s)'
                              % (generation, holder, (lock or {}).get('holder') or 'nobody'))
         current = int(state.get('generation') or 0)
