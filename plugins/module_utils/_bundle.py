@@ -55,11 +55,10 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
     isoformat,
     utcnow,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _k8s
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import (
-    ApiException,
     K8sError,
     api_error,
-    kubernetes as _k8s_lib,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
     OpenBaoError,
@@ -719,7 +718,7 @@ def kv_epochs(client, mount, path_template):
 # --------------------------------------------------------------------------- Kubernetes Secrets
 def _api_status(exc):
     """HTTP status of a kubernetes ApiException; None for anything else (connection errors and the like)."""
-    if _k8s_lib is not None and isinstance(exc, ApiException):
+    if _k8s.is_api_exception(exc):
         return getattr(exc, 'status', None) or 0
     return None
 
@@ -926,8 +925,9 @@ def prune(schedule, now, keep_epochs=DEFAULT_KEEP_EPOCHS, check_mode=False, core
 
 def _delete_secret(core_api, namespace, name, resource_version):
     # the resourceVersion precondition: a copy rewritten since it was listed is not deleted blindly
-    options = _k8s_lib.client.V1DeleteOptions(
-        preconditions=_k8s_lib.client.V1Preconditions(resource_version=resource_version))
+    lib = _k8s.load()
+    options = lib.client.V1DeleteOptions(
+        preconditions=lib.client.V1Preconditions(resource_version=resource_version))
     try:
         core_api.delete_namespaced_secret(name, namespace, body=options)
     except Exception as exc:  # pylint: disable=broad-except

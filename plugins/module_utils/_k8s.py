@@ -16,14 +16,30 @@ try:
 except ImportError:  # pragma: no cover - scripts without ansible-core
     env_fallback = None
 
+# The kubernetes client takes ~0.3 s to import (it loads every API model): it is imported on first
+# use, so modules and tasks that never talk to Kubernetes do not pay for it.
 K8S_IMPORT_ERROR = None
-try:
-    import kubernetes
-    from kubernetes.client.rest import ApiException
-except ImportError:  # pragma: no cover - reported by check_imports()
-    kubernetes = None
-    ApiException = Exception
-    K8S_IMPORT_ERROR = traceback.format_exc()
+kubernetes = None  # pylint: disable=invalid-name
+
+
+def load():
+    """Import the kubernetes client on first use; return the module, or None when it is missing."""
+    global kubernetes, K8S_IMPORT_ERROR  # pylint: disable=global-statement
+    if kubernetes is None and K8S_IMPORT_ERROR is None:
+        try:
+            import kubernetes as _lib  # pylint: disable=import-outside-toplevel
+            import kubernetes.client.rest  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+            import kubernetes.stream  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+            kubernetes = _lib
+        except ImportError:  # pragma: no cover - reported by check_imports()
+            K8S_IMPORT_ERROR = traceback.format_exc()
+    return kubernetes
+
+
+def is_api_exception(exc):
+    """True for the client's ApiException (without importing the client when it was never used)."""
+    lib = kubernetes
+    return lib is not None and isinstance(exc, lib.client.rest.ApiException)
 
 #: The whole ``kubernetes`` option (merge into a module's argument_spec). Documented by the doc
 #: fragment ``securetransport.ca_rotation.kubernetes``.
@@ -55,7 +71,7 @@ class K8sError(Exception):
 
 def check_imports():
     """Return (library name, traceback) when the kubernetes client is missing, else None."""
-    if kubernetes is None:
+    if load() is None:
         return 'kubernetes', K8S_IMPORT_ERROR
     return None
 
@@ -63,6 +79,7 @@ def check_imports():
 def api_client(params):
     """Build a ``kubernetes.client.ApiClient`` from the ``kubernetes`` option dict."""
     params = dict(params or {})
+    load()
     config = kubernetes.client.Configuration()
     try:
         if params.get('in_cluster'):
@@ -91,7 +108,8 @@ def api_client(params):
 
 def core_api(params):
     """A ``CoreV1Api`` for the ``kubernetes`` option dict."""
-    return kubernetes.client.CoreV1Api(api_client(params))
+    client = api_client(params)
+    return kubernetes.client.CoreV1Api(client)
 
 
 def api_error(exc, operation, target, verb=None, resource=None, namespace=None):

@@ -36,19 +36,28 @@ import ssl
 import subprocess
 import threading
 import time
-import traceback
 import urllib.parse
 from types import SimpleNamespace
 
-K8S_STREAM_IMPORT_ERROR = None
-try:
-    from kubernetes.stream import stream as k8s_stream
-    from kubernetes.client.rest import ApiException
-except ImportError:  # pragma: no cover - reported by the module with missing_required_lib
-    k8s_stream = None
-    ApiException = None
-    K8S_STREAM_IMPORT_ERROR = traceback.format_exc()
 
+class _NeverRaised(Exception):
+    """Stands in for the kubernetes ApiException until the client is imported (see _k8s.load)."""
+
+
+# imported on first use by the kubernetes transport (see _k8s.load): other transports skip the ~0.3 s import
+k8s_stream = None  # pylint: disable=invalid-name
+ApiException = _NeverRaised  # pylint: disable=invalid-name
+
+
+def _load_k8s():
+    global k8s_stream, ApiException  # pylint: disable=global-statement
+    lib = _k8s.load()
+    if lib is not None:
+        k8s_stream = lib.stream.stream
+        ApiException = lib.client.rest.ApiException
+    return lib
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _k8s  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import (  # noqa: E402
     K8sError,
     api_error,
@@ -557,7 +566,7 @@ class KubernetesTransport(Transport):
     def __init__(self, k8s_params, namespace='nats', label_selector='app=nats', container='nats',
                  ca_file='/etc/nats/ca/ca.crt', reload_command=DEFAULT_RELOAD_COMMAND, client_port=4222,
                  monitor_port=8222, exec_timeout=60.0, core_factory=None):
-        if k8s_stream is None:
+        if _load_k8s() is None:
             raise ReloadError("the kubernetes Python library is required for transport=kubernetes")
         self.params = dict(k8s_params or {})
         self.namespace = namespace

@@ -1,0 +1,206 @@
+"""Harness for end-to-end rotation tests: a private local stack with short epochs, an inventory for it,
+continuous JetStream traffic, and an observer that proves trust comes before activation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from catools.localstack import LocalStack
+from helpers import REPO, ansible_playbook
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload
+
+
+class RotationStack:
+    """A LocalStack with its own inventory directory and helpers to run the playbooks against it."""
+
+    def __init__(self, base: Path, epoch_duration: str = "20s", clusters=(("local", 3),), **kwargs):
+        self.base = base
+        self.inventory = base / "inventory"
+        (self.inventory / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "inventories" / "local" / "hosts.yml", self.inventory / "hosts.yml")
+        shutil.copy(REPO / "inventories" / "local" / "group_vars" / "all" / "main.yml", self.inventory / "group_vars" / "all" / "main.yml")
+        self.stack = LocalStack(base / "state", epoch_duration=epoch_duration, clusters=clusters,
+                                inventory_dir=self.inventory, **kwargs)
+        self.info = self.stack.up()
+        self.runs: list[dict] = []
+
+    @property
+    def servers(self) -> list[dict]:
+        return [s for c in self.info["clusters"] for s in c["servers"]]
+
+    def bao(self):
+        return self.stack.bao_client()
+
+    def playbook(self, name: str, *args: str, extra_vars: dict | None = None, check: bool = False, inventory=None):
+        report = self.base / f"report-{len(self.runs)}.json"
+        extra = {"ca_rotation_report_file": str(report)}
+        extra.update(extra_vars or {})
+        started = time.monotonic()
+        proc = ansible_playbook(REPO / "playbooks" / name, *args, inventory=inventory or self.inventory,
+                                extra_vars=extra, check=check)
+        run = {"playbook": name, "rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+               "seconds": time.monotonic() - started, "report": json.loads(report.read_text()) if report.exists() else None}
+        self.runs.append(run)
+        return run
+
+    def default_issuer_epoch(self) -> int | None:
+        client = self.bao()
+        issuers = client.list(f"{self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
+        for meta in issuers.values():
+            if meta.get("is_default") and meta.get("issuer_name", "").startswith("epoch-"):
+                return int(meta["issuer_name"].split("-", 1)[1])
+        return None
+
+    def ca_file_sha256s(self) -> set[str]:
+        import hashlib
+        return {hashlib.sha256(Path(s["ca_file"]).read_bytes()).hexdigest() for s in self.servers}
+
+    def issue_client_leaf(self, dest: Path, issuer_ref: str = "default") -> tuple[str, str]:
+        data = self.bao().write_data(f"{self.info['pki']['int_mount']}/issuer/{issuer_ref}/issue/{self.info['pki']['role']}",
+                                     data={"common_name": f"e2e-client-{dest.name}"})["data"]
+        dest.mkdir(parents=True, exist_ok=True)
+        cert, key = dest / "cert.pem", dest / "key.pem"
+        cert.write_text(data["certificate"].strip() + "\n" + data["issuing_ca"].strip() + "\n")
+        key.write_text(data["private_key"].strip() + "\n")
+        key.chmod(0o600)
+        return str(cert), str(key)
+
+    def handshake(self, cert_file: str, key_file: str, server: dict) -> tuple[bool, str]:
+        ctx = _reload.probe_context({"cert_file": cert_file, "key_file": key_file, "ca_file": self.info["pki"]["root_pem_file"]})
+        host, port = _reload.host_port(server["url"])
+        return _reload.tls_probe(host, port, ctx, timeout=5)
+
+    def down(self):
+        self.stack.down()
+
+
+class Observer(threading.Thread):
+    """Every `interval` s: a client holding a leaf of the *default* issuer must be accepted by every server.
+
+    If the default issuer ever named an epoch that some server did not trust yet ("issue before trust"),
+    a handshake fails and is recorded.
+    """
+
+    def __init__(self, rs: RotationStack, workdir: Path, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.rs, self.workdir, self.interval = rs, workdir, interval
+        self.stop_event = threading.Event()
+        self.failures: list[str] = []
+        self.checks = 0
+        self.leaves: dict[int, tuple[str, str]] = {}
+        self.epochs_seen: list[int] = []
+
+    def run(self):
+        while not self.stop_event.wait(self.interval):
+            try:
+                epoch = self.rs.default_issuer_epoch()
+                if epoch is None:
+                    continue
+                if epoch not in self.leaves:
+                    self.leaves[epoch] = self.rs.issue_client_leaf(self.workdir / f"epoch-{epoch}", f"epoch-{epoch}")
+                    self.epochs_seen.append(epoch)
+                for server in self.rs.servers:
+                    ok, detail = self.rs.handshake(*self.leaves[epoch], server)
+                    self.checks += 1
+                    if not ok:
+                        self.failures.append(f"default issuer epoch-{epoch} not trusted by {server['name']}: {detail}")
+            except Exception as exc:  # noqa: BLE001 - an observer error is a finding too
+                self.failures.append(f"observer error: {exc!r}")
+
+    def stop(self):
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+class Traffic(threading.Thread):
+    """Continuous JetStream publishing (acked, R3) and consuming over one long-lived mTLS connection each."""
+
+    def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0):
+        super().__init__(daemon=True)
+        self.rs, self.stream, self.rate = rs, stream, rate
+        self.acked: list[int] = []
+        self.consumed: set[int] = set()
+        self.errors: list[str] = []
+        self.reconnects = 0
+        self.disconnects = 0
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+
+    def _tls(self):
+        auth = self.rs.info["nats_auth"]
+        ctx = ssl.create_default_context(cafile=self.rs.info["pki"]["root_pem_file"])
+        ctx.load_cert_chain(auth["client_cert_file"], auth["client_key_file"])
+        return ctx
+
+    async def _main(self):
+        import nats  # pylint: disable=import-outside-toplevel
+        auth = self.rs.info["nats_auth"]
+        password = Path(auth["app_password_file"]).read_text().strip()
+
+        async def on_reconnect():
+            self.reconnects += 1
+
+        async def on_disconnect():
+            self.disconnects += 1
+
+        async def on_error(exc):
+            self.errors.append(repr(exc))
+
+        servers = [s["url"] for s in self.rs.info["clusters"][0]["servers"]]
+        pub = await nats.connect(servers, tls=self._tls(), tls_hostname="127.0.0.1", user="app", password=password,
+                                 reconnected_cb=on_reconnect, disconnected_cb=on_disconnect, error_cb=on_error, name="e2e-pub")
+        sub_nc = await nats.connect(servers, tls=self._tls(), tls_hostname="127.0.0.1", user="app", password=password,
+                                    reconnected_cb=on_reconnect, disconnected_cb=on_disconnect, error_cb=on_error, name="e2e-sub")
+        js = pub.jetstream()
+        await js.add_stream(name=self.stream, subjects=[f"{self.stream.lower()}.>"], num_replicas=3)
+        sjs = sub_nc.jetstream()
+        psub = await sjs.pull_subscribe(f"{self.stream.lower()}.>", durable="e2e-consumer")
+        self.ready.set()
+
+        async def consume():
+            while not self.stop_event.is_set() or len(self.consumed) < len(self.acked):
+                try:
+                    msgs = await psub.fetch(100, timeout=1)
+                except asyncio.TimeoutError:
+                    if self.stop_event.is_set():
+                        break
+                    continue
+                for msg in msgs:
+                    self.consumed.add(msg.metadata.sequence.stream)
+                    await msg.ack()
+
+        consumer = asyncio.ensure_future(consume())
+        i = 0
+        while not self.stop_event.is_set():
+            try:
+                ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=5)
+                self.acked.append(ack.seq)
+            except Exception as exc:  # noqa: BLE001
+                self.errors.append(f"publish {i}: {exc!r}")
+            i += 1
+            await asyncio.sleep(1.0 / self.rate)
+        await asyncio.wait_for(consumer, timeout=60)
+        info = await js.stream_info(self.stream)
+        self.stream_last_seq = info.state.last_seq
+        self.stream_messages = info.state.messages
+        await js.delete_stream(self.stream)
+        await pub.close()
+        await sub_nc.close()
+
+    def run(self):
+        try:
+            asyncio.run(self._main())
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(f"traffic crashed: {exc!r}")
+            self.ready.set()
+
+    def stop(self):
+        self.stop_event.set()
+        self.join(timeout=120)
