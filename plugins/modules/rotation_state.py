@@ -160,7 +160,7 @@ REQUIRED = {
 def main():
     argument_spec = dict(
         action=dict(type='str', default='read', choices=['read', 'acquire', 'release', 'record', 'hold', 'clear_hold',
-                                                         'read_cluster', 'record_cluster']),
+                                                         'read_cluster', 'record_cluster', 'read_bundle']),
         kv_mount=dict(type='str', default=_state.DEFAULT_MOUNT),
         path=dict(type='str', default=_state.DEFAULT_PATH),
         holder=dict(type='str'),

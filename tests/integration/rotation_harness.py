@@ -187,6 +187,7 @@ class Traffic(threading.Thread):
             i += 1
             await asyncio.sleep(1.0 / self.rate)
         await asyncio.wait_for(consumer, timeout=60)
+        self.disconnects_during = self.disconnects  # close() below fires the callback too
         info = await js.stream_info(self.stream)
         self.stream_last_seq = info.state.last_seq
         self.stream_messages = info.state.messages
