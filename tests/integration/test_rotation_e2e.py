@@ -137,9 +137,13 @@ def test_six_epochs_under_traffic_then_rollback(rs, tmp_path):
     assert held["hold"]["epoch"] == previous["epoch"]
     assert held["history"][0]["kind"] == "rollback" and held["generation"] == state["generation"] + 1
     assert rs.default_issuer_epoch() <= previous["epoch"]
-    # rotation keeps the held bundle until the hold is released
+    # rotation keeps the held bundle until the hold is released (or its epoch is about to expire: then it resumes)
     kept = rs.playbook("rotate.yml", extra_vars=EXTRA)
-    assert kept["rc"] == 0 and rs.ca_file_sha256s() == restored
+    assert kept["rc"] == 0, kept["stdout"][-3000:]
+    if kept["report"]["hold"]:
+        assert rs.ca_file_sha256s() == restored
+    else:
+        assert "Rollback hold released" in kept["stdout"]
 
 
 def test_server_that_does_not_reload_triggers_automatic_rollback(rs):
