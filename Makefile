@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(DEV_COLL)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv dev build install demo demo-down test unit integration sanity lint bench soak clean
+.PHONY: help venv dev build install demo demo-down test unit integration faults sanity lint bench soak clean
 
 help:
 	@echo "make demo   - create .venv, install the collection, start the local stack, run playbooks/rotate.yml"
@@ -50,15 +50,17 @@ build: venv
 install: build
 	$(BIN)/ansible-galaxy collection install --offline --force -p $(INSTALLED) $(TARBALL)
 
+DEMO_EPOCH  ?= 20s
+DEMO_EPOCHS ?= 3
 demo: install
-	$(BIN)/python scripts/localstack up
-	ANSIBLE_COLLECTIONS_PATH=$(INSTALLED) $(BIN)/ansible-playbook playbooks/rotate.yml -i inventories/local $(DEMO_ARGS)
+	$(BIN)/python scripts/localstack up --epoch-duration $(DEMO_EPOCH)
+	$(BIN)/python scripts/ca-rotation-demo --epochs $(DEMO_EPOCHS) --collections $(INSTALLED) $(DEMO_ARGS)
 
 demo-down: venv
 	$(BIN)/python scripts/localstack down
 
 test: dev
-	$(MAKE) unit integration sanity lint
+	$(MAKE) unit integration faults sanity lint
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -82,11 +84,15 @@ sanity: dev $(PIP_SHIM)
 lint: dev
 	$(BIN)/ansible-lint --profile production --offline
 
+faults: dev
+	$(BIN)/python -m pytest tests/faults -q $(PYTEST_ARGS)
+
 bench: dev
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
+SOAK_EPOCHS ?= 100
 soak: dev
-	$(BIN)/python -m pytest tests -q -m soak $(PYTEST_ARGS)
+	SOAK_EPOCHS=$(SOAK_EPOCHS) $(BIN)/python -m pytest tests/soak -q -m soak $(PYTEST_ARGS)
 
 clean:
 	-[ -x $(BIN)/python ] && $(BIN)/python scripts/localstack down
