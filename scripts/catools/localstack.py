@@ -63,8 +63,37 @@ class StackError(RuntimeError):
 # small utilities
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
+    """Return a TCP port that is free on 127.0.0.1 right now.
+
+    Listening ports are picked *below* the kernel's ephemeral range, so that outgoing connections made
+    meanwhile (which take ephemeral ports) cannot grab a port between this check and the server's bind.
+    """
+    low, _high = _ephemeral_range()
+    lowest = 10000 if low > 12000 else 1024
+    rng = secrets.SystemRandom()
+    for _attempt in range(200):
+        port = rng.randrange(lowest, low)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
