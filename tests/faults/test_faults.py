@@ -1,0 +1,197 @@
+"""Fault injection against rotate.yml on a private 3-node stack (20 s epochs): every case ends with the next
+run converging (every server holds the run's bundle, the default issuer is trusted by every server)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import converged, default_issuer_trusted, read_state
+from helpers import REPO, ansible_env
+
+pytestmark = pytest.mark.slow
+
+
+def _shas(rs):
+    return {s["name"]: hashlib.sha256(Path(s["ca_file"]).read_bytes()).hexdigest() for s in rs.servers}
+
+
+def _poll(cond, timeout=60, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_two_concurrent_runs_one_locked_out_cleanly(frs):
+    runs = [None, None]
+
+    def go(i):
+        runs[i] = frs.playbook("rotate.yml")
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(1.0)
+    for t in threads:
+        t.join(timeout=300)
+    assert all(r["rc"] == 0 for r in runs), [r["stdout"][-2000:] for r in runs]
+    locked = [r for r in runs if r["report"]["locked_out"]]
+    # they overlap (a run holds the lock for its whole ~10 s); the loser changed nothing
+    assert len(locked) == 1, [r["report"] for r in runs]
+    assert locked[0]["report"]["changed"] is False and "locked" in locked[0]["stdout"]
+    converged(frs, frs.playbook("rotate.yml"))
+
+
+def test_controller_behind_refuses_to_go_back_in_time(frs):
+    before_state, before_version = read_state(frs)
+    before_files = _shas(frs)
+    default = frs.default_issuer_epoch()
+    run = frs.playbook("rotate.yml", extra_vars={"ca_rotation_now": int(time.time()) - 600})
+    assert run["rc"] != 0
+    assert "clock is behind" in run["stdout"] and "Nothing was changed" in run["stdout"]
+    state, version = read_state(frs)
+    assert state["generation"] == before_state["generation"] and state["last_epoch"] == before_state["last_epoch"]
+    assert state.get("lock") is None or state["lock"].get("holder") is None, state["lock"]  # released by the rescue
+    assert _shas(frs) == before_files and frs.default_issuer_epoch() == default
+    assert version >= before_version
+    converged(frs, frs.playbook("rotate.yml"))
+
+
+def test_controller_ahead_is_refused_and_changes_nothing(fresh_rs, tmp_path):
+    # emulated with a pinned ca_rotation_now: openbao_intermediate compares with the real clock and refuses epochs
+    # more than one epoch ahead, so nothing is issued, announced or activated (a controller whose *system* clock is
+    # ahead is not caught by that guard; see the report)
+    first = fresh_rs.playbook("rotate.yml")
+    assert first["rc"] == 0, first["stdout"][-3000:]
+    before_state, _ = read_state(fresh_rs)
+    default = fresh_rs.default_issuer_epoch()
+    ahead = fresh_rs.playbook("rotate.yml", extra_vars={"ca_rotation_now": int(time.time()) + 600})
+    assert ahead["rc"] != 0 and "more than one epoch ahead" in ahead["stdout"], ahead["stdout"][-3000:]
+    state, _ = read_state(fresh_rs)
+    assert state["last_epoch"] == before_state["last_epoch"] and state["generation"] == before_state["generation"]
+    assert fresh_rs.default_issuer_epoch() == default
+    results = default_issuer_trusted(fresh_rs, tmp_path)
+    assert all(ok for ok, _ in results.values()), results
+    converged(fresh_rs, fresh_rs.playbook("rotate.yml"))
+
+
+def test_controller_killed_mid_run_next_run_converges(frs):
+    env = ansible_env()
+    report = frs.base / "killed-report.json"
+    argv = [str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "ansible-playbook"), str(REPO / "playbooks" / "rotate.yml"),
+            "-i", str(frs.inventory), "-e", json.dumps({"ca_rotation_report_file": str(report), "ca_rotation_authority_lock_ttl": "5s"})]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert _poll(lambda: (read_state(frs)[0].get("lock") or {}).get("holder") is not None, timeout=120), "the run never took the lock"
+        time.sleep(1.0)  # somewhere inside the authority steps
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not report.exists()
+    assert _poll(lambda: False, timeout=6) is False  # let the 5 s lock go stale (the lock's own TTL, no poll possible)
+    run = frs.playbook("rotate.yml", extra_vars={"ca_rotation_authority_lock_ttl": "5s"})
+    converged(frs, run)
+
+
+def test_tampered_live_ca_file_is_repaired(frs):
+    victim = frs.servers[2]
+    Path(victim["ca_file"]).write_text(Path(frs.info["pki"]["root_pem_file"]).read_text())
+    run = frs.playbook("rotate.yml")
+    report = converged(frs, run)
+    assert report["clusters"]["local"]["reloaded"] is True
+
+
+def test_nats_unavailable_during_announcement(frs):
+    before_state, _ = read_state(frs)
+    # the announcing client is pointed at a closed port: the announcement cannot be made
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    main = (frs.inventory / "group_vars" / "all" / "main.yml").read_text()
+    assert "ca_rotation_nats_clusters.local.servers" in main
+    bad = {"ca_rotation_authority_nats": {"servers": [f"tls://127.0.0.1:{dead}"], "connect_timeout": 2,
+                                          "ca_file": frs.info["nats_auth"]["ca_file"], "cert_file": frs.info["nats_auth"]["client_cert_file"],
+                                          "key_file": frs.info["nats_auth"]["client_key_file"], "user": "app",
+                                          "password_file": frs.info["nats_auth"]["app_password_file"]}}
+    # wait for a phase with a new bundle so there is something to announce
+    gen = before_state["generation"]
+    for _ in range(6):
+        run = frs.playbook("rotate.yml", extra_vars=bad)
+        if run["rc"] != 0:
+            break
+    assert run["rc"] != 0 and "Announce the bundle" in run["stdout"], run["stdout"][-2000:]
+    state, _ = read_state(frs)
+    assert state["generation"] == gen and (state.get("lock") or {}).get("holder") is None
+    report = converged(frs, frs.playbook("rotate.yml"))
+    assert report["generation"] == gen + 1
+
+
+def test_one_nats_server_stopped_during_reload(frs):
+    victim = frs.servers[1]
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        run = frs.playbook("rotate.yml", extra_vars={"ca_rotation_nats_reload_reload_timeout": 5,
+                                                     "ca_rotation_nats_reload_propagation_timeout": 5})
+        # a failed cluster fails the run loudly (the failure may also come from leaf renewal after activation)
+        if not run["report"]["ok"]:
+            assert run["rc"] != 0
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    # whatever was activated is trusted by every server, the stopped one included
+    results = default_issuer_trusted(frs, frs.base / "after-stop")
+    assert all(ok for ok, _ in results.values()), results
+    for _ in range(3):  # a stopped server can leave the next phase boundary in between; converge within a few runs
+        run = frs.playbook("rotate.yml")
+        if run["rc"] == 0:
+            break
+    converged(frs, run)
+
+
+def test_openbao_stopped_during_run(frs):
+    bao_pid = frs.info["openbao"]["pid"]
+    short = {"ca_rotation_openbao": {"url": frs.info["openbao"]["addr"], "token_file": frs.info["openbao"]["token_file"],
+                                     "timeout": 3, "retries": 0},
+             "ca_rotation_authority_lock_ttl": "5s"}
+    result = {}
+
+    def go():
+        result["run"] = frs.playbook("rotate.yml", extra_vars=short)
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    try:
+        assert _poll(lambda: (read_state(frs)[0].get("lock") or {}).get("holder") is not None, timeout=120)
+        os.kill(bao_pid, signal.SIGSTOP)
+        thread.join(timeout=20)  # the run hits its 3 s OpenBao timeouts meanwhile
+    finally:
+        os.kill(bao_pid, signal.SIGCONT)
+    thread.join(timeout=300)
+    time.sleep(5)  # the 5 s lock TTL (a lock the failed run could not release)
+    converged(frs, frs.playbook("rotate.yml"))
+
+
+def test_vvv_output_never_contains_secrets(frs):
+    env = ansible_env()
+    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), str(REPO / "playbooks" / "rotate.yml"), "-i", str(frs.inventory), "-vvv"]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    secrets = {
+        "openbao root token": Path(frs.info["openbao"]["token_file"]).read_text().strip(),
+        "app password": Path(frs.info["nats_auth"]["app_password_file"]).read_text().strip(),
+        "sys password": Path(frs.info["nats_auth"]["sys_password_file"]).read_text().strip(),
+    }
+    for name, value in secrets.items():
+        assert value and value not in text, f"{name} appears in -vvv output"
+    assert "PRIVATE KEY" not in text
