@@ -148,6 +148,12 @@ def test_six_epochs_under_traffic_then_rollback(rs, tmp_path):
 
 def test_server_that_does_not_reload_triggers_automatic_rollback(rs):
     # start from a converged state (the hold from the previous test is released here only with the victim stopped)
+    # converge, then wait for the next epoch to start (polled), so the next run must deliver a new bundle
+    settle = rs.playbook("rotate.yml", extra_vars=dict(EXTRA, ca_rotation_release_hold=True))
+    assert settle["rc"] == 0, settle["stdout"][-3000:]
+    epoch = settle["report"]["current_epoch"]
+    while int(time.time() // EPOCH) <= epoch:
+        time.sleep(0.2)
     before = rs.ca_file_sha256s()
     default_before = rs.default_issuer_epoch()
     victim = rs.servers[1]
@@ -159,7 +165,8 @@ def test_server_that_does_not_reload_triggers_automatic_rollback(rs):
     finally:
         os.kill(victim["pid"], signal.SIGCONT)
     assert run["rc"] != 0
-    assert "FAILED" in run["stdout"] and "NOT activated" in run["stdout"]
+    assert "FAILED" in run["stdout"] and "NOT activated" in run["stdout"], run["stdout"][-3000:]
+    assert run["report"]["clusters"]["local"]["reloaded"] is False
     assert run["report"]["ok"] is False and run["report"]["clusters"]["local"]["ok"] is False
     assert rs.ca_file_sha256s() == before, "the previous bundle must be back in every server's CA file"
     assert rs.default_issuer_epoch() == default_before, "nothing may be activated after a failed proof"
