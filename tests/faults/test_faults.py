@@ -130,7 +130,7 @@ def test_nats_unavailable_during_announcement(frs):
         run = frs.playbook("rotate.yml", extra_vars=bad)
         if run["rc"] != 0:
             break
-    assert run["rc"] != 0 and "Announce the bundle" in run["stdout"], run["stdout"][-2000:]
+    assert run["rc"] != 0 and "The announcement failed" in run["stdout"], run["stdout"][-2000:]
     state, _ = read_state(frs)
     assert state["generation"] == gen and (state.get("lock") or {}).get("holder") is None
     report = converged(frs, frs.playbook("rotate.yml"))
