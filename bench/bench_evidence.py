@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def run_playbook(base: Path, inventory: Path, name="rotate.yml", extra=None, tag
     ends = [e["end"] for e in events if "end" in e and "task" not in e]
     if play_starts:
         first = play_starts[0][1]
-        bounds = [t for _, t in play_starts[1:]] + [ends[0] if ends else t_end]
+        bounds = [start for _name, start in play_starts[1:]] + [ends[0] if ends else t_end]
         plays = [{"play": n, "seconds": b - t} for (n, t), b in zip(play_starts, bounds)]
     for e in events:
         if "task" in e:
@@ -174,7 +174,7 @@ def ansible_baseline(base: Path):
     pb = base / "noop-play.yml"
     pb.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.debug:\n        msg: hi\n")
     times = []
-    for _ in range(3):
+    for _attempt in range(3):
         started = time.monotonic()
         ansible_playbook(pb, "-i", "localhost,", "-c", "local")
         times.append(time.monotonic() - started)
@@ -320,7 +320,7 @@ def floor_steps(rs: RotationStack, iterations=3):
         step["build_sign_message"] = time.perf_counter() - t
         t = time.perf_counter()
 
-        async def pub(message=msg):
+        async def pub(message=msg):  # pylint: disable=dangerous-default-value
             nc = await _nats.connect(nats_params)
             try:
                 deadline = _nats.Deadline(30)
@@ -510,13 +510,15 @@ def render_markdown(out):  # pylint: disable=too-many-locals
                      f"(n={dis['steady_state']['n']}) | - | - |")
         lines.append(f"| publish latency during rotate.yml p50 / p99 | {_f(dis['during_rotation']['p50_ms'], '%.1f')} / "
                      f"{_f(dis['during_rotation']['p99_ms'], '%.1f')} ms (n={dis['during_rotation']['n']}) | - | - |")
-        lines.append(f"| lost messages (acked {dis['published_acked']}, consumed {dis['consumed']}) | {dis['lost']} | 0 | {'yes' if dis['lost'] == 0 else 'NO'} |")
+        lost_ok = 'yes' if dis['lost'] == 0 else 'NO'
+        lines.append(f"| lost messages (acked {dis['published_acked']}, consumed {dis['consumed']}) | {dis['lost']} | 0 | {lost_ok} |")
         lines.append(f"| reconnects / disconnects / publish errors | {dis['reconnects']} / {dis['disconnects']} / {dis['publish_errors']} | 0 | "
                      f"{'yes' if dis['reconnects'] == 0 and dis['disconnects'] == 0 and dis['publish_errors'] == 0 else 'NO'} |")
     three = out.get("three_clusters")
     if three:
         c3 = three["changed_runs"]
-        lines.append(f"| rotate.yml first run, 3 clusters x 3 vs 1 x 3 | {_f(three['first']['seconds'])} s vs {_f(rot.get('first', {}).get('seconds'))} s | - | - |")
+        one_first = _f(rot.get('first', {}).get('seconds'))
+        lines.append(f"| rotate.yml first run, 3 clusters x 3 vs 1 x 3 | {_f(three['first']['seconds'])} s vs {one_first} s | - | - |")
         lines.append(f"| rotate.yml changing run, 3 clusters (median of {c3['n']}) vs 1 | {_f(c3['median_s'])} s vs {_f(ch.get('median_s'))} s | - | - |")
         lines.append(f"| no-op run, 3 clusters vs 1 | {_f(three['noop']['median_s'])} s vs {_f(noop.get('median_s'))} s | - | - |")
     rel = out.get("reload")
@@ -544,7 +546,8 @@ def render_markdown(out):  # pylint: disable=too-many-locals
     if rel:
         lines += ["", "## reload + verify (bench_reload)", "", "| servers | transport | run median ms | reload p50 ms | reload p95 ms | failed rounds |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['servers']} | {r['transport']} | {r['run_ms_median']:.0f} | {r['reload_ms_p50']:.0f} | {r['reload_ms_p95']:.0f} | {r['failed_rounds']} |"
+        lines += [f"| {r['servers']} | {r['transport']} | {r['run_ms_median']:.0f} | {r['reload_ms_p50']:.0f} | "
+                  f"{r['reload_ms_p95']:.0f} | {r['failed_rounds']} |"
                   for r in rel]
     return "\n".join(lines) + "\n"
 
@@ -571,14 +574,14 @@ def plot(out):
             values.append(value)
             targets.append(target)
     fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.bar(labels, values, color=["#888", "#4a4", "#48c", "#48c", "#84c"][:len(values)])
-    for bar, target in zip(bars, targets):
+    bars = ax.rect(labels, values, color=["#888", "#4a4", "#48c", "#48c", "#84c"][:len(values)])
+    for rect, target in zip(bars, targets):
         if target:
-            ax.hlines(target, bar.get_x(), bar.get_x() + bar.get_width(), colors="red", linestyles="dashed")
+            ax.hlines(target, rect.get_x(), rect.get_x() + rect.get_width(), colors="red", linestyles="dashed")
     ax.set_ylabel("seconds (median)")
     ax.set_title("CA rotation: wall time (red dashes: targets)")
-    for bar, v in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom")
+    for rect, v in zip(bars, values):
+        ax.text(rect.get_x() + rect.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom")
     fig.tight_layout()
     fig.savefig(RESULTS / "evidence.png", dpi=90)
     log("wrote %s" % (RESULTS / "evidence.png"))

@@ -9,6 +9,7 @@ context), the in-cluster service account, or an explicit host + bearer token.
 
 from __future__ import annotations
 
+import importlib
 import traceback
 
 try:
@@ -27,10 +28,10 @@ def load():
     global kubernetes, K8S_IMPORT_ERROR  # pylint: disable=global-statement
     if kubernetes is None and K8S_IMPORT_ERROR is None:
         try:
-            import kubernetes as _lib  # pylint: disable=import-outside-toplevel
-            import kubernetes.client.rest  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-            import kubernetes.stream  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-            kubernetes = _lib
+            lib = importlib.import_module('kubernetes')
+            importlib.import_module('kubernetes.client.rest')
+            importlib.import_module('kubernetes.stream')
+            kubernetes = lib
         except ImportError:  # pragma: no cover - reported by check_imports()
             K8S_IMPORT_ERROR = traceback.format_exc()
     return kubernetes
@@ -40,6 +41,7 @@ def is_api_exception(exc):
     """True for the client's ApiException (without importing the client when it was never used)."""
     lib = kubernetes
     return lib is not None and isinstance(exc, lib.client.rest.ApiException)
+
 
 #: The whole ``kubernetes`` option (merge into a module's argument_spec). Documented by the doc
 #: fragment ``securetransport.ca_rotation.kubernetes``.

@@ -57,6 +57,7 @@ def _load_k8s():
         ApiException = lib.client.rest.ApiException
     return lib
 
+
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _k8s  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import (  # noqa: E402
     K8sError,

@@ -28,9 +28,11 @@ extends_documentation_fragment:
   - securetransport.ca_rotation.openbao
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Every action reads the state and predicts the result without writing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   action:

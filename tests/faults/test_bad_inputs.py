@@ -28,7 +28,8 @@ CASES = [
     ("jetstream_publish", lambda s, t: {"nats": {"servers": ["tls://127.0.0.1:1"]}, "payload": "x", "timeout": 0}, "timeout"),
     ("jetstream_publish", lambda s, t: {"nats": {"servers": ["tls://127.0.0.1:1"]}, "payload": "x", "stream": {"name": "bad.name"}}, "stream.name"),
     ("nats_sighup", lambda s, t: {"transport": "carrier-pigeon"}, "transport"),
-    ("nats_sighup", lambda s, t: {"transport": "signal", "targets": [{"name": "n", "pid": 1, "monitor_url": "http://127.0.0.1:1"}], "expect_sha256": "xyz"}, "expect_sha256"),
+    ("nats_sighup", lambda s, t: {"transport": "signal", "targets": [{"name": "n", "pid": 1, "monitor_url": "http://127.0.0.1:1"}],
+                                  "expect_sha256": "xyz"}, "expect_sha256"),
     ("rotation_state", lambda s, t: {"openbao": _openbao(s, t), "action": "steal"}, "action"),
     ("rotation_state", lambda s, t: {"openbao": _openbao(s, t), "action": "record", "kind": "sideways"}, "kind"),
 ]
@@ -49,7 +50,7 @@ def _exists(bao_client):
         return False
 
 
-@pytest.mark.parametrize("module,build,option", CASES, ids=[f"{m}-{o}-{i}" for i, (m, _, o) in enumerate(CASES)])
+@pytest.mark.parametrize("module,build,option", CASES, ids=[f"{case[0]}-{case[2]}-{i}" for i, case in enumerate(CASES)])
 def test_bad_input_fails_clearly_and_changes_nothing(stack, bao_token, bao_client, run_module, module, build, option):
     before = _snapshot(bao_client)
     result = run_module(module, build(stack, bao_token))

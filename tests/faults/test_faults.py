@@ -73,15 +73,15 @@ def test_controller_ahead_is_refused_and_changes_nothing(fresh_rs, tmp_path):
     # ahead is not caught by that guard; see the report)
     first = fresh_rs.playbook("rotate.yml")
     assert first["rc"] == 0, first["stdout"][-3000:]
-    before_state, _ = read_state(fresh_rs)
+    before_state, _unused = read_state(fresh_rs)
     default = fresh_rs.default_issuer_epoch()
     ahead = fresh_rs.playbook("rotate.yml", extra_vars={"ca_rotation_now": int(time.time()) + 600})
     assert ahead["rc"] != 0 and "more than one epoch ahead" in ahead["stdout"], ahead["stdout"][-3000:]
-    state, _ = read_state(fresh_rs)
+    state, _unused = read_state(fresh_rs)
     assert state["last_epoch"] == before_state["last_epoch"] and state["generation"] == before_state["generation"]
     assert fresh_rs.default_issuer_epoch() == default
     results = default_issuer_trusted(fresh_rs, tmp_path)
-    assert all(ok for ok, _ in results.values()), results
+    assert all(ok for ok, _detail in results.values()), results
     converged(fresh_rs, fresh_rs.playbook("rotate.yml"))
 
 
@@ -112,7 +112,7 @@ def test_tampered_live_ca_file_is_repaired(frs):
 
 
 def test_nats_unavailable_during_announcement(frs):
-    before_state, _ = read_state(frs)
+    before_state, _unused = read_state(frs)
     # the announcing client is pointed at a closed port: the announcement cannot be made
     import socket
     with socket.socket() as sock:
@@ -126,12 +126,12 @@ def test_nats_unavailable_during_announcement(frs):
                                           "password_file": frs.info["nats_auth"]["app_password_file"]}}
     # wait for a phase with a new bundle so there is something to announce
     gen = before_state["generation"]
-    for _ in range(6):
+    for _attempt in range(6):
         run = frs.playbook("rotate.yml", extra_vars=bad)
         if run["rc"] != 0:
             break
     assert run["rc"] != 0 and "The announcement failed" in run["stdout"], run["stdout"][-2000:]
-    state, _ = read_state(frs)
+    state, _unused = read_state(frs)
     assert state["generation"] == gen and (state.get("lock") or {}).get("holder") is None
     report = converged(frs, frs.playbook("rotate.yml"))
     assert report["generation"] == gen + 1
@@ -150,8 +150,8 @@ def test_one_nats_server_stopped_during_reload(frs):
         os.kill(victim["pid"], signal.SIGCONT)
     # whatever was activated is trusted by every server, the stopped one included
     results = default_issuer_trusted(frs, frs.base / "after-stop")
-    assert all(ok for ok, _ in results.values()), results
-    for _ in range(3):  # a stopped server can leave the next phase boundary in between; converge within a few runs
+    assert all(ok for ok, _detail in results.values()), results
+    for _attempt in range(3):  # a stopped server can leave the next phase boundary in between; converge within a few runs
         run = frs.playbook("rotate.yml")
         if run["rc"] == 0:
             break

@@ -88,7 +88,7 @@ def test_soak_short_epochs_under_load(tmp_path):
             for n, (cert, key) in list(leaves.items()):
                 exp = schedule.expiry(n)
                 if exp < check_now - timedelta(seconds=2):
-                    ok, _ = rs.handshake(cert, key, servers[0])
+                    ok, _unused = rs.handshake(cert, key, servers[0])
                     if ok:
                         failures.append(f"expired epoch {n} accepted")
                     else:
