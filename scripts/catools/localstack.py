@@ -338,26 +338,47 @@ class LocalStack:
                 self._save()
                 return self.info
             self.down()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.info = {"version": 1, "state_dir": str(self.state_dir), "epoch": self._epoch_info(), "jetstream": self.jetstream}
-        try:
-            self._start_openbao()
-            self._bootstrap_pki()
-            self._prepare_nats()
-            for cluster in self.info["clusters"]:
-                for server in cluster["servers"]:
-                    self._start_nats(server)
-            self._save()
-            self._wait_nats()
-        except BaseException:
-            self._save()
-            self.down(purge=False)
-            raise
+        for attempt in range(3):
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.info = {"version": 1, "state_dir": str(self.state_dir), "epoch": self._epoch_info(), "jetstream": self.jetstream}
+            try:
+                self._start_openbao()
+                self._bootstrap_pki()
+                self._prepare_nats()
+                for cluster in self.info["clusters"]:
+                    for server in cluster["servers"]:
+                        self._start_nats(server)
+                self._save()
+                self._wait_nats()
+                break
+            except StackError as exc:
+                self._save()
+                lost_race = self._port_race()
+                self.down(purge=lost_race and attempt < 2)
+                if not lost_race or attempt == 2:
+                    raise
+                self._log(f"a port was taken before a server could bind it ({exc}); starting again")
+            except BaseException:
+                self._save()
+                self.down(purge=False)
+                raise
         self.info["changed"] = True
         self.info["up_seconds"] = round(time.monotonic() - started, 3)
         self._save()
         self._write_inventory()
         return self.info
+
+    def _port_race(self) -> bool:
+        """Did a process of this stack exit because its port was taken meanwhile (then a new attempt helps)?"""
+        logs = [self.info.get("openbao", {}).get("log_file")]
+        logs += [s["log_file"] for c in self.info.get("clusters", []) for s in c["servers"]]
+        for log in filter(None, logs):
+            try:
+                if "address already in use" in Path(log).read_text(encoding="utf-8", errors="replace"):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def _epoch_info(self) -> dict:
         sched = self.schedule
