@@ -574,7 +574,7 @@ def plot(out):
             values.append(value)
             targets.append(target)
     fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.rect(labels, values, color=["#888", "#4a4", "#48c", "#48c", "#84c"][:len(values)])
+    bars = ax.bar(labels, values, color=["#888", "#4a4", "#48c", "#48c", "#84c"][:len(values)])
     for rect, target in zip(bars, targets):
         if target:
             ax.hlines(target, rect.get_x(), rect.get_x() + rect.get_width(), colors="red", linestyles="dashed")
