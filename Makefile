@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(DEV_COLL)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv dev build install demo demo-down test unit integration faults sanity lint bench soak clean
+.PHONY: help venv dev build install demo demo-down test unit integration faults soak-short sanity lint bench soak clean
 
 help:
 	@echo "make demo   - create .venv, install the collection, start the local stack, run playbooks/rotate.yml"
@@ -60,7 +60,7 @@ demo-down: venv
 	$(BIN)/python scripts/localstack down
 
 test: dev
-	$(MAKE) unit integration faults sanity lint
+	$(MAKE) unit integration faults soak-short sanity lint
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -89,6 +89,9 @@ faults: dev
 
 bench: dev
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+soak-short: dev
+	SOAK_EPOCHS=5 $(BIN)/python -m pytest tests/soak -q -m soak $(PYTEST_ARGS)
 
 SOAK_EPOCHS ?= 100
 soak: dev

@@ -74,7 +74,17 @@ def test_soak_short_epochs_under_load(tmp_path):
                 rotations += 1
                 # trust first, then issue: activate the current epoch only once it is in the proven bundle
                 if current in bundle["epochs"]:
-                    _openbao.set_default_issuer(client, pki["int_mount"], f"epoch-{current}")
+                    activated = _openbao.set_default_issuer(client, pki["int_mount"], f"epoch-{current}")
+                    if activated.get("changed"):
+                        # servers' own leaves follow the new default issuer (as the renew_leaves play does), then reload
+                        for s in servers:
+                            rs.stack.issue_leaf(s["name"], Path(s["cert_file"]), Path(s["key_file"]))
+                        transport = _reload.LocalTransport("signal", targets)
+                        try:
+                            result = _reload.reload_servers(transport, reload_timeout=30)
+                        finally:
+                            transport.close()
+                        assert not result["failed"], result["msg"]
             default = rs.default_issuer_epoch()
             if default is not None:
                 if default not in leaves:
