@@ -16,7 +16,7 @@ import pytest
 from conftest import converged, default_issuer_trusted, read_state
 from helpers import REPO, ansible_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _shas(rs):

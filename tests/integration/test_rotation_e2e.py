@@ -20,7 +20,7 @@ import pytest
 
 from rotation_harness import Observer, RotationStack, Traffic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EPOCH = 20
 # intermediates-only bundles make trust exactly the listed epochs (so the observer's proof means something);

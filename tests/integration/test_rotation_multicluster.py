@@ -14,7 +14,7 @@ from rotation_harness import RotationStack
 
 from ansible_collections.securetransport.ca_rotation.tests.k8s_emulator import ClusterSet, EmulatedCluster, PodBackend
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
