@@ -18,14 +18,11 @@ Results: bench/results/evidence.json, evidence.md and evidence.png (when matplot
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import ssl
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -45,7 +42,7 @@ os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build" / "collect
 # pylint: disable=wrong-import-position
 import bench_reload  # noqa: E402
 from helpers import ansible_env, ansible_playbook  # noqa: E402
-from rotation_harness import RotationStack  # noqa: E402
+from rotation_harness import RotationStack, Traffic  # noqa: E402
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import (  # noqa: E402
     _bundle, _epoch, _message, _nats, _openbao, _reload,
@@ -181,93 +178,6 @@ def ansible_baseline(base: Path):
     return {"runs": times, "median_s": statistics.median(times)}
 
 
-class LatencyTraffic(threading.Thread):
-    """Acked JetStream publishes (R3) at `rate`/s over one long-lived mTLS connection, a pull consumer on another;
-    records each publish's (wall time, latency ms)."""
-
-    def __init__(self, info, stream="BENCH", rate=50.0):
-        super().__init__(daemon=True)
-        self.info, self.stream, self.rate = info, stream, rate
-        self.samples: list[tuple[float, float]] = []
-        self.acked: list[int] = []
-        self.consumed: set[int] = set()
-        self.errors: list[str] = []
-        self.reconnects = self.disconnects = 0
-        self.stop_event, self.ready = threading.Event(), threading.Event()
-
-    def _tls(self):
-        auth = self.info["nats_auth"]
-        ctx = ssl.create_default_context(cafile=self.info["pki"]["root_pem_file"])
-        ctx.load_cert_chain(auth["client_cert_file"], auth["client_key_file"])
-        return ctx
-
-    async def _main(self):
-        import nats  # pylint: disable=import-outside-toplevel
-        auth = self.info["nats_auth"]
-        password = Path(auth["app_password_file"]).read_text().strip()
-
-        async def on_reconnect():
-            self.reconnects += 1
-
-        async def on_disconnect():
-            if not self.stop_event.is_set():
-                self.disconnects += 1
-
-        async def on_error(exc):
-            self.errors.append(repr(exc))
-
-        servers = [s["url"] for s in self.info["clusters"][0]["servers"]]
-        kw = dict(tls=self._tls(), tls_hostname="127.0.0.1", user="app", password=password, reconnected_cb=on_reconnect,
-                  disconnected_cb=on_disconnect, error_cb=on_error)
-        pub = await nats.connect(servers, name="bench-pub", **kw)
-        sub = await nats.connect(servers, name="bench-sub", **kw)
-        js = pub.jetstream()
-        await js.add_stream(name=self.stream, subjects=[f"{self.stream.lower()}.>"], num_replicas=3)
-        psub = await sub.jetstream().pull_subscribe(f"{self.stream.lower()}.>", durable="bench-consumer")
-        self.ready.set()
-
-        async def consume():
-            while not self.stop_event.is_set() or len(self.consumed) < len(self.acked):
-                try:
-                    msgs = await psub.fetch(100, timeout=1)
-                except asyncio.TimeoutError:
-                    if self.stop_event.is_set():
-                        break
-                    continue
-                for msg in msgs:
-                    self.consumed.add(msg.metadata.sequence.stream)
-                    await msg.ack()
-
-        consumer = asyncio.ensure_future(consume())
-        i = 0
-        while not self.stop_event.is_set():
-            t = time.time()
-            started = time.perf_counter()
-            try:
-                ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=5)
-                self.samples.append((t, (time.perf_counter() - started) * 1000.0))
-                self.acked.append(ack.seq)
-            except Exception as exc:  # noqa: BLE001
-                self.errors.append(f"publish {i}: {exc!r}")
-            i += 1
-            await asyncio.sleep(max(0.0, 1.0 / self.rate - (time.perf_counter() - started)))
-        await asyncio.wait_for(consumer, timeout=60)
-        await js.delete_stream(self.stream)
-        await pub.close()
-        await sub.close()
-
-    def run(self):
-        try:
-            asyncio.run(self._main())
-        except Exception as exc:  # noqa: BLE001
-            self.errors.append(f"traffic crashed: {exc!r}")
-            self.ready.set()
-
-    def stop(self):
-        self.stop_event.set()
-        self.join(timeout=120)
-
-
 def wait_for_phase_change(schedule, margin=0.5):
     """Sleep until just after the next preparation or epoch start, so the next run has work to do."""
     now = datetime.now(timezone.utc)
@@ -393,7 +303,7 @@ def main():  # noqa: C901  pylint: disable=too-many-locals,too-many-statements
         rs = RotationStack(tmp / "one", epoch_duration="20s")
         schedule = _epoch.EpochSchedule.from_params(dict(rs.info["epoch"]))
         try:
-            traffic = LatencyTraffic(rs.info)
+            traffic = Traffic(rs, stream="BENCH")
             traffic.start()
             traffic.ready.wait(30)
             first = run_playbook(tmp, rs.inventory, tag="first")
@@ -419,7 +329,7 @@ def main():  # noqa: C901  pylint: disable=too-many-locals,too-many-statements
             out["disruption"] = {
                 "published_acked": len(traffic.acked), "consumed": len(traffic.consumed), "lost": lost,
                 "publish_errors": len(traffic.errors), "errors": traffic.errors[:5],
-                "reconnects": traffic.reconnects, "disconnects": traffic.disconnects,
+                "reconnects": traffic.reconnects, "disconnects": traffic.disconnects_during,
                 "during_rotation": {"n": len(inside), "p50_ms": pct(inside, 50), "p99_ms": pct(inside, 99), "max_ms": max(inside, default=None)},
                 "steady_state": {"n": len(outside), "p50_ms": pct(outside, 50), "p99_ms": pct(outside, 99), "max_ms": max(outside, default=None)},
             }

@@ -126,6 +126,7 @@ class Traffic(threading.Thread):
         super().__init__(daemon=True)
         self.rs, self.stream, self.rate = rs, stream, rate
         self.acked: list[int] = []
+        self.samples: list[tuple[float, float]] = []  # (wall time, publish-to-ack latency in ms) per acked publish
         self.consumed: set[int] = set()
         self.errors: list[str] = []
         self.reconnects = 0
@@ -179,13 +180,15 @@ class Traffic(threading.Thread):
         consumer = asyncio.ensure_future(consume())
         i = 0
         while not self.stop_event.is_set():
+            wall, started = time.time(), time.perf_counter()
             try:
                 ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=5)
+                self.samples.append((wall, (time.perf_counter() - started) * 1000.0))
                 self.acked.append(ack.seq)
             except Exception as exc:  # noqa: BLE001
                 self.errors.append(f"publish {i}: {exc!r}")
             i += 1
-            await asyncio.sleep(1.0 / self.rate)
+            await asyncio.sleep(max(0.0, 1.0 / self.rate - (time.perf_counter() - started)))
         await asyncio.wait_for(consumer, timeout=60)
         self.disconnects_during = self.disconnects  # close() below fires the callback too
         info = await js.stream_info(self.stream)
