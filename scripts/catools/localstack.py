@@ -53,6 +53,9 @@ TRANSIT_KEY = "ca-bundle-signer"
 KV_MOUNT = "secret"
 CN_PREFIX = "NATS Intermediate CA"
 MEMBER_KEYS = ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")
+# the names every server certificate carries (servers listen on 127.0.0.1); the inventory gives them to leaf renewal
+SERVER_ALT_NAMES = ["localhost"]
+SERVER_IP_SANS = ["127.0.0.1"]
 
 
 class StackError(RuntimeError):
@@ -490,7 +493,7 @@ class LocalStack:
         client = client or self.bao_client()
         data = client.write_data(
             f"{INT_MOUNT}/issue/{LEAF_ROLE}",
-            data={"common_name": common_name, "alt_names": "localhost", "ip_sans": "127.0.0.1"},
+            data={"common_name": common_name, "alt_names": ",".join(SERVER_ALT_NAMES), "ip_sans": ",".join(SERVER_IP_SANS)},
         )["data"]
         chain = [data["certificate"].strip()]
         chain += [c.strip() for c in data.get("ca_chain", []) if "NATS Local Root CA" not in c]
@@ -632,7 +635,8 @@ class LocalStack:
             "ca_rotation_nats_clusters": {
                 c["name"]: {
                     "servers": [s["url"] for s in c["servers"]],
-                    "members": [{k: s[k] for k in MEMBER_KEYS} for s in c["servers"]],
+                    "members": [dict({k: s[k] for k in MEMBER_KEYS}, alt_names=SERVER_ALT_NAMES, ip_sans=SERVER_IP_SANS)
+                                for s in c["servers"]],
                 } for c in self.info["clusters"]
             },
             "ca_rotation_nats_client": {

@@ -64,7 +64,7 @@ def test_six_epochs_under_traffic_then_rollback(rs, tmp_path):
         deadline = time.monotonic() + 14 * EPOCH
         while time.monotonic() < deadline:
             run = rs.playbook("rotate.yml", extra_vars=EXTRA)
-            assert run["rc"] == 0, run["stdout"][-3000:]
+            assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-3000:]
             report = run["report"]
             assert report["ok"] and report["clusters"]["local"]["ok"]
             if report["current_epoch"] >= start_epoch + 6:

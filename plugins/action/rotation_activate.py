@@ -1,0 +1,50 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of securetransport.ca_rotation.rotation_activate (documented in plugins/modules)."""
+
+from __future__ import annotations
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import finish
+from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import (
+    AUTHORITY_FACT,
+    CLUSTER_FACT,
+    EngineAction,
+)
+
+ACTIVATION_FACT = 'ca_rotation_activation_result'
+
+
+class ActionModule(EngineAction):
+
+    ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback']}}
+
+    def on_config_error(self, err, args):
+        if not self.authority_went_ahead():
+            return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
+                    'ansible_facts': {ACTIVATION_FACT: {'changed': False, 'epoch': None}}}
+        return super().on_config_error(err, args)
+
+    def run_step(self, args, cfg, task_vars):
+        auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False}
+        hosts = self.cluster_hosts(task_vars, cfg)
+        clusters = [c for c in (self.fact_of(task_vars, h, CLUSTER_FACT) for h in hosts) if c]
+        if not auth.get('go'):
+            return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
+                    'ansible_facts': {ACTIVATION_FACT: {'changed': False, 'epoch': None}}}
+        cfg.live_secret_locations = []
+        clients = self.new_clients(cfg)
+        timings = self.new_timings()
+        step = finish.complete_rollback if args['mode'] == 'rollback' else finish.activate
+        try:
+            res = step(cfg, auth, clusters, len(hosts), clients, timings, check_mode=self._task.check_mode)
+        except Exception as err:  # pylint: disable=broad-except  # the finish step reports it and fails the run
+            res = {'changed': False, 'epoch': None, 'activated': False, 'timings': timings.as_dict(),
+                   'error': '%s failed: %s' % ('Completing the rollback' if args['mode'] == 'rollback' else 'Activation', err)}
+            res['msg'] = res['error']
+        finally:
+            clients.close()
+        self.say(res.get('msg'))
+        return {'changed': bool(res['changed']), 'msg': res.get('msg') or ('epoch %s activated' % res['epoch'] if res['activated']
+                                                                          else 'nothing to activate'),
+                'ansible_facts': {ACTIVATION_FACT: res}}

@@ -1,0 +1,57 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of securetransport.ca_rotation.rotation_authority (documented in plugins/modules)."""
+
+from __future__ import annotations
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import authority
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import authority_stopped
+from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import AUTHORITY_FACT, EngineAction
+
+
+class ActionModule(EngineAction):
+
+    ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback']}}
+
+    def _live_secret_locations(self, task_vars, cfg):
+        """``namespace/name`` of the live CA Secret of every cluster that is delivered by Secret.
+
+        Reading every cluster's configuration here also refuses bad input before the lock is taken."""
+        out = []
+        for host in self.cluster_hosts(task_vars, cfg):
+            try:
+                cc = ClusterConfig(self.other_host_config(task_vars, host), host)
+            except ConfigError as err:
+                raise ConfigError('cluster host %s: %s' % (host, err), err.option) from None
+            if cc.delivery == 'secret':
+                location = '%s/%s' % (cc.namespace, cc.live_secret)
+                if location not in out:
+                    out.append(location)
+        return out
+
+    def on_config_error(self, err, args):
+        # refused before the lock: the finish step writes the report and fails the run with this message
+        msg = '%s. Nothing was changed.' % err
+        res = authority_stopped(self.started_at(), 'rollback' if args.get('mode') == 'rollback' else 'rotation', msg,
+                                error=msg)
+        self.say(msg)
+        return {'changed': False, 'msg': msg, 'option': err.option, 'ansible_facts': {AUTHORITY_FACT: res.to_fact()}}
+
+    def run_step(self, args, cfg, task_vars):
+        kind = 'rollback' if args['mode'] == 'rollback' else 'rotation'
+        host = task_vars.get('inventory_hostname')
+        self.check_connection_options(cfg)
+        cfg.live_secret_locations = self._live_secret_locations(task_vars, cfg)
+        clients = self.new_clients(cfg)
+        timings = self.new_timings()
+        step = authority.prepare_rollback if kind == 'rollback' else authority.rotate
+        try:
+            res = step(cfg, clients, self.holder(host, kind), self.started_at(), timings, check_mode=self._task.check_mode)
+        finally:
+            clients.close()
+        self.say(res.msg)
+        return {'changed': bool(res.changed), 'msg': res.msg or ('bundle %s of epoch %s, generation %s' % (
+                    (res.sha256 or '')[:16], res.epoch, res.generation) if res.go else 'did not go ahead'),
+                'ansible_facts': {AUTHORITY_FACT: res.to_fact()}}

@@ -1,0 +1,77 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of securetransport.ca_rotation.rotation_cluster (documented in plugins/modules)."""
+
+from __future__ import annotations
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import (
+    MODULE,
+    LocalSteps,
+    RemoteSteps,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import (
+    AUTHORITY_FACT,
+    CLUSTER_FACT,
+    EngineAction,
+)
+
+
+class ActionModule(EngineAction):
+
+    ARGUMENT_SPEC = {'phase': {'type': 'str', 'default': 'deliver', 'choices': ['deliver', 'renew']}}
+
+    def _steps(self, cc, task_vars):
+        """In the controller, or on the inventory host (one module call per step) for servers on other machines."""
+        run_on = cc.run_on if cc.run_on != 'auto' else ('controller' if self._connection.transport in ('local', 'ansible.builtin.local') else 'host')
+        if run_on == 'controller' or not cluster.uses_host_steps(cc):
+            return LocalSteps()
+
+        def execute(args):
+            return self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+        return RemoteSteps(execute)
+
+    def on_config_error(self, err, args):
+        if not self.authority_went_ahead():
+            return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
+                    'ansible_facts': {CLUSTER_FACT: None}}
+        # recorded as this cluster's failure: activation waits, and the finish step releases the lock and fails the run
+        name = self.template_var(self._task_vars, 'ca_rotation_cluster_name') or self._task_vars.get('inventory_hostname')
+        msg = '%s. Nothing was changed on this cluster.' % err
+        self.say('Cluster %s FAILED: %s' % (name, msg))
+        return {'changed': False, 'msg': msg, 'option': err.option,
+                'ansible_facts': {CLUSTER_FACT: cluster_result(name, {}, False, error=msg).to_fact()}}
+
+    def run_step(self, args, cfg, task_vars):
+        host = task_vars.get('inventory_hostname')
+        cc = ClusterConfig(cfg, host)
+        auth = self.fact_of(task_vars, self.authority_host(task_vars, cfg), AUTHORITY_FACT) or {'go': False}
+        if not auth.get('go'):
+            # no result of an earlier run may stand in for this one (persistent fact caches)
+            return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
+                    'ansible_facts': {CLUSTER_FACT: None}}
+        steps = self._steps(cc, task_vars)
+        clients = self.new_clients(cfg, kubernetes=cc.kubernetes)
+        timings = self.new_timings()
+        try:
+            if args['phase'] == 'renew':
+                previous = self.template_var(task_vars, CLUSTER_FACT)
+                res = cluster.renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=self._task.check_mode,
+                                           steps=steps)
+                changed = bool(res.get('renewed'))
+            else:
+                obj = cluster.deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=self._task.check_mode,
+                                                steps=steps)
+                res = obj.to_fact()
+                changed = obj.changed
+        finally:
+            clients.close()
+        res['module_calls'] = int(res.get('module_calls') or 0) + getattr(steps, 'calls', 0)
+        if not res.get('ok'):
+            self.say('Cluster %s FAILED: %s. %s' % (cc.name, res.get('error'), 'The previous bundle was put back and the servers '
+                     'reloaded.' if res.get('rolled_back') else 'No rollback was done.'))
+        return {'changed': changed, 'msg': 'cluster %s %s' % (cc.name, 'ok' if res.get('ok') else 'FAILED'),
+                'ansible_facts': {CLUSTER_FACT: res}}

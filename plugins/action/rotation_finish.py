@@ -1,0 +1,50 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of securetransport.ca_rotation.rotation_finish (documented in plugins/modules)."""
+
+from __future__ import annotations
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import finish
+from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import (
+    AUTHORITY_FACT,
+    CLUSTER_FACT,
+    REPORT_FACT,
+    EngineAction,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.action.rotation_activate import ACTIVATION_FACT
+
+
+class ActionModule(EngineAction):
+
+    ARGUMENT_SPEC = {}
+
+    def on_config_error(self, err, args):
+        """Still write the report (the authority step refused the same input before changing anything)."""
+        task_vars = self._task_vars
+        auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False}
+        msg = '%s. Nothing was changed.' % err
+        report = finish.run_report(dict(auth, error=auth.get('error') or msg), [], {}, finish.isoformat(finish.utcnow()))
+        report['msg'] = finish.failure_message(report)
+        path = self.template_var(task_vars, 'ca_rotation_report_file')
+        if path:
+            finish.write_report(path, report)
+        return {'failed': True, 'changed': False, 'msg': report['msg'], 'option': err.option,
+                'ansible_facts': {REPORT_FACT: report}}
+
+    def run_step(self, args, cfg, task_vars):
+        auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False, 'error': 'the authority step did not run'}
+        hosts = self.cluster_hosts(task_vars, cfg)
+        clusters = [c for c in (self.fact_of(task_vars, h, CLUSTER_FACT) for h in hosts) if c]
+        activation = self.template_var(task_vars, ACTIVATION_FACT) or {}
+        clients = self.new_clients(cfg)
+        try:
+            report = finish.finish(cfg, auth, clusters, activation, clients, check_mode=self._task.check_mode)
+        finally:
+            clients.close()
+        out = {'changed': False, 'msg': report['msg'], 'ansible_facts': {REPORT_FACT: report}}
+        if not report['ok']:
+            out['failed'] = True
+        else:
+            self.say(report['msg'])
+        return out

@@ -1,0 +1,284 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tier 1, once per run: plan -> lock -> hold -> issue -> bundle -> KV / per-epoch Secret / probe file ->
+sign + announce -> state -> probe leaf -> prune. Rollback is a mode of the same step.
+
+Nothing here fails the run on its own: a refusal or an error releases the lock and comes back as a
+result with ``go: false`` and ``error`` set, so that the finish step still writes the report and fails
+the run loudly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import (
+    DEFAULT_EPOCH_SECRET_KEY,
+    DEFAULT_EPOCH_SECRET_NAME,
+    DEFAULT_KV_PATH,
+    bundle_from_openbao,
+    bundle_from_pem,
+    kv_record,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
+    ensure_epoch_intermediate,
+    issuer_certificates,
+    parse_renew_before,
+    prune_epoch_issuers,
+    root_certificate,
+    set_default_issuer,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.leaf import ensure_leaf
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
+    authority_stopped,
+    authority_went_ahead,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.store import deliver, prune_copies
+
+PROBE_CN = 'ca-rotation-probe'
+PROBE_RENEW_BEFORE = '33%'
+
+
+def probe_paths(probe_dir):
+    return {'cert_file': os.path.join(probe_dir, 'probe-cert.pem'), 'key_file': os.path.join(probe_dir, 'probe-key.pem'),
+            'bundle_file': os.path.join(probe_dir, 'ca-bundle.pem')}
+
+
+def _probe_dir(cfg, check_mode):
+    path = os.path.expanduser(cfg.probe_dir)
+    if not check_mode:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def announcement_fields(cfg, auth_like, kind, live_secrets):
+    """The announcement of a bundle, with the Secret and KV locations as configured (never hard-coded)."""
+    certs = auth_like['certificates']
+    epoch = auth_like['epoch']
+    locations = list(live_secrets)
+    if cfg.epoch_secret:
+        locations.append('%s/%s' % (cfg.authority_epoch_secret_namespace, DEFAULT_EPOCH_SECRET_NAME.format(epoch=epoch)))
+    return {
+        'epoch': epoch, 'generation': int(auth_like['generation']), 'kind': kind, 'certificates': certs,
+        'valid_from': max(c['not_before'] for c in certs), 'valid_until': min(c['not_after'] for c in certs),
+        'bundle_pem': auth_like['pem'],
+        'kv_location': '%s/%s' % (cfg.pki['kv_mount'], DEFAULT_KV_PATH.format(epoch=epoch)),
+        'secret_locations': locations,
+    }
+
+
+def announce_bundle(cfg, clients, fields, check_mode):
+    return announce(clients.openbao(), cfg.authority_nats, cfg.stream, cfg.authority_subject, fields,
+                    cfg.pki['transit_mount'], cfg.pki['transit_key'], check_mode=check_mode)
+
+
+def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None):
+    """A client certificate of ``epoch`` for the trust probe (kept until it is due)."""
+    try:
+        return ensure_leaf(clients.openbao(), int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=PROBE_CN,
+                           cert_file=probe['cert_file'], key_file=probe['key_file'], schedule=cfg.schedule, now=cfg.now,
+                           renew_before=parse_renew_before(PROBE_RENEW_BEFORE), issuer_ref='epoch-%d' % epoch,
+                           renew_if_not_default=False, check_mode=check_mode, issuers=issuers)
+    except Exception:
+        if check_mode:  # the issuer may exist only as a prediction
+            return {'changed': True, 'predicted': True}
+        raise
+
+
+def _epoch_secret_dest(cfg):
+    return {'namespace': cfg.authority_epoch_secret_namespace, 'name': DEFAULT_EPOCH_SECRET_NAME,
+            'key': DEFAULT_EPOCH_SECRET_KEY, 'kubernetes': cfg.authority_kubernetes}
+
+
+def _release(clients, cfg, holder):
+    try:
+        _state.release_lock(clients.openbao(), holder, cfg.pki['kv_mount'], cfg.state_path)
+    except Exception:  # pylint: disable=broad-except  # the original error matters more; the lock expires by itself
+        pass
+
+
+def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
+    """The authority step of ``rotate.yml``; returns an AuthorityResult."""
+    pki, kind = cfg.pki, 'rotation'
+    with timings.step('plan'):
+        plan = cfg.schedule.plan(cfg.now)
+    with timings.step('lock'):
+        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, cfg.now, pki['kv_mount'], cfg.state_path,
+                                   check_mode)
+    if not lock['acquired']:
+        return authority_stopped(started_at, kind, lock['msg'], locked_out=True, plan=plan, timings=timings.as_dict())
+    state = lock['state']
+    step = 'plan'
+    try:
+        decisions.check_clock(plan, state)
+        hold, hold_expired = decisions.hold_decision(state.get('hold'), cfg.release_hold, plan['current_epoch'], cfg.schedule)
+        notes = []
+        if hold:
+            notes.append('Rollback hold since %s keeps the bundle of epoch %s; run with -e ca_rotation_release_hold=true to '
+                         'resume rotation' % (hold.get('since'), hold['epoch']))
+        elif hold_expired:
+            notes.append('Rollback hold released; rotation resumes')
+        changed = False
+        step = 'issue'
+        with timings.step('issue'):
+            issued = []
+            for epoch in decisions.epochs_to_issue(plan):
+                res = ensure_epoch_intermediate(
+                    clients.openbao(), cfg.schedule, epoch, root_mount=pki['root_mount'], int_mount=pki['int_mount'],
+                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], check_mode=check_mode, now=cfg.now)
+                notes.extend(res.get('warnings') or [])
+                changed = changed or res['changed']
+                issued.append(res)
+        probe_dir = _probe_dir(cfg, check_mode)
+        probe = probe_paths(probe_dir)
+        step = 'bundle'
+        with timings.step('bundle'):
+            if hold:
+                bundle = bundle_from_pem(hold['pem'], cfg.schedule, cfg.now, root_pem=issued[0]['root_certificate'],
+                                         include_root=cfg.include_root, max_certificates=cfg.max_certificates, drop_expired=True)
+            else:
+                bundle = bundle_from_openbao(clients.openbao(), cfg.schedule, cfg.now, int_mount=pki['int_mount'],
+                                             root_mount=pki['root_mount'], include_root=cfg.include_root,
+                                             max_certificates=cfg.max_certificates)
+        epoch = bundle['epoch']
+        step = 'store'
+        with timings.step('store'):
+            kv = {'mount': pki['kv_mount'], 'path': DEFAULT_KV_PATH}
+            dests = [('kv', kv)]
+            if cfg.epoch_secret:
+                dests.append(('epoch_secret', _epoch_secret_dest(cfg)))
+            dests.append(('file', {'path': probe['bundle_file'], 'mode': '0644'}))
+            stored = deliver(dests, bundle, epoch, kv_record(bundle, epoch, cfg.schedule, created_at=cfg.now), clients, check_mode)
+            changed = changed or any(r['changed'] for r in stored)
+            if cfg.prune:
+                pruned = prune_copies(cfg.schedule, cfg.now, cfg.keep_epochs, [epoch], clients, check_mode, kv=kv,
+                                      epoch_secret=_epoch_secret_dest(cfg) if cfg.epoch_secret else None)
+                changed = changed or pruned['changed']
+        new_bundle, generation = decisions.generation(state, bundle['sha256'])
+        auth_like = {'epoch': epoch, 'generation': generation, 'certificates': bundle['certificates'], 'pem': bundle['pem']}
+        announce_error = None
+        if cfg.announce and new_bundle:
+            step = 'announce'
+            with timings.step('announce'):
+                # a failed announcement must not keep the servers from the new bundle: it is recorded, the generation
+                # is not, activation waits, and the run fails at the end; the next run announces again
+                try:
+                    announce_bundle(cfg, clients, announcement_fields(cfg, auth_like, kind, cfg.live_secret_locations), check_mode)
+                except Exception as err:  # pylint: disable=broad-except
+                    announce_error = str(err) or type(err).__name__
+        step = 'state'
+        with timings.step('state'):
+            if new_bundle and announce_error is None:
+                _state.record(clients.openbao(), holder, epoch=epoch, sha256=bundle['sha256'], generation=generation,
+                              kind=kind, now=cfg.now, mount=pki['kv_mount'], path=cfg.state_path, check_mode=check_mode)
+            if hold_expired:
+                _state.set_hold(clients.openbao(), holder, None, pki['kv_mount'], cfg.state_path, check_mode)
+        step = 'probe leaf'
+        with timings.step('probe_leaf'):
+            _probe_leaf(cfg, clients, epoch, probe, check_mode)
+        if cfg.prune:
+            step = 'prune'
+            with timings.step('prune'):
+                pr = prune_epoch_issuers(clients.openbao(), cfg.schedule, pki['int_mount'], cfg.prune_grace, now=cfg.now,
+                                         check_mode=check_mode)
+                changed = changed or pr['changed']
+    except Exception as err:  # pylint: disable=broad-except
+        if not check_mode:
+            _release(clients, cfg, holder)
+        if isinstance(err, decisions.Refusal):
+            msg = str(err)
+        else:
+            msg = ("The authority step failed at '%s': %s. The lock was released; nothing after that step was changed and "
+                   "the next run converges." % (step, err))
+        return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict())
+    result = authority_went_ahead(
+        started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle, generation=generation,
+        new_bundle=new_bundle, hold=hold, include_root=cfg.include_root, announce_error=announce_error, probe=probe,
+        pki=pki, changed=changed or new_bundle, timings=timings.as_dict(), logins=clients.logins)
+    result.msg = '; '.join(notes) or None
+    return result
+
+
+def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False):
+    """The authority step of ``rollback.yml``: choose, verify and hand the restored bundle to the clusters.
+
+    The restored epoch is trusted everywhere already (every bundle holds all valid epochs), so the
+    default issuer points back at it and the announcer's leaf is re-issued from it before newer epochs
+    lose trust.
+    """
+    pki, kind = cfg.pki, 'rollback'
+    with timings.step('plan'):
+        plan = cfg.schedule.plan(cfg.now)
+    with timings.step('lock'):
+        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, cfg.now, pki['kv_mount'], cfg.state_path,
+                                   check_mode)
+    if not lock['acquired']:
+        msg = '%s. Re-run the rollback when it is released.' % lock['msg']
+        return authority_stopped(started_at, kind, msg, locked_out=True, plan=plan, error=msg, timings=timings.as_dict())
+    state = lock['state']
+    step = 'choose'
+    try:
+        target = decisions.rollback_target(cfg.rollback_epoch, state.get('history'))
+        step = 'read the stored bundle'
+        with timings.step('bundle'):
+            stored, _version = _state.read_doc(clients.openbao(), pki['kv_mount'], DEFAULT_KV_PATH.format(epoch=target))
+            if not (stored.get('ca-bundle.pem') or ''):
+                raise decisions.Refusal('No bundle is stored at %s/%s (pruned, or never issued). Choose another epoch with '
+                                        '-e ca_rotation_rollback_epoch=<n>.' % (pki['kv_mount'], DEFAULT_KV_PATH.format(epoch=target)))
+            root_pem = root_certificate(clients.openbao(), pki['root_mount'])
+            # intermediates that expired since the bundle was stored are left out (they could not be trusted anyway)
+            # with the root in or out as configured, so that rotation under the hold rebuilds the very same bytes
+            bundle = bundle_from_pem(stored['ca-bundle.pem'], cfg.schedule, cfg.now, root_pem=root_pem,
+                                     include_root=cfg.include_root, max_certificates=cfg.max_certificates, drop_expired=True)
+        probe = probe_paths(_probe_dir(cfg, check_mode))
+        step = 'store'
+        with timings.step('store'):
+            stored_probe = deliver([('file', {'path': probe['bundle_file'], 'mode': '0644'})], bundle, bundle['epoch'], None,
+                                   clients, check_mode)
+        step = 'probe leaf'
+        with timings.step('probe_leaf'):
+            issuers = issuer_certificates(clients.openbao(), pki['int_mount'])
+            _probe_leaf(cfg, clients, bundle['epoch'], probe, check_mode, issuers=issuers)
+        step = 'point the default issuer back'
+        with timings.step('activate'):
+            act = set_default_issuer(clients.openbao(), pki['int_mount'],
+                                     'epoch-%d' % decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch']),
+                                     check_mode=check_mode, now=cfg.now)
+        if cfg.renew_client_leaf and cfg.announce:
+            step = 'renew the announcer leaf'
+            with timings.step('renew'):
+                announcer_leaf(cfg, clients, check_mode, renew_before=None)
+    except Exception as err:  # pylint: disable=broad-except
+        if not check_mode:
+            _release(clients, cfg, holder)
+        if isinstance(err, decisions.Refusal):
+            msg = str(err)
+        else:
+            msg = ("Rollback failed at '%s': %s. Nothing was changed on the NATS servers; the lock was released."
+                   % (step, err))
+        return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict())
+    new_bundle = bundle['sha256'] != state.get('bundle_sha256')
+    return authority_went_ahead(
+        started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle,
+        generation=int(state.get('generation') or 0) + 1, new_bundle=new_bundle, hold={'epoch': bundle['epoch']},
+        include_root=cfg.include_root, announce_error=None, probe=probe, pki=pki,
+        changed=new_bundle or act['changed'] or any(r['changed'] for r in stored_probe), timings=timings.as_dict(),
+        logins=clients.logins)
+
+
+def announcer_leaf(cfg, clients, check_mode, renew_before):
+    """Keep the announcing client's certificate current, from the default issuer."""
+    nats = cfg.authority_nats or {}
+    if not nats.get('cert_file') or not nats.get('key_file'):
+        raise decisions.Refusal('ca_rotation_authority_renew_client_leaf needs ca_rotation_authority_nats.cert_file and '
+                                '.key_file (the announcer certificate to keep current)')
+    return ensure_leaf(clients.openbao(), int_mount=cfg.pki['int_mount'], role=cfg.pki['role'],
+                       common_name=cfg.authority_client_leaf_cn, cert_file=nats['cert_file'], key_file=nats['key_file'],
+                       schedule=cfg.schedule, now=cfg.now,
+                       renew_before=parse_renew_before(renew_before if renew_before is not None else PROBE_RENEW_BEFORE),
+                       renew_if_not_default=True, check_mode=check_mode)

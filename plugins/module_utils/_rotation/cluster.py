@@ -1,0 +1,241 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tier 2, one NATS cluster (or VM group): deliver -> wait for propagation -> reload -> prove -> proof record;
+on a failed proof put the previous bundle back and reload (automatic rollback). Leaf renewal is a later
+phase of the same step (after activation, so that leaves come from the new default issuer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shutil
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import issuer_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import (
+    KubernetesTransport,
+    LocalTransport,
+    SystemTransport,
+    host_port,
+    probe_context,
+    reload_servers,
+    summarize,
+    tls_probe,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import LocalSteps
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.leaf import sign_csr
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.store import deliver
+
+
+class ClusterFailure(Exception):
+    def __init__(self, msg, servers=None):
+        super().__init__(msg)
+        self.servers = servers or []
+
+
+def build_transport(cc, targets=None):
+    """The reload transport of a cluster (``targets``: a subset of the cluster's servers)."""
+    if cc.transport in ('signal', 'command'):
+        path = shutil.which('nats-server') if cc.transport == 'command' else None
+        return LocalTransport(cc.transport, cc.reload_targets(targets), nats_server_path=path)
+    if cc.transport == 'kubernetes':
+        return KubernetesTransport(cc.kubernetes, namespace=cc.namespace, label_selector=cc.label_selector,
+                                   container=cc.container, ca_file=cc.pod_ca_file, reload_command=cc.command)
+    return SystemTransport(cc.system, targets=cc.reload_targets(targets) or None)
+
+
+def _reload(cc, expect_sha256, probe, check_mode, targets=None, min_success=None):
+    transport = build_transport(cc, targets)
+    try:
+        return reload_servers(transport, expect_sha256=expect_sha256, propagation_timeout=cc.propagation_timeout,
+                              reload_timeout=cc.reload_timeout, probe=probe, min_success=min_success, check_mode=check_mode)
+    finally:
+        transport.close()
+
+
+def _destinations(cc):
+    if cc.delivery == 'file':
+        return [('file', {'path': t['ca_file'], 'mode': cc.file_mode}) for t in cc.targets]
+    return [('live_secret', {'namespace': cc.namespace, 'name': cc.live_secret, 'key': cc.secret_key,
+                             'kubernetes': cc.kubernetes})]
+
+
+def _bundle(pem, auth):
+    return {'pem': pem, 'sha256': hashlib.sha256(pem.encode('utf-8')).hexdigest()} if auth is None else \
+        {'pem': auth['pem'], 'sha256': auth['sha256']}
+
+
+def probe_options(auth):
+    probe = auth.get('probe') or {}
+    return {'cert_file': probe['cert_file'], 'key_file': probe['key_file'], 'ca_file': probe['bundle_file'],
+            'partial_chain': not auth.get('include_root', True)}
+
+
+def uses_host_steps(cc):
+    """Files written and servers signalled where they run: the host-local steps (controller or VM)."""
+    return cc.delivery == 'file' and cc.transport in ('signal', 'command')
+
+
+def probe_after(summary, cc, auth, min_success):
+    """The trust probe from the controller, after servers reloaded elsewhere (on their VM)."""
+    probe = probe_options(auth)
+    ctx = probe_context(probe)
+    by_name = {t['name']: t for t in cc.targets}
+    for res in summary['targets']:
+        if not res['ok']:
+            continue
+        url = (by_name.get(res['target']) or {}).get('url')
+        if not url:
+            res.update(ok=False, error='no url in the target to probe the new trust from the controller')
+            continue
+        host, port = host_port(url)
+        ok, detail = tls_probe(host, port, ctx, probe.get('server_name'), 10.0)
+        res.update(probe_ok=ok, probe_detail=detail)
+        if not ok:
+            res.update(ok=False, error='reloaded, but the probe certificate is not accepted: %s' % detail)
+    return summarize(summary['targets'], summary['transport'], min_success)
+
+
+def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=None):
+    """The deliver phase of one cluster; returns a ClusterResult (never raises for a cluster failure).
+
+    ``steps``: where the host-local steps run (default: in this process, for servers the controller reaches).
+    """
+    steps = steps or LocalSteps()
+    kv_mount = cfg.pki['kv_mount']
+    previous_pem, delivered, reloaded, servers = None, False, False, []
+    min_success = cc.min_success or None
+    try:
+        with timings.step('deliver'):
+            record = _state.read_cluster(clients.openbao(), cc.name, kv_mount, cfg.state_path)
+        unproven = decisions.cluster_needs_reload(False, record, auth['sha256'])
+        probe = probe_options(auth) if cc.probe else None
+        if uses_host_steps(cc):
+            # verified by the authority in this run (against the root, which an intermediates-only bundle lacks);
+            # delivered here byte for byte
+            with timings.step('reload'):
+                res = steps.deliver_reload(
+                    pem=auth['pem'], targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,
+                    reload='always' if unproven else 'auto', expect_sha256=None if check_mode else auth['sha256'],
+                    propagation_timeout=cc.propagation_timeout, reload_timeout=cc.reload_timeout, min_success=min_success,
+                    probe=probe if steps.local else None, check_mode=check_mode)
+            previous_pem, delivered, out = res['previous_pem'], res['delivered'], res['reload']
+            if out is not None and probe is not None and not steps.local and not check_mode and not out['failed']:
+                with timings.step('prove'):
+                    out = probe_after(out, cc, auth, min_success)
+        else:
+            with timings.step('deliver'):
+                results = deliver(_destinations(cc), _bundle(None, auth), auth['epoch'], None, clients, check_mode)
+            previous_pem = next((r.get('previous_pem') for r in results if r.get('previous_pem')), None)
+            delivered = any(r['changed'] for r in results)
+            out = None
+            if delivered or unproven:
+                with timings.step('reload'):
+                    out = _reload(cc, None if check_mode else auth['sha256'], probe, check_mode, min_success=min_success)
+        if out is not None:
+            servers = out['targets']
+            if out['failed']:
+                raise ClusterFailure(out['msg'], servers)
+            reloaded = True
+            with timings.step('record'):
+                _state.record_cluster(clients.openbao(), cc.name,
+                                      {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
+                                       'proven_at': isoformat(cfg.now), 'epoch': auth['epoch']},
+                                      kv_mount, cfg.state_path, check_mode)
+        return cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, changed=delivered or reloaded,
+                              timings=timings.as_dict())
+    except Exception as err:  # pylint: disable=broad-except
+        where = 'Reload every server and prove it trusts the new bundle' if isinstance(err, ClusterFailure) else 'Deliver the bundle'
+        error = '%s: %s' % (where, err)
+        failed_servers = getattr(err, 'servers', []) or servers
+        rolled_back = False
+        if cc.rollback and previous_pem is not None and not check_mode:
+            with timings.step('rollback'):
+                rolled_back = restore_previous(cc, previous_pem, clients, steps)
+        return cluster_result(cc.name, auth, False, servers=failed_servers, error=error, rolled_back=rolled_back,
+                              changed=delivered, timings=timings.as_dict())
+
+
+def restore_previous(cc, previous_pem, clients, steps):
+    """Automatic rollback: put back the bundle that was live before this run and reload; True when proven."""
+    bundle = _bundle(previous_pem, None)
+    try:
+        if uses_host_steps(cc):
+            out = steps.deliver_reload(pem=previous_pem, targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,
+                                       reload='always', expect_sha256=bundle['sha256'],
+                                       propagation_timeout=cc.propagation_timeout, reload_timeout=cc.reload_timeout,
+                                       min_success=None, probe=None, check_mode=False)['reload']
+        else:
+            deliver(_destinations(cc), bundle, None, None, clients, False)
+            out = _reload(cc, bundle['sha256'], None, False)
+    except Exception:  # pylint: disable=broad-except  # the run fails loudly either way
+        return False
+    return not out['failed']
+
+
+def leaf_names(target):
+    """``(alt_names, ip_sans)`` of a server's leaf: the target's own ``alt_names`` / ``ip_sans`` when given,
+    else the host of its client ``url`` (an IP goes to ip_sans, a name to alt_names)."""
+    if target.get('alt_names') is not None or target.get('ip_sans') is not None:
+        return list(target.get('alt_names') or []), list(target.get('ip_sans') or [])
+    if not target.get('url'):
+        return [], []
+    host = host_port(target['url'])[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return [host], []
+    return [], [host]
+
+
+def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, steps=None):
+    """The leaf phase: renew each server's certificate from the default issuer when due, then reload those servers.
+
+    The key is made where the server runs and only its CSR is signed by OpenBao. ``previous``: this cluster's
+    deliver-phase result (a failed cluster is left alone). Returns the updated result.
+    """
+    steps = steps or LocalSteps()
+    result = dict(previous or {'ok': True, 'cluster': cc.name, 'reloaded': False, 'servers': []})
+    if not (cc.renew_leaves and result.get('ok', True)):
+        return result
+    wanted = []
+    for target in cc.targets:
+        if target.get('cert_file') and target.get('key_file'):
+            alt_names, ip_sans = leaf_names(target)
+            wanted.append(dict(target, alt_names=alt_names, ip_sans=ip_sans))
+    if not wanted:
+        return result
+    renewed = []
+    try:
+        with timings.step('renew'):
+            client = clients.openbao()
+            issuers = issuer_certificates(client, cfg.pki['int_mount'])
+            requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
+                                           now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), check_mode=check_mode)
+            due = {r['name']: r for r in requests if r['csr']}
+            renewed = [t for t in wanted if t['name'] in due]
+            certificates = {}
+            if renewed and not check_mode:
+                for target in renewed:
+                    certificates[target['name']] = sign_csr(client, int_mount=cfg.pki['int_mount'], role=cfg.pki['role'],
+                                                            csr=due[target['name']]['csr'], common_name=target['name'],
+                                                            alt_names=target['alt_names'], ip_sans=target['ip_sans'])
+        if renewed:
+            with timings.step('renew_reload'):
+                out = steps.install_and_reload(targets=renewed, certificates=certificates, transport=cc.transport,
+                                               reload_timeout=cc.reload_timeout, check_mode=check_mode)
+            if out['failed']:
+                raise ClusterFailure(out['msg'], out['targets'])
+    except Exception as err:  # pylint: disable=broad-except
+        result.update(ok=False, error='leaf renewal: %s' % err)
+    result['renewed'] = [t['name'] for t in renewed]
+    result['changed'] = bool(result.get('changed')) or bool(renewed)
+    timing = dict(result.get('timings') or {})
+    timing.update(timings.as_dict())
+    result['timings'] = timing
+    return result

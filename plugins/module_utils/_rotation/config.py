@@ -1,0 +1,301 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The rotation engine's configuration: the ``ca_rotation_*`` inventory variables, read once.
+
+The names and defaults are those of the roles (``roles/*/defaults/main.yml``, documented in their
+``meta/argument_specs.yml``); a unit test keeps them in step. The schedule is parsed here, once per
+engine call, and handed to every step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
+    EpochError,
+    EpochSchedule,
+    now_from_params,
+    parse_duration,
+)
+
+PREFIX = 'ca_rotation_'
+
+PKI_DEFAULTS = {
+    'root_mount': 'pki',
+    'int_mount': 'pki_int',
+    'kv_mount': 'secret',
+    'transit_mount': 'transit',
+    'transit_key': 'ca-bundle-signer',
+    'cn_prefix': 'NATS Intermediate CA',
+    'key_type': 'ec',
+    'role': 'nats-leaf',
+}
+
+STREAM_DEFAULTS = {
+    'name': 'METADATA_CA_CLIENT',
+    'subjects': ['metadata.client.ca-cert'],
+    'storage': 'file',
+    'replicas': 3,
+    'max_msgs_per_subject': 10,
+    'duplicate_window': '2m',
+}
+
+#: variable (without the ``ca_rotation_`` prefix) -> default
+DEFAULTS = {
+    # shared by every role
+    'openbao': {},
+    'schedule': {},
+    'pki': {},
+    'state_path': 'ca-rotation/state',
+    'release_hold': False,
+    'now': None,
+    'authority_group': 'ca_authority',
+    'nats_group': 'nats_clusters',
+    'report_file': '',
+    # authority
+    'authority_lock_ttl': '15m',
+    'authority_include_root': True,
+    'authority_max_certificates': 6,
+    'authority_kubernetes': {},
+    'authority_epoch_secret': False,
+    'authority_epoch_secret_namespace': 'openbao',
+    'authority_announce': True,
+    'authority_nats': {},
+    'authority_renew_client_leaf': False,
+    'authority_client_leaf_cn': 'ca-rotation-announcer',
+    'authority_client_leaf_renew_before': '50%',
+    'authority_stream': STREAM_DEFAULTS,
+    'authority_subject': 'metadata.client.ca-cert',
+    'authority_probe_dir': None,  # the role default: ~/.cache/securetransport-ca-rotation/probe
+    'authority_prune': True,
+    'authority_prune_grace': '1h',
+    'authority_keep_epochs': 8,
+    # activation
+    'activate_enabled': True,
+    # rollback
+    'rollback_epoch': 0,
+    'rollback_reason': 'rollback',
+    # one NATS cluster (or VM group) per inventory host
+    'cluster_name': None,  # the role default: inventory_hostname
+    'nats_reload_transport': 'signal',
+    'nats_reload_delivery': None,  # the role default: secret with transport=kubernetes, else file
+    'nats_reload_targets': [],
+    'nats_reload_kubernetes': {},
+    'nats_reload_namespace': 'nats',
+    'nats_reload_label_selector': 'app=nats',
+    'nats_reload_container': 'nats',
+    'nats_reload_live_secret': 'nats-ca-tls',
+    'nats_reload_secret_key': 'ca.crt',
+    'nats_reload_pod_ca_file': '/etc/nats/ca/ca.crt',
+    'nats_reload_command': ['kill', '-HUP', '1'],
+    'nats_reload_system': {},
+    'nats_reload_file_mode': '0644',
+    'nats_reload_probe': True,
+    'nats_reload_min_success': 0,
+    'nats_reload_propagation_timeout': 180,
+    'nats_reload_reload_timeout': 30,
+    'nats_reload_rollback': True,
+    'nats_reload_renew_leaves': False,
+    'nats_reload_leaf_renew_before': '50%',
+    'nats_reload_run_on': 'auto',  # where the host-local steps run: controller | host | auto (by the host's connection)
+}
+
+SCHEDULE_KEYS = ('epoch_zero', 'epoch_duration', 'validity', 'lead_time', 'skew_allowance')
+TRANSPORTS = ('signal', 'command', 'kubernetes', 'system')
+DELIVERIES = ('file', 'secret')
+#: keys of a target that the reload engine understands (the rest - cert_file, key_file, names - are for leaves)
+TARGET_KEYS = ('name', 'pid', 'pid_file', 'ca_file', 'monitor_url', 'server_id', 'log_file', 'url')
+
+
+class ConfigError(ValueError):
+    """A variable has a value the engine cannot use; ``option`` names it."""
+
+    def __init__(self, msg, option=None):
+        super().__init__(msg)
+        self.option = option
+
+
+def _bool(value, name):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ('true', 'yes', 'on', '1', 'false', 'no', 'off', '0'):
+        return value.strip().lower() in ('true', 'yes', 'on', '1')
+    raise ConfigError('%s%s must be true or false, got %r' % (PREFIX, name, value), PREFIX + name)
+
+
+def _int(value, name, minimum=None):
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError('%s%s must be an integer, got %r' % (PREFIX, name, value), PREFIX + name) from None
+    if minimum is not None and number < minimum:
+        raise ConfigError('%s%s must be at least %d, got %d' % (PREFIX, name, minimum, number), PREFIX + name)
+    return number
+
+
+def _dict(value, name):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError('%s%s must be a mapping, got %s' % (PREFIX, name, type(value).__name__), PREFIX + name)
+    return dict(value)
+
+
+class _LazyVars:
+    """Variables without their prefix: given ``values``, else ``lookup`` (read once, when first used), else the default."""
+
+    def __init__(self, values=None, lookup=None):
+        self._values = {k: v for k, v in (values or {}).items() if k in DEFAULTS and v is not None}
+        self._lookup = lookup
+
+    def __contains__(self, key):
+        return key in DEFAULTS
+
+    def __getitem__(self, key):
+        if key not in self._values:
+            value = None
+            if self._lookup is not None:
+                try:
+                    value = self._lookup(PREFIX + key)
+                except KeyError:
+                    value = None
+            self._values[key] = copy.deepcopy(DEFAULTS[key]) if value is None else value
+        return self._values[key]
+
+
+class Config:
+    """Every ``ca_rotation_*`` value of one host, typed, with the schedule parsed once.
+
+    ``values``: the variables without their prefix (missing ones take :data:`DEFAULTS`).
+    Attribute access returns the raw (already templated) value: ``cfg.authority_lock_ttl``. With ``lookup``
+    (``ca_rotation_<name> -> value``, KeyError when unset) a variable is read, and templated, only when used.
+    """
+
+    def __init__(self, values=None, host=None, lookup=None):
+        merged = _LazyVars(values, lookup)
+        self._v = merged
+        self.host = host
+        self.openbao = _dict(merged['openbao'], 'openbao')
+        schedule_vars = _dict(merged['schedule'], 'schedule')
+        unknown = sorted(set(schedule_vars) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise ConfigError('%sschedule has unknown key(s) %s; the keys are %s' % (
+                PREFIX, ', '.join(unknown), ', '.join(SCHEDULE_KEYS)), PREFIX + 'schedule.' + unknown[0])
+        params = {k: schedule_vars.get(k) for k in SCHEDULE_KEYS}
+        params['now'] = merged['now']
+        try:
+            self.schedule = EpochSchedule.from_params(params)
+            self.now = now_from_params(params)
+        except EpochError as err:
+            option = err.option or 'schedule'
+            raise ConfigError('%s (%s%s)' % (err, PREFIX, 'now' if option == 'now' else 'schedule.' + option),
+                              PREFIX + ('now' if option == 'now' else 'schedule.' + option)) from None
+        pki = _dict(merged['pki'], 'pki')
+        unknown = sorted(set(pki) - set(PKI_DEFAULTS))
+        if unknown:
+            raise ConfigError('%spki has unknown key(s) %s; the keys are %s' % (
+                PREFIX, ', '.join(unknown), ', '.join(sorted(PKI_DEFAULTS))), PREFIX + 'pki.' + unknown[0])
+        self.pki = dict(PKI_DEFAULTS, **{k: v for k, v in pki.items() if v is not None})
+        self.release_hold = _bool(merged['release_hold'], 'release_hold')
+        self.state_path = str(merged['state_path'])
+        self.lock_ttl = self._duration('authority_lock_ttl')
+        self.prune_grace = self._duration('authority_prune_grace', allow_zero=True)
+        self.include_root = _bool(merged['authority_include_root'], 'authority_include_root')
+        self.max_certificates = _int(merged['authority_max_certificates'], 'authority_max_certificates', 1)
+        self.keep_epochs = _int(merged['authority_keep_epochs'], 'authority_keep_epochs', 0)
+        self.epoch_secret = _bool(merged['authority_epoch_secret'], 'authority_epoch_secret')
+        self.announce = _bool(merged['authority_announce'], 'authority_announce')
+        self.prune = _bool(merged['authority_prune'], 'authority_prune')
+        self.renew_client_leaf = _bool(merged['authority_renew_client_leaf'], 'authority_renew_client_leaf')
+        self.activate_enabled = _bool(merged['activate_enabled'], 'activate_enabled')
+        self.rollback_epoch = _int(merged['rollback_epoch'], 'rollback_epoch', 0)
+        self.stream = _dict(merged['authority_stream'], 'authority_stream')
+        #: ``namespace/name`` of every cluster's live CA Secret, for the announcement (set by the caller)
+        self.live_secret_locations = []
+
+    def __getattr__(self, name):
+        values = self.__dict__.get('_v')
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def _duration(self, name, allow_zero=False):
+        try:
+            return parse_duration(self._v[name], PREFIX + name, allow_zero=allow_zero)
+        except EpochError as err:
+            raise ConfigError(str(err), PREFIX + name) from None
+
+    @property
+    def probe_dir(self):
+        return self._v['authority_probe_dir']
+
+    def epoch_params(self):
+        """The schedule as module options (for the modules' own code paths)."""
+        params = self.schedule.to_params()
+        return params
+
+
+class ClusterConfig:
+    """The ``ca_rotation_nats_reload_*`` values of one cluster host, checked."""
+
+    def __init__(self, cfg, host):
+        v = cfg._v  # pylint: disable=protected-access
+        self.name = str(v['cluster_name'] or host)
+        self.host = host
+        self.transport = v['nats_reload_transport']
+        if self.transport not in TRANSPORTS:
+            raise ConfigError('%snats_reload_transport must be one of %s, got %r' % (PREFIX, ', '.join(TRANSPORTS), self.transport),
+                              PREFIX + 'nats_reload_transport')
+        self.delivery = v['nats_reload_delivery'] or ('secret' if self.transport == 'kubernetes' else 'file')
+        if self.delivery not in DELIVERIES:
+            raise ConfigError('%snats_reload_delivery must be file or secret, got %r' % (PREFIX, self.delivery),
+                              PREFIX + 'nats_reload_delivery')
+        targets = v['nats_reload_targets'] or []
+        if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+            raise ConfigError('%snats_reload_targets must be a list of mappings (name, pid_file, ca_file, monitor_url, ...)'
+                              % PREFIX, PREFIX + 'nats_reload_targets')
+        for index, target in enumerate(targets):
+            if not target.get('name'):
+                raise ConfigError('%snats_reload_targets[%d] has no name' % (PREFIX, index), PREFIX + 'nats_reload_targets')
+            if self.delivery == 'file' and not target.get('ca_file'):
+                raise ConfigError('%snats_reload_targets[%d] (%s) has no ca_file, which delivery=file writes'
+                                  % (PREFIX, index, target['name']), PREFIX + 'nats_reload_targets')
+        if self.transport in ('signal', 'command') and not targets:
+            raise ConfigError('%snats_reload_targets is empty: transport=%s needs the servers (name, pid_file or pid, ca_file, '
+                              'monitor_url)' % (PREFIX, self.transport), PREFIX + 'nats_reload_targets')
+        self.targets = [dict(t) for t in targets]
+        self.kubernetes = _dict(v['nats_reload_kubernetes'], 'nats_reload_kubernetes')
+        self.system = _dict(v['nats_reload_system'], 'nats_reload_system')
+        self.namespace = v['nats_reload_namespace']
+        self.label_selector = v['nats_reload_label_selector']
+        self.container = v['nats_reload_container']
+        self.live_secret = v['nats_reload_live_secret']
+        self.secret_key = v['nats_reload_secret_key']
+        self.pod_ca_file = v['nats_reload_pod_ca_file']
+        self.command = list(v['nats_reload_command'] or [])
+        self.file_mode = v['nats_reload_file_mode']
+        self.probe = _bool(v['nats_reload_probe'], 'nats_reload_probe')
+        self.min_success = _int(v['nats_reload_min_success'], 'nats_reload_min_success', 0)
+        self.propagation_timeout = _int(v['nats_reload_propagation_timeout'], 'nats_reload_propagation_timeout', 1)
+        self.reload_timeout = _int(v['nats_reload_reload_timeout'], 'nats_reload_reload_timeout', 1)
+        self.rollback = _bool(v['nats_reload_rollback'], 'nats_reload_rollback')
+        self.renew_leaves = _bool(v['nats_reload_renew_leaves'], 'nats_reload_renew_leaves')
+        self.leaf_renew_before = v['nats_reload_leaf_renew_before']
+        self.run_on = v['nats_reload_run_on']
+        if self.run_on not in ('auto', 'controller', 'host'):
+            raise ConfigError('%snats_reload_run_on must be auto, controller or host, got %r' % (PREFIX, self.run_on),
+                              PREFIX + 'nats_reload_run_on')
+
+    def reload_targets(self, targets=None):
+        """Targets as the reload engine takes them (only the keys it knows)."""
+        return [{k: t[k] for k in TARGET_KEYS if t.get(k) is not None} for t in (self.targets if targets is None else targets)]
+
+
+def from_vars(lookup, host=None):
+    """A :class:`Config` from a ``name -> value`` callable (``ca_rotation_<name>``; KeyError when unset)."""
+    return Config(host=host, lookup=lookup)

@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The decisions of a rotation run, as pure functions (no I/O): each one is unit-tested on its own.
+
+hold, generation, coalescing, which epochs to issue, whether a cluster must reload, whether every
+cluster proved trust, which epoch to activate, and the rollback target.
+"""
+
+from __future__ import annotations
+
+
+class Refusal(Exception):
+    """The run must not go ahead; the message says why and what to do. Nothing was changed."""
+
+
+def epochs_to_issue(plan):
+    """The epochs whose intermediate must exist now: the current one and, once due, the prepared one."""
+    out = [plan['current_epoch']]
+    if plan.get('prepared_epoch') is not None:
+        out.append(plan['prepared_epoch'])
+    return out
+
+
+def newest_due(plan):
+    """The newest epoch that should be in the bundle now."""
+    return plan['prepared_epoch'] if plan.get('prepared_epoch') is not None else plan['current_epoch']
+
+
+def check_clock(plan, state):
+    """Refuse when the newest due epoch is older than the one already announced (this clock is behind)."""
+    last = state.get('last_epoch')
+    if last is None:
+        return
+    due = newest_due(plan)
+    if due < int(last):
+        raise Refusal('The newest due epoch is %d but epoch %d was already announced: this controller\'s clock is behind the '
+                      'one that announced it. Nothing was changed; fix the clock (NTP).' % (due, int(last)))
+
+
+def hold_decision(hold, release_hold, current_epoch, schedule):
+    """``(active_hold or None, expired)`` for the rollback hold recorded in the state.
+
+    A hold keeps the rolled-back bundle until it is released, or until its newest intermediate has
+    less than one full epoch of validity left after the current one (then rotation resumes, with time
+    to prove the new bundle). ``expired`` is true when a recorded hold no longer applies (it is cleared).
+    """
+    if not hold:
+        return None, False
+    validity_epochs = schedule.validity // schedule.duration
+    active = not release_hold and int(hold['epoch']) + validity_epochs - 2 > int(current_epoch)
+    return (hold, False) if active else (None, True)
+
+
+def generation(state, bundle_sha256):
+    """``(new_bundle, generation)``: a bundle that differs from the recorded one gets the next generation.
+
+    Coalescing: however many epochs passed since the last run (missed runs, a crash), the bundle is built
+    for *now* and gets exactly one new generation; an unchanged bundle keeps its generation, so a
+    re-run announces nothing new.
+    """
+    current = int(state.get('generation') or 0)
+    if bundle_sha256 != state.get('bundle_sha256'):
+        return True, current + 1
+    return False, current
+
+
+def cluster_needs_reload(delivered, record, bundle_sha256):
+    """A cluster reloads when the bundle was (re)written, or when it has not proven this bundle yet."""
+    return bool(delivered) or (record or {}).get('sha256') != bundle_sha256
+
+
+def all_clusters_proven(results, expected_clusters, bundle_sha256):
+    """True only when every expected cluster reported, every one is ok, and all proved this bundle."""
+    if expected_clusters <= 0 or len(results) != expected_clusters:
+        return False
+    if any(not r.get('ok') for r in results):
+        return False
+    return {r.get('sha256') for r in results} == {bundle_sha256}
+
+
+def unproven_count(results, expected_clusters):
+    return expected_clusters - sum(1 for r in results if r.get('ok'))
+
+
+def activation_epoch(auth):
+    """The epoch that becomes the default issuer: the held epoch under a hold, else the current one."""
+    hold = auth.get('hold')
+    return int(hold['epoch']) if hold else int(auth['plan']['current_epoch'])
+
+
+def may_activate(auth, proven, enabled=True):
+    """``(bool, reason)``: activation needs every cluster's proof, a recorded announcement and the
+    epoch's intermediate in the bundle."""
+    if not enabled:
+        return False, 'activation is disabled (ca_rotation_activate_enabled)'
+    if not auth.get('go'):
+        return False, 'the authority step did not go ahead'
+    if auth.get('announce_error'):
+        return False, 'the announcement failed'
+    if not proven:
+        return False, 'not every cluster has proven trust'
+    epoch = activation_epoch(auth)
+    if epoch not in [c.get('epoch') for c in auth.get('certificates') or []]:
+        return False, 'epoch %d is not in the bundle' % epoch
+    return True, None
+
+
+def rollback_target(requested, history):
+    """The epoch whose stored bundle a rollback restores: the one asked for, else the previous generation's."""
+    if requested and int(requested) > 0:
+        return int(requested)
+    if len(history or []) > 1:
+        return int(history[1]['epoch'])
+    raise Refusal('There is no previous generation to roll back to (history has %d entries). '
+                  'Name the epoch with -e ca_rotation_rollback_epoch=<n>.' % len(history or []))
+
+
+def rollback_default_epoch(bundle_epoch, current_epoch):
+    """After a rollback new leaves come from the restored epoch, never from one that has not started."""
+    return min(int(bundle_epoch), int(current_epoch))
+
+
+def report_ok(clusters, announce_error):
+    return not announce_error and all(c.get('ok') for c in clusters)

@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""After the clusters: activation ("trust first, then issue") or the rollback's announcement and hold;
+then the end of every run: release the lock, build and write the run report, fail loudly."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import atomic_write, set_default_issuer
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import (
+    announce_bundle,
+    announcement_fields,
+    announcer_leaf,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
+    failure_message,
+    run_report,
+    summary_line,
+)
+
+
+def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mode=False):
+    """Make the proven epoch OpenBao's default issuer once every cluster trusts it; renew the announcer's leaf.
+
+    Returns ``{changed, epoch, activated, msg, announcer, timings}``.
+    """
+    out = {'changed': False, 'epoch': None, 'activated': False, 'msg': None, 'announcer': None}
+    if not auth.get('go'):
+        out['timings'] = timings.as_dict()
+        return out
+    epoch = decisions.activation_epoch(auth)
+    out['epoch'] = epoch
+    proven = decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256'])
+    ok, reason = decisions.may_activate(auth, proven, cfg.activate_enabled)
+    with timings.step('activate'):
+        if ok:
+            act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], 'epoch-%d' % epoch, check_mode=check_mode,
+                                     now=cfg.now)
+            out['changed'] = out['activated'] = act['changed']
+        elif not proven:
+            out['msg'] = ('Not activating epoch %d: %d of %d cluster(s) have not proven trust of bundle %s'
+                          % (epoch, decisions.unproven_count(clusters, expected_clusters), expected_clusters,
+                             auth['sha256'][:16]))
+        else:
+            out['msg'] = 'Not activating epoch %d: %s' % (epoch, reason)
+    if cfg.renew_client_leaf and cfg.announce:
+        with timings.step('renew'):
+            res = announcer_leaf(cfg, clients, check_mode, cfg.authority_client_leaf_renew_before)
+            out['announcer'] = {'changed': res['changed'], 'reasons': res['reasons'], 'epoch': res.get('epoch')}
+            out['changed'] = out['changed'] or res['changed']
+    out['timings'] = timings.as_dict()
+    return out
+
+
+def complete_rollback(cfg, auth, clusters, expected_clusters, clients, timings, check_mode=False):
+    """When every cluster is back on the restored bundle: announce ``kind: rollback``, record it, set the hold."""
+    out = {'changed': False, 'epoch': None, 'activated': False, 'msg': None, 'announcer': None}
+    if not auth.get('go'):
+        out['timings'] = timings.as_dict()
+        return out
+    if len(clusters) != expected_clusters or any(not c.get('ok') for c in clusters):
+        out['msg'] = 'The rollback is not complete: not every cluster is back on bundle %s' % auth['sha256'][:16]
+        out['timings'] = timings.as_dict()
+        return out
+    pki = cfg.pki
+    if cfg.announce:
+        with timings.step('announce'):
+            announce_bundle(cfg, clients, announcement_fields(cfg, auth, 'rollback', getattr(cfg, 'live_secret_locations', [])),
+                      check_mode)
+    with timings.step('state'):
+        _state.record(clients.openbao(), auth['holder'], epoch=auth['epoch'], sha256=auth['sha256'],
+                      generation=int(auth['generation']), kind='rollback', now=cfg.now, mount=pki['kv_mount'],
+                      path=cfg.state_path, check_mode=check_mode)
+        hold = {'epoch': auth['epoch'], 'sha256': auth['sha256'], 'since': isoformat(cfg.now),
+                'reason': cfg.rollback_reason or 'rollback', 'pem': auth['pem'], 'generation': int(auth['generation'])}
+        _state.set_hold(clients.openbao(), auth['holder'], hold, pki['kv_mount'], cfg.state_path, check_mode)
+    out['changed'] = True
+    out['timings'] = timings.as_dict()
+    return out
+
+
+def finish(cfg, auth, clusters, activation, clients, check_mode=False):
+    """Release the lock, build the run report and write it (``ca_rotation_report_file``). Returns the report."""
+    auth = auth or {}
+    if auth.get('go') and auth.get('holder') and not check_mode:
+        try:
+            _state.release_lock(clients.openbao(), auth['holder'], cfg.pki['kv_mount'], cfg.state_path)
+        except Exception as err:  # pylint: disable=broad-except
+            auth = dict(auth, error=((auth.get('error') or '') + ' Releasing the rotation lock failed: %s' % err).strip())
+    report = run_report(auth, clusters, activation or {}, isoformat(utcnow()))
+    report['msg'] = failure_message(report) if not report['ok'] else (
+        auth.get('msg') if report['locked_out'] else summary_line(report))
+    if cfg.report_file:
+        write_report(cfg.report_file, report)
+    return report
+
+
+def write_report(path, report):
+    """The JSON run report, written atomically (also in check mode: it describes the run, it changes nothing)."""
+    path = os.path.expanduser(path)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    atomic_write(path, json.dumps(report, indent=4, sort_keys=True, default=str) + '\n', 0o644)

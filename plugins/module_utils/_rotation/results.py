@@ -1,0 +1,189 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Typed results of the engine's steps, each built by one function and serialised once into facts.
+
+``ca_rotation_authority_result`` (authority -> clusters, activation, finish), ``ca_rotation_cluster_result``
+(each cluster -> activation, finish) and ``ca_rotation_run_report`` (the JSON run report) keep the keys
+the roles set before the engine moved to Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Dict, List, Optional
+
+
+class Timings:
+    """Wall-clock seconds per named step, in the order they ran."""
+
+    def __init__(self):
+        self.steps: Dict[str, float] = {}
+        self._t0 = time.monotonic()
+
+    def step(self, name):
+        timings = self
+
+        class _Step:
+            def __enter__(self):
+                self.t = time.monotonic()
+
+            def __exit__(self, *exc):
+                timings.steps[name] = round(timings.steps.get(name, 0.0) + time.monotonic() - self.t, 4)
+                return False
+        return _Step()
+
+    def total(self):
+        return round(time.monotonic() - self._t0, 4)
+
+    def as_dict(self):
+        return dict(self.steps)
+
+
+@dataclasses.dataclass
+class AuthorityResult:
+    go: bool
+    started_at: str
+    kind: str = 'rotation'
+    locked_out: bool = False
+    msg: Optional[str] = None
+    error: Optional[str] = None
+    holder: Optional[str] = None
+    plan: Optional[dict] = None
+    epoch: Optional[int] = None
+    sha256: Optional[str] = None
+    pem: Optional[str] = None
+    certificates: List[dict] = dataclasses.field(default_factory=list)
+    generation: Optional[int] = None
+    new_bundle: bool = False
+    hold: Optional[dict] = None
+    include_root: bool = True
+    announce_error: Optional[str] = None
+    probe: Optional[dict] = None
+    pki: Optional[dict] = None
+    changed: bool = False
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+    logins: int = 0
+
+    def to_fact(self):
+        return dataclasses.asdict(self)
+
+
+def authority_stopped(started_at, kind, msg, locked_out=False, plan=None, error=None, timings=None):
+    """The result of an authority step that did not go ahead (locked out, refused or failed)."""
+    return AuthorityResult(go=False, started_at=started_at, kind=kind, locked_out=locked_out, msg=msg, error=error,
+                           plan=plan, timings=dict(timings or {}))
+
+
+def authority_went_ahead(*, started_at, kind, holder, plan, bundle, generation, new_bundle, hold, include_root,
+                         announce_error, probe, pki, changed, timings, logins):
+    """The result of an authority step that built (or restored) a bundle for the clusters."""
+    return AuthorityResult(
+        go=True, started_at=started_at, kind=kind, holder=holder, plan=plan, epoch=bundle['epoch'], sha256=bundle['sha256'],
+        pem=bundle['pem'], certificates=list(bundle['certificates']), generation=int(generation), new_bundle=bool(new_bundle),
+        hold=hold, include_root=bool(include_root), announce_error=announce_error, probe=probe, pki=dict(pki),
+        changed=bool(changed), timings=dict(timings), logins=logins)
+
+
+@dataclasses.dataclass
+class ClusterResult:
+    ok: bool
+    cluster: str
+    reloaded: bool = False
+    sha256: Optional[str] = None
+    epoch: Optional[int] = None
+    servers: List[dict] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None
+    rolled_back: bool = False
+    renewed: List[str] = dataclasses.field(default_factory=list)
+    changed: bool = False
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_fact(self):
+        out = dataclasses.asdict(self)
+        if self.ok:
+            out.pop('rolled_back')
+            if out['error'] is None:
+                out.pop('error')
+        return out
+
+
+def cluster_result(name, auth, ok, reloaded=False, servers=None, error=None, rolled_back=False, changed=False, timings=None):
+    """One cluster's outcome of the deliver phase."""
+    return ClusterResult(ok=bool(ok), cluster=name, reloaded=bool(reloaded), sha256=auth.get('sha256') if ok else None,
+                         epoch=auth.get('epoch') if ok else None, servers=list(servers or []), error=error,
+                         rolled_back=bool(rolled_back), changed=bool(changed), timings=dict(timings or {}))
+
+
+def _first(values):
+    values = [v for v in values if v is not None]
+    return sorted(values)[0] if values else None
+
+
+def run_report(auth, clusters, activation, finished_at):
+    """The JSON run report (the keys of ``ca_rotation_run_report``)."""
+    auth = auth or {}
+    certs = auth.get('certificates') or []
+    failed = [c for c in clusters if not c.get('ok')]
+    activated = activation.get('epoch') if activation.get('changed') else None
+    return {
+        'started_at': auth.get('started_at'),
+        'finished_at': finished_at,
+        'ok': not failed and auth.get('announce_error') is None and auth.get('error') is None and not activation.get('error'),
+        'activation_error': activation.get('error'),
+        'announce_error': auth.get('announce_error'),
+        'error': auth.get('error'),
+        'locked_out': bool(auth.get('locked_out')),
+        'changed': bool(auth.get('new_bundle') or auth.get('changed') or any(c.get('reloaded') or c.get('changed') for c in clusters)
+                        or activation.get('changed')),
+        'epoch': auth.get('epoch'),
+        'current_epoch': (auth.get('plan') or {}).get('current_epoch'),
+        'generation': auth.get('generation'),
+        'bundle_sha256': auth.get('sha256'),
+        'bundle_certificates': len(certs),
+        'earliest_expiry': _first(c.get('not_after') for c in certs),
+        'latest_expiry': (sorted(c['not_after'] for c in certs if isinstance(c.get('epoch'), int)) or [None])[-1],
+        'epoch_duration': ((auth.get('plan') or {}).get('schedule') or {}).get('epoch_duration'),
+        'kind': auth.get('kind') or 'rotation',
+        'activated_epoch': activated,
+        'hold': auth.get('hold'),
+        'clusters': {c['cluster']: c for c in clusters},
+        'timings': {'authority': auth.get('timings') or {}, 'activation': activation.get('timings') or {},
+                    'clusters': {c['cluster']: c.get('timings') or {} for c in clusters}},
+    }
+
+
+def failure_message(report):
+    """The message the run fails with, or None when it succeeded."""
+    if report['ok']:
+        return None
+    parts = []
+    if report.get('error'):
+        parts.append(report['error'])
+    if report.get('activation_error'):
+        parts.append(report['activation_error'] + '.')
+    if report.get('announce_error'):
+        parts.append('The announcement failed: %s (the servers got the bundle; the generation was not recorded, the next run '
+                     'announces again).' % report['announce_error'])
+    failed = [c for c in report['clusters'].values() if not c.get('ok')]
+    if failed:
+        parts.append('Rotation failed on cluster(s) %s: %s.' % (', '.join(c['cluster'] for c in failed),
+                                                                '; '.join(c.get('error') or 'failed' for c in failed)))
+    if report.get('activated_epoch') is None and report.get('kind') != 'rollback' and report.get('current_epoch') is not None:
+        parts.append('Epoch %s was NOT activated.' % report.get('current_epoch'))
+    return ' '.join(parts)
+
+
+def summary_line(report):
+    """One line for the console."""
+    clusters = ' '.join('%s=%s%s' % (name, 'ok' if c.get('ok') else 'FAILED', ' (reloaded)' if c.get('reloaded') else '')
+                        for name, c in report['clusters'].items())
+    return 'epoch %s (current %s), generation %s, bundle %s with %d certificates; clusters: %s' % (
+        report['epoch'], report['current_epoch'], report['generation'], (report['bundle_sha256'] or '')[:16],
+        report['bundle_certificates'], clusters or 'none')
+
+
+def fact_value(obj: Any):
+    """A result object or dict, as the plain dict stored in facts."""
+    return obj.to_fact() if hasattr(obj, 'to_fact') else obj

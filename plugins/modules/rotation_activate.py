@@ -1,0 +1,63 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file only documents the module; the action plugin of the same name does the work in the controller.
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: rotation_activate
+short_description: Trust first, then issue - activate the proven epoch, or complete a rollback
+version_added: 0.2.0
+description:
+  - Runs on the host of the C(ca_authority) group after every cluster's deliver phase, in the controller.
+  - O(mode=rotate) makes the epoch OpenBao's default issuer only when every host of the C(nats_clusters) group has
+    proven that it trusts this run's bundle, the announcement succeeded and the epoch is in the bundle (under a rollback
+    hold, the held epoch). Then it renews the announcer's client certificate when
+    C(ca_rotation_authority_renew_client_leaf) is set.
+  - O(mode=rollback) announces C(kind=rollback) with the new generation, records it and sets the hold, once every
+    cluster is back on the restored bundle.
+author:
+  - SecureTransport platform team (@securetransport)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
+    support: full
+options:
+  mode:
+    description: C(rotate) or C(rollback).
+    type: str
+    choices: [rotate, rollback]
+    default: rotate
+requirements:
+  - hvac
+  - nats-py (for the rollback announcement)
+'''
+
+EXAMPLES = r'''
+- name: Activate the proven epoch
+  securetransport.ca_rotation.rotation_activate:
+'''
+
+RETURN = r'''
+msg:
+  description: What was activated, or why activation waits.
+  returned: always
+  type: str
+ansible_facts:
+  description: The activation result for the run report.
+  returned: always
+  type: complex
+  contains:
+    ca_rotation_activation_result:
+      description: C(changed), C(epoch), C(activated), C(msg), C(announcer) and C(timings).
+      type: dict
+      returned: always
+'''

@@ -1,0 +1,76 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file only documents the module; the action plugin of the same name does the work in the controller.
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: rotation_cluster
+short_description: Tier 2 of a CA rotation for one NATS cluster - deliver, reload, prove, roll back automatically
+version_added: 0.2.0
+description:
+  - Runs for each host of the C(nats_clusters) group (one host per NATS cluster or VM group), in parallel, entirely in
+    the controller (action plugin).
+  - O(phase=deliver) puts the bundle of this run's authority step where the servers read their C(ca_file) (each
+    server's file, or the live C(nats-ca-tls) Secret), waits until every server sees the new bytes, reloads every
+    server without restarting it (signal, C(nats-server --signal reload), Kubernetes exec or C() request), proves
+    each reload and the trust of the new epoch with a probe client certificate, and records the proof in OpenBao KV.
+    When the proof fails, the previous bundle is put back and the servers reloaded (automatic rollback).
+  - O(phase=renew) renews each server's leaf certificate (targets with C(cert_file)) from the default issuer when it
+    is due or was issued by an issuer that is no longer the default, with the SANs of the target (C(alt_names),
+    C(ip_sans); else the host of its C(url)), then reloads those servers within C(ca_rotation_nats_reload_reload_timeout).
+  - It reads the C(ca_rotation_*) variables of its host (see the argument spec of the role
+    C(securetransport.ca_rotation.nats_reload)) and the result of the authority step.
+  - The servers must be reachable from the controller (C(ansible_connection=local) for the host); servers on other
+    machines over SSH are refused with a message.
+author:
+  - SecureTransport platform team (@securetransport)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads every destination and every server; writes, signals and records nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
+    support: full
+options:
+  phase:
+    description: C(deliver) (after the authority step) or C(renew) (after activation).
+    type: str
+    choices: [deliver, renew]
+    default: deliver
+requirements:
+  - hvac
+  - cryptography
+  - kubernetes (for Secret delivery and the kubernetes transport)
+  - nats-py (for the system transport)
+'''
+
+EXAMPLES = r'''
+- name: Deliver, reload and prove
+  securetransport.ca_rotation.rotation_cluster:
+    phase: deliver
+'''
+
+RETURN = r'''
+msg:
+  description: The cluster's outcome.
+  returned: always
+  type: str
+ansible_facts:
+  description: The cluster's result, for activation and the run report.
+  returned: always
+  type: complex
+  contains:
+    ca_rotation_cluster_result:
+      description:
+        - C(ok), C(cluster), C(reloaded), C(sha256), C(epoch), C(servers) (per-server proof), C(error), C(rolled_back),
+          C(renewed) (servers whose leaf was renewed), C(changed) and C(timings).
+      type: dict
+      returned: always
+'''

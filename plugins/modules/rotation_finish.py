@@ -1,0 +1,59 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# This file only documents the module; the action plugin of the same name does the work in the controller.
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: rotation_finish
+short_description: End of a CA rotation run - release the lock, write the report, fail loudly
+version_added: 0.2.0
+description:
+  - Runs last, on the host of the C(ca_authority) group, in the controller. Releases the rotation lock taken by this
+    run, builds the run report from the authority, cluster and activation results and writes it as JSON to
+    C(ca_rotation_report_file) when set (also in check mode: it describes the run).
+  - Fails when the authority step refused or failed, the announcement failed or any cluster failed, with one message
+    naming each; otherwise prints a one-line summary.
+author:
+  - SecureTransport platform team (@securetransport)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: The lock was only predicted in check mode, so nothing is released.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
+    support: full
+options: {}
+requirements:
+  - hvac
+'''
+
+EXAMPLES = r'''
+- name: Release the lock, report, fail loudly on any failure
+  securetransport.ca_rotation.rotation_finish:
+'''
+
+RETURN = r'''
+msg:
+  description: The summary line, or the failure message.
+  returned: always
+  type: str
+ansible_facts:
+  description: The run report.
+  returned: always
+  type: complex
+  contains:
+    ca_rotation_run_report:
+      description:
+        - The run report (C(started_at), C(finished_at), C(ok), C(changed), C(epoch), C(current_epoch), C(generation),
+          C(bundle_sha256), C(bundle_certificates), C(earliest_expiry), C(latest_expiry), C(kind), C(activated_epoch),
+          C(hold), C(clusters), C(announce_error), C(error), C(locked_out), C(timings)).
+      returned: always
+      type: dict
+'''

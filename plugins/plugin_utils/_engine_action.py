@@ -1,0 +1,154 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Base class of the rotation engine's controller-side action plugins.
+
+Each tier step is one task: the action reads the ``ca_rotation_*`` variables of its host once, runs the
+engine in the controller (one OpenBao login, no module process), and returns the step's typed result
+as a fact. The matching ``plugins/modules/<name>.py`` only documents it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import traceback
+
+from ansible.errors import AnsibleError
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import config as _config
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.clients import Clients
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import Timings
+
+display = Display()
+
+AUTHORITY_FACT = 'ca_rotation_authority_result'
+CLUSTER_FACT = 'ca_rotation_cluster_result'
+REPORT_FACT = 'ca_rotation_run_report'
+
+
+class EngineAction(ActionBase):
+    """Reads the host's configuration, validates the task options, maps engine errors to a failed result once."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    #: the task's own options: ``{name: argument spec}``
+    ARGUMENT_SPEC = {}
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        self._task_vars = task_vars
+        result = super().run(tmp, task_vars)
+        validation, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
+        if validation.error_messages:
+            result.update(failed=True, msg='; '.join(validation.error_messages))
+            return result
+        try:
+            cfg = self.host_config(task_vars)
+            result.update(self.run_step(args, cfg, task_vars))
+        except _config.ConfigError as err:
+            result.update(self.on_config_error(err, args))
+        except AnsibleError:
+            raise
+        except Exception as err:  # pylint: disable=broad-except
+            result.update(failed=True, changed=False, msg='%s failed: %s' % (self._task.action, err),
+                          exception=traceback.format_exc())
+        return result
+
+    # ------------------------------------------------------------------ configuration
+    def template_var(self, task_vars, name, default=None):
+        if name not in task_vars:
+            return default
+        return self._templar.template(task_vars[name])
+
+    def host_config(self, task_vars):
+        """The :class:`Config` of this host, from its ``ca_rotation_*`` variables (templated once)."""
+        def lookup(name):
+            if name not in task_vars:
+                raise KeyError(name)
+            return self._templar.template(task_vars[name])
+        return _config.from_vars(lookup, host=task_vars.get('inventory_hostname'))
+
+    @staticmethod
+    def check_connection_options(cfg):
+        """Unknown keys in the connection dicts are typos: refuse them before anything is contacted."""
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OPENBAO_ARG_SPEC
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NATS_ARG_SPEC
+        checks = [('openbao', cfg.openbao, OPENBAO_ARG_SPEC['openbao']['options'])]
+        if (cfg.announce or cfg.renew_client_leaf) and cfg.authority_nats:
+            checks.append(('authority_nats', cfg.authority_nats, NATS_ARG_SPEC['nats']['options']))
+        for name, value, spec in checks:
+            validator = ArgumentSpecValidator(spec)
+            res = validator.validate(dict(value))
+            unsupported = [m for m in res.error_messages if 'Unsupported parameters' in m]
+            if unsupported:
+                raise _config.ConfigError('%s%s: %s' % (_config.PREFIX, name, unsupported[0]), _config.PREFIX + name)
+
+    def other_host_config(self, task_vars, host):
+        """The :class:`Config` of another inventory host (its hostvars, with this collection's defaults)."""
+        hostvars = task_vars['hostvars'][host]
+
+        def lookup(name):
+            if name not in hostvars:
+                raise KeyError(name)
+            return self._templar.template(hostvars[name])
+        return _config.from_vars(lookup, host=host)
+
+    def authority_host(self, task_vars, cfg):
+        hosts = (task_vars.get('groups') or {}).get(cfg.authority_group) or []
+        return hosts[0] if hosts else None
+
+    def cluster_hosts(self, task_vars, cfg):
+        return list((task_vars.get('groups') or {}).get(cfg.nats_group) or [])
+
+    def fact_of(self, task_vars, host, name):
+        """A fact another step set on ``host`` in this run (None when it did not run)."""
+        if host is None:
+            return None
+        hostvars = task_vars['hostvars'][host]
+        if name not in hostvars:
+            return None
+        return self._templar.template(hostvars[name])
+
+    # ------------------------------------------------------------------ helpers for the steps
+    @staticmethod
+    def new_clients(cfg, kubernetes=None):
+        return Clients(cfg.openbao, kubernetes if kubernetes is not None else cfg.authority_kubernetes)
+
+    @staticmethod
+    def new_timings():
+        return Timings()
+
+    @staticmethod
+    def started_at():
+        return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+    @staticmethod
+    def holder(host, kind):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
+        nonce = ''.join(secrets.choice('abcdefghijklmnopqrstuvwxyz0123456789') for _i in range(8))
+        return '%s-%s%s-%s' % (host, 'rollback-' if kind == 'rollback' else '', stamp, nonce)
+
+    @staticmethod
+    def say(msg):
+        if msg:
+            display.display(msg)
+
+    def authority_went_ahead(self):
+        """Whether this run's authority step went ahead (read from its fact, without this host's configuration)."""
+        task_vars = self._task_vars
+        hosts = (task_vars.get('groups') or {}).get(self.template_var(task_vars, 'ca_rotation_authority_group',
+                                                                      _config.DEFAULTS['authority_group'])) or []
+        auth = self.fact_of(task_vars, hosts[0], AUTHORITY_FACT) if hosts else None
+        return bool((auth or {}).get('go'))
+
+    def on_config_error(self, err, args):
+        """The result for a configuration error found before anything was changed."""
+        return {'failed': True, 'changed': False, 'msg': '%s. Nothing was changed.' % err, 'option': err.option}
+
+    def run_step(self, args, cfg, task_vars):
+        raise NotImplementedError

@@ -1,0 +1,77 @@
+"""rotate.yml with the host-local steps run on the inventory host (ca_rotation_nats_reload_run_on: host), as for NATS
+servers on VMs: one module call per host and step, the leaf key made where the server runs and only its CSR signed,
+the trust probe from the controller. (Here the host is reached with the local connection; the module process and its
+arguments are exactly those of an SSH host.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from rotation_harness import RotationStack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+ON_HOST = {"ca_rotation_nats_reload_run_on": "host"}
+
+
+@pytest.fixture(scope="module")
+def rs(tmp_path_factory):
+    stack = RotationStack(tmp_path_factory.mktemp("hoststeps"), epoch_duration="6h")
+    yield stack
+    stack.down()
+
+
+def _public(path):
+    text = Path(path).read_bytes()
+    if b"PRIVATE KEY" in text:
+        key = serialization.load_pem_private_key(text, password=None).public_key()
+    else:
+        key = x509.load_pem_x509_certificate(text).public_key()
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_check_mode_on_the_host_writes_nothing(rs):
+    before = rs.ca_file_sha256s()
+    run = rs.playbook("rotate.yml", extra_vars=ON_HOST, check=True)
+    assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-2000:]
+    assert rs.ca_file_sha256s() == before
+
+
+def test_deliver_reload_and_prove_on_the_host(rs):
+    run = rs.playbook("rotate.yml", extra_vars=ON_HOST)
+    assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-2000:]
+    report = run["report"]
+    cluster = report["clusters"]["local"]
+    assert report["ok"] and cluster["reloaded"] and cluster["module_calls"] >= 1, cluster
+    assert rs.ca_file_sha256s() == {report["bundle_sha256"]}
+    servers = cluster["servers"]
+    assert len(servers) == 3 and all(s["ok"] and s["probe_ok"] and s["load_time_after"] for s in servers), servers
+    again = rs.playbook("rotate.yml", extra_vars=ON_HOST)
+    assert again["rc"] == 0 and again["report"]["changed"] is False, again["report"]
+
+
+def test_leaf_key_is_made_on_the_host_and_only_the_csr_is_signed(rs):
+    keys = {s["name"]: _public(s["key_file"]) for s in rs.servers}
+    run = rs.playbook("rotate.yml", extra_vars=dict(ON_HOST, ca_rotation_nats_reload_leaf_renew_before="100%"))
+    assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-2000:]
+    cluster = run["report"]["clusters"]["local"]
+    assert sorted(cluster["renewed"]) == sorted(keys), cluster
+    for server in rs.servers:
+        assert _public(server["key_file"]) != keys[server["name"]], "a new key"
+        assert _public(server["key_file"]) == _public(server["cert_file"]), "the certificate is of the key made on the host"
+        assert not Path(server["key_file"] + ".pending").exists()
+        assert oct(Path(server["key_file"]).stat().st_mode & 0o777) == "0o600"
+        cert = x509.load_pem_x509_certificate(Path(server["cert_file"]).read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # the servers serve the new leaves (they were reloaded), and the next run keeps them
+    for server in rs.servers:
+        ok, detail = rs.handshake(*rs.issue_client_leaf(rs.base / f"c-{server['name']}"), server)
+        assert ok, detail
+    again = rs.playbook("rotate.yml", extra_vars=ON_HOST)
+    assert again["rc"] == 0 and again["report"]["clusters"]["local"]["renewed"] == [], again["report"]

@@ -1,0 +1,126 @@
+# -*- coding: utf-8 -*-
+"""The decisions of a rotation run (moved out of Jinja): hold, generation, coalescing, trust of every cluster,
+activation, rollback target, clock check."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from hypothesis import given, strategies as st
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions as d
+
+SCHEDULE = EpochSchedule.from_params({'epoch_duration': 20, 'validity': 80})
+
+
+def plan(current, prepared=None):
+    return {'current_epoch': current, 'prepared_epoch': prepared}
+
+
+def test_epochs_to_issue_current_then_prepared():
+    assert d.epochs_to_issue(plan(7)) == [7]
+    assert d.epochs_to_issue(plan(7, 8)) == [7, 8]
+    assert d.newest_due(plan(7)) == 7 and d.newest_due(plan(7, 8)) == 8
+
+
+def test_clock_behind_is_refused_and_equal_or_ahead_is_fine():
+    d.check_clock(plan(9), {'last_epoch': None})
+    d.check_clock(plan(9), {'last_epoch': 9})
+    d.check_clock(plan(8, 9), {'last_epoch': 9})
+    with pytest.raises(d.Refusal, match="clock is behind.*Nothing was changed"):
+        d.check_clock(plan(7, 8), {'last_epoch': 9})
+
+
+@pytest.mark.parametrize('current, release, active', [
+    (10, False, True),   # held epoch 10, validity 4 epochs: kept while 10 + 4 - 2 > current
+    (11, False, True),
+    (12, False, False),  # one full epoch of validity left after the current: rotation resumes
+    (10, True, False),   # released by the operator
+])
+def test_hold_decision(current, release, active):
+    hold = {'epoch': 10, 'since': 'x'}
+    got, expired = d.hold_decision(hold, release, current, SCHEDULE)
+    assert (got is hold) is active
+    assert expired is (not active)
+
+
+def test_no_hold_is_neither_active_nor_expired():
+    assert d.hold_decision(None, False, 5, SCHEDULE) == (None, False)
+
+
+def test_generation_only_moves_for_a_new_bundle():
+    assert d.generation({'generation': 4, 'bundle_sha256': 'a'}, 'a') == (False, 4)
+    assert d.generation({'generation': 4, 'bundle_sha256': 'a'}, 'b') == (True, 5)
+    assert d.generation({'generation': 0, 'bundle_sha256': None}, 'a') == (True, 1)
+
+
+@given(st.integers(min_value=0, max_value=10 ** 6), st.lists(st.sampled_from('abc'), min_size=1, max_size=30))
+def test_coalescing_one_generation_per_distinct_bundle(start, bundles):
+    """However the runs fall, each run adds at most one generation, and only when the bundle changed."""
+    state = {'generation': start, 'bundle_sha256': None}
+    changes = 0
+    for sha in bundles:
+        new, gen = d.generation(state, sha)
+        assert gen - state['generation'] == (1 if new else 0)
+        changes += new
+        state = {'generation': gen, 'bundle_sha256': sha}
+    assert state['generation'] == start + changes
+    assert changes == 1 + sum(1 for a, b in zip(bundles, bundles[1:]) if a != b)
+
+
+def test_cluster_reloads_when_delivered_or_not_yet_proven():
+    assert d.cluster_needs_reload(True, {'sha256': 's'}, 's')
+    assert d.cluster_needs_reload(False, {'sha256': 'old'}, 's')
+    assert d.cluster_needs_reload(False, {}, 's')
+    assert not d.cluster_needs_reload(False, {'sha256': 's'}, 's')
+
+
+def ok(name, sha='s'):
+    return {'cluster': name, 'ok': True, 'sha256': sha}
+
+
+def test_all_clusters_proven_needs_every_cluster_ok_on_this_bundle():
+    assert d.all_clusters_proven([ok('a'), ok('b')], 2, 's')
+    assert not d.all_clusters_proven([ok('a')], 2, 's'), 'a cluster that did not report'
+    assert not d.all_clusters_proven([ok('a'), {'cluster': 'b', 'ok': False}], 2, 's')
+    assert not d.all_clusters_proven([ok('a'), ok('b', 'other')], 2, 's'), 'a cluster proved another bundle'
+    assert not d.all_clusters_proven([], 0, 's'), 'no cluster at all proves nothing'
+
+
+def auth(**kw):
+    base = {'go': True, 'plan': {'current_epoch': 7}, 'hold': None, 'announce_error': None,
+            'certificates': [{'epoch': 8}, {'epoch': 7}, {'epoch': None}]}
+    base.update(kw)
+    return base
+
+
+def test_activation_epoch_is_the_held_one_under_a_hold():
+    assert d.activation_epoch(auth()) == 7
+    assert d.activation_epoch(auth(hold={'epoch': 5})) == 5
+
+
+@pytest.mark.parametrize('kw, proven, enabled, expect', [
+    ({}, True, True, True),
+    ({}, False, True, False),
+    ({}, True, False, False),
+    ({'announce_error': 'down'}, True, True, False),
+    ({'go': False}, True, True, False),
+    ({'hold': {'epoch': 3}}, True, True, False),  # the held epoch is not in the bundle
+])
+def test_may_activate(kw, proven, enabled, expect):
+    assert d.may_activate(auth(**kw), proven, enabled)[0] is expect
+
+
+def test_rollback_target_and_default_epoch():
+    history = [{'epoch': 9}, {'epoch': 8}]
+    assert d.rollback_target(0, history) == 8
+    assert d.rollback_target(6, history) == 6
+    with pytest.raises(d.Refusal, match='no previous generation'):
+        d.rollback_target(0, [{'epoch': 9}])
+    assert d.rollback_default_epoch(8, 7) == 7 and d.rollback_default_epoch(6, 7) == 6
+
+
+def test_schedule_is_timezone_aware():
+    assert SCHEDULE.start(1) - SCHEDULE.start(0) == datetime.timedelta(seconds=20)
