@@ -29,8 +29,7 @@ class ActionModule(EngineAction):
         path = self.template_var(task_vars, 'ca_rotation_report_file')
         if path:
             finish.write_report(path, report)
-        return {'failed': True, 'changed': False, 'msg': report['msg'], 'option': err.option,
-                'ansible_facts': {REPORT_FACT: report}}
+        return {'failed': True, 'changed': False, 'msg': report['msg'], 'option': err.option}
 
     def run_step(self, args, cfg, task_vars):
         auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False, 'error': 'the authority step did not run'}
@@ -42,9 +41,8 @@ class ActionModule(EngineAction):
             report = finish.finish(cfg, auth, clusters, activation, clients, check_mode=self._task.check_mode)
         finally:
             clients.close()
-        out = {'changed': False, 'msg': report['msg'], 'ansible_facts': {REPORT_FACT: report}}
         if not report['ok']:
-            out['failed'] = True
-        else:
-            self.say(report['msg'])
-        return out
+            # the report is in ca_rotation_report_file; the failure says only what failed
+            return {'changed': False, 'failed': True, 'msg': report['msg']}
+        self.say(report['msg'])
+        return {'changed': False, 'msg': report['msg'], 'ansible_facts': {REPORT_FACT: report}}

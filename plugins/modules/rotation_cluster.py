@@ -23,8 +23,10 @@ description:
     C(ip_sans); else the host of its C(url)), then reloads those servers within C(ca_rotation_nats_reload_reload_timeout).
   - It reads the C(ca_rotation_*) variables of its host (see the argument spec of the role
     C(securetransport.ca_rotation.nats_reload)) and the result of the authority step.
-  - The servers must be reachable from the controller (C(ansible_connection=local) for the host); servers on other
-    machines over SSH are refused with a message.
+  - For the signal and command transports with file delivery, the host-local steps (write the CA files, signal, read
+    C(/varz), make the leaf key and CSR) run in the controller, or with C(ca_rotation_nats_reload_run_on=host) (the
+    default for hosts whose connection is not C(local)) on the inventory host, one M(securetransport.ca_rotation.nats_host_step)
+    call per host and step; the trust probe always comes from the controller, to each target's C(url).
 author:
   - SecureTransport platform team (@securetransport)
 attributes:
@@ -70,7 +72,7 @@ ansible_facts:
     ca_rotation_cluster_result:
       description:
         - C(ok), C(cluster), C(reloaded), C(sha256), C(epoch), C(servers) (per-server proof), C(error), C(rolled_back),
-          C(renewed) (servers whose leaf was renewed), C(changed) and C(timings).
+          C(renewed) (servers whose leaf was renewed), C(changed), C(timings) and C(module_calls) (host-local module calls).
       type: dict
       returned: always
 '''

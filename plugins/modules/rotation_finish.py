@@ -45,8 +45,8 @@ msg:
   returned: always
   type: str
 ansible_facts:
-  description: The run report.
-  returned: always
+  description: The run report (also written to C(ca_rotation_report_file)).
+  returned: success
   type: complex
   contains:
     ca_rotation_run_report:
@@ -54,6 +54,6 @@ ansible_facts:
         - The run report (C(started_at), C(finished_at), C(ok), C(changed), C(epoch), C(current_epoch), C(generation),
           C(bundle_sha256), C(bundle_certificates), C(earliest_expiry), C(latest_expiry), C(kind), C(activated_epoch),
           C(hold), C(clusters), C(announce_error), C(error), C(locked_out), C(timings)).
-      returned: always
+      returned: success
       type: dict
 '''

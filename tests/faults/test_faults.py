@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import converged, default_issuer_trusted, read_state
+from conftest import EPOCH, converged, default_issuer_trusted, read_state
 from helpers import REPO, ansible_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -32,7 +32,7 @@ def _poll(cond, timeout=60, interval=0.2):
     return False
 
 
-def test_two_concurrent_runs_one_locked_out_cleanly(frs):
+def test_two_concurrent_runs_never_both_rotate(frs):
     runs = [None, None]
 
     def go(i):
@@ -41,14 +41,30 @@ def test_two_concurrent_runs_one_locked_out_cleanly(frs):
     threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-        time.sleep(1.0)
     for t in threads:
         t.join(timeout=300)
     assert all(r["rc"] == 0 for r in runs), [r["stdout"][-2000:] for r in runs]
-    locked = [r for r in runs if r["report"]["locked_out"]]
-    # they overlap (a run holds the lock for its whole ~10 s); the loser changed nothing
-    assert len(locked) == 1, [r["report"] for r in runs]
-    assert locked[0]["report"]["changed"] is False and "locked" in locked[0]["stdout"]
+    # a run takes about 2 s: they may or may not overlap; when they do, the loser changed nothing
+    for run in runs:
+        if run["report"]["locked_out"]:
+            assert run["report"]["changed"] is False and "locked" in run["stdout"]
+    converged(frs, frs.playbook("rotate.yml"))
+
+
+def test_run_while_another_holds_the_lock_changes_nothing(frs):
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import utcnow
+    holder = "other-controller-run"
+    assert _state.acquire_lock(frs.bao(), holder, 600, utcnow())["acquired"]
+    try:
+        before_state, before_version = read_state(frs)
+        before_files = _shas(frs)
+        run = frs.playbook("rotate.yml")
+        assert run["rc"] == 0, run["stdout"][-3000:]
+        assert run["report"]["locked_out"] and run["report"]["changed"] is False and "locked by other-controller-run" in run["stdout"]
+        assert read_state(frs) == (before_state, before_version) and _shas(frs) == before_files
+    finally:
+        _state.release_lock(frs.bao(), holder)
     converged(frs, frs.playbook("rotate.yml"))
 
 
@@ -65,6 +81,18 @@ def test_controller_behind_refuses_to_go_back_in_time(frs):
     assert _shas(frs) == before_files and frs.default_issuer_epoch() == default
     assert version >= before_version
     converged(frs, frs.playbook("rotate.yml"))
+
+
+def test_bad_schedule_is_refused_before_the_lock_and_reported(frs):
+    before_state, before_version = read_state(frs)
+    before_files = _shas(frs)
+    run = frs.playbook("rotate.yml", extra_vars={"ca_rotation_schedule": {"epoch_duration": "20s", "validity": "10s"}})
+    assert run["rc"] != 0
+    assert "ca_rotation_schedule.validity" in run["stdout"] and "Nothing was changed" in run["stdout"], run["stdout"][-3000:]
+    assert run["report"] and run["report"]["ok"] is False and "validity" in run["report"]["error"], run["report"]
+    state, version = read_state(frs)
+    assert version == before_version and state == before_state, "not even the lock was taken"
+    assert _shas(frs) == before_files
 
 
 def test_controller_ahead_is_refused_and_changes_nothing(fresh_rs, tmp_path):
@@ -86,18 +114,30 @@ def test_controller_ahead_is_refused_and_changes_nothing(fresh_rs, tmp_path):
 
 
 def test_controller_killed_mid_run_next_run_converges(frs):
+    # the run is made to wait inside the cluster step while it holds the lock (one server's CA file must be repaired
+    # and that server is stopped, so its reload cannot be proven), and is killed -9 there
     env = ansible_env()
     report = frs.base / "killed-report.json"
+    victim = frs.servers[0]
+    root = Path(frs.info["pki"]["root_pem_file"]).read_text()
+    Path(victim["ca_file"]).write_text(root)
+    extra = {"ca_rotation_report_file": str(report), "ca_rotation_authority_lock_ttl": "5s",
+             "ca_rotation_nats_reload_reload_timeout": 120, "ca_rotation_nats_reload_propagation_timeout": 120}
     argv = [str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "ansible-playbook"), str(REPO / "playbooks" / "rotate.yml"),
-            "-i", str(frs.inventory), "-e", json.dumps({"ca_rotation_report_file": str(report), "ca_rotation_authority_lock_ttl": "5s"})]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            "-i", str(frs.inventory), "-e", json.dumps(extra)]
+    os.kill(victim["pid"], signal.SIGSTOP)
     try:
-        assert _poll(lambda: (read_state(frs)[0].get("lock") or {}).get("holder") is not None, timeout=120), "the run never took the lock"
-        time.sleep(1.0)  # somewhere inside the authority steps
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            assert _poll(lambda: (read_state(frs)[0].get("lock") or {}).get("holder") is not None, timeout=120), "the run never took the lock"
+            assert _poll(lambda: Path(victim["ca_file"]).read_text() != root, timeout=120), "the run never reached the cluster step"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.kill(victim["pid"], signal.SIGCONT)
     assert not report.exists()
+    assert (read_state(frs)[0].get("lock") or {}).get("holder") is not None, "killed while holding the lock"
     assert _poll(lambda: False, timeout=6) is False  # let the 5 s lock go stale (the lock's own TTL, no poll possible)
     run = frs.playbook("rotate.yml", extra_vars={"ca_rotation_authority_lock_ttl": "5s"})
     converged(frs, run)
@@ -124,12 +164,12 @@ def test_nats_unavailable_during_announcement(frs):
                                           "ca_file": frs.info["nats_auth"]["ca_file"], "cert_file": frs.info["nats_auth"]["client_cert_file"],
                                           "key_file": frs.info["nats_auth"]["client_key_file"], "user": "app",
                                           "password_file": frs.info["nats_auth"]["app_password_file"]}}
-    # wait for a phase with a new bundle so there is something to announce
+    # wait for the next phase (preparation of the next epoch, or its start): its bundle is new, so there is
+    # something to announce (the wait is derived from the schedule: 20 s epochs, lead time 5 s)
     gen = before_state["generation"]
-    for _attempt in range(6):
-        run = frs.playbook("rotate.yml", extra_vars=bad)
-        if run["rc"] != 0:
-            break
+    into = time.time() % EPOCH
+    time.sleep(min(t for t in (EPOCH - EPOCH // 4 - into, EPOCH - into) if t > 0) + 0.5)
+    run = frs.playbook("rotate.yml", extra_vars=bad)
     assert run["rc"] != 0 and "The announcement failed" in run["stdout"], run["stdout"][-2000:]
     state, _unused = read_state(frs)
     assert state["generation"] == gen and (state.get("lock") or {}).get("holder") is None

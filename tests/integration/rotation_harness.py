@@ -9,6 +9,7 @@ import shutil
 import ssl
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from catools.localstack import LocalStack
@@ -39,7 +40,8 @@ class RotationStack:
         return self.stack.bao_client()
 
     def playbook(self, name: str, *args: str, extra_vars: dict | None = None, check: bool = False, inventory=None):
-        report = self.base / f"report-{len(self.runs)}.json"
+        # unique per call: runs may be started concurrently (each must read its own report)
+        report = self.base / f"report-{len(self.runs)}-{uuid.uuid4().hex[:8]}.json"
         extra = {"ca_rotation_report_file": str(report)}
         extra.update(extra_vars or {})
         started = time.monotonic()

@@ -90,6 +90,13 @@ def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None):
         raise
 
 
+def _probe_file_dest(probe, check_mode):
+    """The probe directory's copy of the bundle (in check mode, a directory not created yet is a predicted change)."""
+    if check_mode and not os.path.isdir(os.path.dirname(probe['bundle_file'])):
+        return []
+    return [('file', {'path': probe['bundle_file'], 'mode': '0644'})]
+
+
 def _epoch_secret_dest(cfg):
     return {'namespace': cfg.authority_epoch_secret_namespace, 'name': DEFAULT_EPOCH_SECRET_NAME,
             'key': DEFAULT_EPOCH_SECRET_KEY, 'kubernetes': cfg.authority_kubernetes}
@@ -152,9 +159,10 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
             dests = [('kv', kv)]
             if cfg.epoch_secret:
                 dests.append(('epoch_secret', _epoch_secret_dest(cfg)))
-            dests.append(('file', {'path': probe['bundle_file'], 'mode': '0644'}))
+            probe_file = _probe_file_dest(probe, check_mode)
+            dests.extend(probe_file)
             stored = deliver(dests, bundle, epoch, kv_record(bundle, epoch, cfg.schedule, created_at=cfg.now), clients, check_mode)
-            changed = changed or any(r['changed'] for r in stored)
+            changed = changed or any(r['changed'] for r in stored) or not probe_file
             if cfg.prune:
                 pruned = prune_copies(cfg.schedule, cfg.now, cfg.keep_epochs, [epoch], clients, check_mode, kv=kv,
                                       epoch_secret=_epoch_secret_dest(cfg) if cfg.epoch_secret else None)
@@ -238,8 +246,8 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
         probe = probe_paths(_probe_dir(cfg, check_mode))
         step = 'store'
         with timings.step('store'):
-            stored_probe = deliver([('file', {'path': probe['bundle_file'], 'mode': '0644'})], bundle, bundle['epoch'], None,
-                                   clients, check_mode)
+            probe_file = _probe_file_dest(probe, check_mode)
+            stored_probe = deliver(probe_file, bundle, bundle['epoch'], None, clients, check_mode) or [{'changed': True}]
         step = 'probe leaf'
         with timings.step('probe_leaf'):
             issuers = issuer_certificates(clients.openbao(), pki['int_mount'])

@@ -67,7 +67,7 @@ DEFAULTS = {
     'authority_client_leaf_renew_before': '50%',
     'authority_stream': STREAM_DEFAULTS,
     'authority_subject': 'metadata.client.ca-cert',
-    'authority_probe_dir': None,  # the role default: ~/.cache/securetransport-ca-rotation/probe
+    'authority_probe_dir': '~/.cache/securetransport-ca-rotation/probe',
     'authority_prune': True,
     'authority_prune_grace': '1h',
     'authority_keep_epochs': 8,

@@ -33,12 +33,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, schedule, now, renew_before,
                 alt_names=(), ip_sans=(), ttl=None, issuer_ref=None, key_source='openbao', key_type=None, key_bits=0,
                 chain_file=None, full_chain=True, mode=0o644, key_mode=0o600, owner=None, group=None,
-                renew_if_not_default=True, force=False, check_mode=False, issuers=None):
+                renew_if_not_default=True, force=False, check_mode=False, issuers=None, return_content=False):
     """Renew ``cert_file``/``key_file`` when a reason says so; otherwise repair the files' bytes and modes.
 
     ``renew_before``: parsed (``_openbao.parse_renew_before``). ``issuers``: the mount's issuer
     certificates when the caller already has them (one listing for many leaves). Returns the
-    ``openbao_leaf`` result: changed, reasons, issued, files_written and the certificate's facts.
+    ``openbao_leaf`` result: changed, reasons, issued, files_written and the certificate's facts (and the new
+    private key only with ``return_content``).
     """
     alt_names, ip_sans = list(alt_names or []), list(ip_sans or [])
     result = {'reasons': [], 'issued': False, 'files_written': []}
@@ -78,7 +79,8 @@ def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, sc
         # key first: a crash between the writes leaves a mismatching pair, which the next run re-issues
         for path, file_mode in [files[1], files[0]] + files[2:]:
             atomic_write(path, contents[path], file_mode, owner, group)
-        result['private_key'] = contents[key_file]
+        if return_content:
+            result['private_key'] = contents[key_file]
         facts = {k: leaf[k] for k in ('certificate', 'serial', 'common_name', 'sha256', 'not_before', 'not_after',
                                       'issuer_id', 'issuer_name', 'epoch', 'ca_chain')}
         cert = load_cert(leaf['certificate'])

@@ -12,7 +12,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 
 ROLES = Path(__file__).resolve().parents[5] / 'roles'
 # role defaults that are templates evaluated by Ansible (the engine gets their value from the task vars)
-TEMPLATED = {'authority_probe_dir', 'cluster_name', 'nats_reload_delivery'}
+TEMPLATED = {'cluster_name', 'nats_reload_delivery'}
 
 
 def role_defaults():
