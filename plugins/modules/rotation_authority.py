@@ -12,7 +12,7 @@ short_description: Tier 1 of a CA rotation in one controller-side step - issue, 
 version_added: 0.2.0
 description:
   - Runs once per rotation, on the host of the C(ca_authority) group, entirely in the controller (action plugin; no
-    module process): computes the epoch plan for now, takes the rotation lock (check-and-set in OpenBao KV), decides
+    module process). It computes the epoch plan for now, takes the rotation lock (check-and-set in OpenBao KV), decides
     whether a rollback hold applies, issues the intermediate of the current epoch and, once due, of the prepared one,
     builds and verifies the CA bundle fresh from OpenBao, stores it in KV, in the per-epoch Kubernetes Secret (when
     enabled) and in the probe directory, signs and announces it on JetStream when it changed, records the new

@@ -13,7 +13,7 @@ version_added: 0.2.0
 description:
   - Runs last, on the host of the C(ca_authority) group, in the controller. Releases the rotation lock taken by this
     run, builds the run report from the authority, cluster and activation results and writes it as JSON to
-    C(ca_rotation_report_file) when set (also in check mode: it describes the run).
+    C(ca_rotation_report_file) when set (also in check mode, as it describes the run).
   - Fails when the authority step refused or failed, the announcement failed or any cluster failed, with one message
     naming each; otherwise prints a one-line summary.
 author:
