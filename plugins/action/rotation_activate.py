@@ -32,7 +32,7 @@ class ActionModule(EngineAction):
         if not auth.get('go'):
             return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
                     'ansible_facts': {ACTIVATION_FACT: {'changed': False, 'epoch': None}}}
-        cfg.live_secret_locations = []
+        cfg.live_secret_locations = self.live_secret_locations(task_vars, cfg)
         clients = self.new_clients(cfg)
         timings = self.new_timings()
         step = finish.complete_rollback if args['mode'] == 'rollback' else finish.activate
@@ -45,6 +45,5 @@ class ActionModule(EngineAction):
         finally:
             clients.close()
         self.say(res.get('msg'))
-        return {'changed': bool(res['changed']), 'msg': res.get('msg') or ('epoch %s activated' % res['epoch'] if res['activated']
-                                                                          else 'nothing to activate'),
-                'ansible_facts': {ACTIVATION_FACT: res}}
+        done = 'epoch %s activated' % res['epoch'] if res.get('activated') else 'nothing to activate'
+        return {'changed': bool(res['changed']), 'msg': res.get('msg') or done, 'ansible_facts': {ACTIVATION_FACT: res}}

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import authority
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import authority_stopped
 from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import AUTHORITY_FACT, EngineAction
 
@@ -14,22 +13,6 @@ from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engin
 class ActionModule(EngineAction):
 
     ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback']}}
-
-    def _live_secret_locations(self, task_vars, cfg):
-        """``namespace/name`` of the live CA Secret of every cluster that is delivered by Secret.
-
-        Reading every cluster's configuration here also refuses bad input before the lock is taken."""
-        out = []
-        for host in self.cluster_hosts(task_vars, cfg):
-            try:
-                cc = ClusterConfig(self.other_host_config(task_vars, host), host)
-            except ConfigError as err:
-                raise ConfigError('cluster host %s: %s' % (host, err), err.option) from None
-            if cc.delivery == 'secret':
-                location = '%s/%s' % (cc.namespace, cc.live_secret)
-                if location not in out:
-                    out.append(location)
-        return out
 
     def on_config_error(self, err, args):
         # refused before the lock: the finish step writes the report and fails the run with this message
@@ -43,7 +26,7 @@ class ActionModule(EngineAction):
         kind = 'rollback' if args['mode'] == 'rollback' else 'rotation'
         host = task_vars.get('inventory_hostname')
         self.check_connection_options(cfg)
-        cfg.live_secret_locations = self._live_secret_locations(task_vars, cfg)
+        cfg.live_secret_locations = self.live_secret_locations(task_vars, cfg)
         clients = self.new_clients(cfg)
         timings = self.new_timings()
         step = authority.prepare_rollback if kind == 'rollback' else authority.rotate
@@ -52,6 +35,6 @@ class ActionModule(EngineAction):
         finally:
             clients.close()
         self.say(res.msg)
-        return {'changed': bool(res.changed), 'msg': res.msg or ('bundle %s of epoch %s, generation %s' % (
-                    (res.sha256 or '')[:16], res.epoch, res.generation) if res.go else 'did not go ahead'),
+        done = 'bundle %s of epoch %s, generation %s' % ((res.sha256 or '')[:16], res.epoch, res.generation)
+        return {'changed': bool(res.changed), 'msg': res.msg or (done if res.go else 'did not go ahead'),
                 'ansible_facts': {AUTHORITY_FACT: res.to_fact()}}

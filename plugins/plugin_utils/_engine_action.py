@@ -114,6 +114,22 @@ class EngineAction(ActionBase):
             return None
         return self._templar.template(hostvars[name])
 
+    def live_secret_locations(self, task_vars, cfg):
+        """``namespace/name`` of the live CA Secret of every cluster that is delivered by Secret.
+
+        Reading every cluster's configuration here also refuses bad input before the lock is taken."""
+        out = []
+        for host in self.cluster_hosts(task_vars, cfg):
+            try:
+                cc = _config.ClusterConfig(self.other_host_config(task_vars, host), host)
+            except _config.ConfigError as err:
+                raise _config.ConfigError('cluster host %s: %s' % (host, err), err.option) from None
+            if cc.delivery == 'secret':
+                location = '%s/%s' % (cc.namespace, cc.live_secret)
+                if location not in out:
+                    out.append(location)
+        return out
+
     # ------------------------------------------------------------------ helpers for the steps
     @staticmethod
     def new_clients(cfg, kubernetes=None):

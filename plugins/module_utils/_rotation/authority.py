@@ -22,7 +22,6 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     bundle_from_pem,
     kv_record,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
     ensure_epoch_intermediate,
     issuer_certificates,

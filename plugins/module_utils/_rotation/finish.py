@@ -71,8 +71,8 @@ def complete_rollback(cfg, auth, clusters, expected_clusters, clients, timings, 
     pki = cfg.pki
     if cfg.announce:
         with timings.step('announce'):
-            announce_bundle(cfg, clients, announcement_fields(cfg, auth, 'rollback', getattr(cfg, 'live_secret_locations', [])),
-                      check_mode)
+            fields = announcement_fields(cfg, auth, 'rollback', cfg.live_secret_locations)
+            announce_bundle(cfg, clients, fields, check_mode)
     with timings.step('state'):
         _state.record(clients.openbao(), auth['holder'], epoch=auth['epoch'], sha256=auth['sha256'],
                       generation=int(auth['generation']), kind='rollback', now=cfg.now, mount=pki['kv_mount'],

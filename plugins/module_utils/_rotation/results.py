@@ -147,7 +147,7 @@ def run_report(auth, clusters, activation, finished_at):
         'epoch_duration': ((auth.get('plan') or {}).get('schedule') or {}).get('epoch_duration'),
         'kind': auth.get('kind') or 'rotation',
         'activated_epoch': activated,
-        'hold': auth.get('hold'),
+        'hold': {k: v for k, v in auth['hold'].items() if k != 'pem'} if auth.get('hold') else None,
         'clusters': {c['cluster']: c for c in clusters},
         'timings': {'authority': auth.get('timings') or {}, 'activation': activation.get('timings') or {},
                     'clusters': {c['cluster']: c.get('timings') or {} for c in clusters}},
