@@ -20,16 +20,8 @@ description:
     cluster is back on the restored bundle.
 author:
   - SecureTransport platform team (@securetransport)
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
-    support: full
+extends_documentation_fragment:
+  - securetransport.ca_rotation.engine
 options:
   mode:
     description: C(rotate) or C(rollback).

@@ -29,17 +29,8 @@ description:
     report is written.
 author:
   - SecureTransport platform team (@securetransport)
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Every step reads and predicts; nothing is issued, written, announced or locked.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
-    support: full
+extends_documentation_fragment:
+  - securetransport.ca_rotation.engine
 options:
   mode:
     description: C(rotate) for C(rotate.yml), C(rollback) for C(rollback.yml).

@@ -29,17 +29,8 @@ description:
     call per host and step; the trust probe always comes from the controller, to each target's C(url).
 author:
   - SecureTransport platform team (@securetransport)
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Reads every destination and every server; writes, signals and records nothing.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
-    support: full
+extends_documentation_fragment:
+  - securetransport.ca_rotation.engine
 options:
   phase:
     description: C(deliver) (after the authority step) or C(renew) (after activation).

@@ -101,6 +101,16 @@ def _epoch_secret_dest(cfg):
             'key': DEFAULT_EPOCH_SECRET_KEY, 'kubernetes': cfg.authority_kubernetes}
 
 
+def _plan_and_lock(cfg, clients, holder, timings, check_mode):
+    """The epoch plan for now, and the single-flight lock (``acquired`` false while another run holds it)."""
+    with timings.step('plan'):
+        plan = cfg.schedule.plan(cfg.now)
+    with timings.step('lock'):
+        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, cfg.now, cfg.pki['kv_mount'], cfg.state_path,
+                                   check_mode)
+    return plan, lock
+
+
 def _release(clients, cfg, holder):
     try:
         _state.release_lock(clients.openbao(), holder, cfg.pki['kv_mount'], cfg.state_path)
@@ -111,11 +121,7 @@ def _release(clients, cfg, holder):
 def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
     """The authority step of ``rotate.yml``; returns an AuthorityResult."""
     pki, kind = cfg.pki, 'rotation'
-    with timings.step('plan'):
-        plan = cfg.schedule.plan(cfg.now)
-    with timings.step('lock'):
-        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, cfg.now, pki['kv_mount'], cfg.state_path,
-                                   check_mode)
+    plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
     if not lock['acquired']:
         return authority_stopped(started_at, kind, lock['msg'], locked_out=True, plan=plan, timings=timings.as_dict())
     state = lock['state']
@@ -219,11 +225,7 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     lose trust.
     """
     pki, kind = cfg.pki, 'rollback'
-    with timings.step('plan'):
-        plan = cfg.schedule.plan(cfg.now)
-    with timings.step('lock'):
-        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, cfg.now, pki['kv_mount'], cfg.state_path,
-                                   check_mode)
+    plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
     if not lock['acquired']:
         msg = '%s. Re-run the rollback when it is released.' % lock['msg']
         return authority_stopped(started_at, kind, msg, locked_out=True, plan=plan, error=msg, timings=timings.as_dict())
