@@ -19,6 +19,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
     announcer_leaf,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
+    Timings,
     failure_message,
     run_report,
     summary_line,
@@ -88,16 +89,20 @@ def complete_rollback(cfg, auth, clusters, expected_clusters, clients, timings, 
 def finish(cfg, auth, clusters, activation, clients, check_mode=False):
     """Release the lock, build the run report and write it (``ca_rotation_report_file``). Returns the report."""
     auth = auth or {}
+    timings = Timings()
     if auth.get('go') and auth.get('holder') and not check_mode:
-        try:
-            _state.release_lock(clients.openbao(), auth['holder'], cfg.pki['kv_mount'], cfg.state_path)
-        except Exception as err:  # pylint: disable=broad-except
-            auth = dict(auth, error=((auth.get('error') or '') + ' Releasing the rotation lock failed: %s' % err).strip())
+        with timings.step('release'):
+            try:
+                _state.release_lock(clients.openbao(), auth['holder'], cfg.pki['kv_mount'], cfg.state_path)
+            except Exception as err:  # pylint: disable=broad-except
+                auth = dict(auth, error=((auth.get('error') or '') + ' Releasing the rotation lock failed: %s' % err).strip())
     report = run_report(auth, clusters, activation or {}, isoformat(utcnow()))
     report['msg'] = failure_message(report) if not report['ok'] else (
         auth.get('msg') if report['locked_out'] else summary_line(report))
+    report['timings']['finish'] = timings.as_dict()
     if cfg.report_file:
-        write_report(cfg.report_file, report)
+        with timings.step('report'):
+            write_report(cfg.report_file, report)
     return report
 
 
