@@ -36,13 +36,20 @@ ensure_collection_importable()
 import hvac  # noqa: E402
 from catools.localstack import find_binary, free_port, http_json, spawn, stop_process, wait_for  # noqa: E402
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _openbao as ob  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (  # noqa: E402
     EpochSchedule,
     utcnow,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import client as bao_client  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import leaf as bao_leaf  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import pki as bao_pki  # noqa: E402
 
 KEY_TYPES = (("ec", 256), ("rsa", 2048), ("ed25519", 0))
+
+
+#: the modules that send OpenBao requests (each holds its own reference to _request)
+_CALLERS = (bao_pki, bao_intermediate, bao_leaf)
 
 
 class Timer:
@@ -50,7 +57,7 @@ class Timer:
 
     def __init__(self):
         self.samples = defaultdict(list)
-        self._orig = ob._request  # pylint: disable=protected-access
+        self._orig = bao_client._request  # pylint: disable=protected-access
 
     def __enter__(self):
         def timed(client, method, path, operation, *args, **kwargs):
@@ -59,11 +66,13 @@ class Timer:
                 return self._orig(client, method, path, operation, *args, **kwargs)
             finally:
                 self.samples[_phase(method, path)].append(time.perf_counter() - start)
-        ob._request = timed  # pylint: disable=protected-access
+        for module in _CALLERS:
+            module._request = timed  # pylint: disable=protected-access
         return self
 
     def __exit__(self, *exc):
-        ob._request = self._orig  # pylint: disable=protected-access
+        for module in _CALLERS:
+            module._request = self._orig  # pylint: disable=protected-access
 
     def reset(self):
         self.samples.clear()
@@ -118,8 +127,8 @@ def bench(client, rounds, key_types):
             mounts.append(mount)
             n = sched.epoch(utcnow())
             # a standing default issuer (epoch n-1, still valid), so the timed epoch n is never the default
-            ob.ensure_epoch_intermediate(client, sched, n - 1, root_mount=root_mount, int_mount=mount, key_type=key_type,
-                                         key_bits=bits)
+            bao_intermediate.ensure_epoch_intermediate(client, sched, n - 1, root_mount=root_mount, int_mount=mount, key_type=key_type,
+                                                       key_bits=bits)
             client.write_data(f"{mount}/roles/bench", data={"allow_any_name": True, "enforce_hostnames": False,
                                                             "key_type": key_type, "key_bits": bits, "ttl": "1h",
                                                             "no_store": True})
@@ -127,16 +136,16 @@ def bench(client, rounds, key_types):
             with Timer() as timer:
                 for _round in range(rounds):
                     start = time.perf_counter()
-                    res = ob.ensure_epoch_intermediate(client, sched, n, root_mount=root_mount, int_mount=mount,
-                                                       key_type=key_type, key_bits=bits)
+                    res = bao_intermediate.ensure_epoch_intermediate(client, sched, n, root_mount=root_mount, int_mount=mount,
+                                                                     key_type=key_type, key_bits=bits)
                     totals.append(time.perf_counter() - start)
                     assert res["created"], res
-                    ob.remove_epoch_intermediate(client, mount, n)
+                    bao_intermediate.remove_epoch_intermediate(client, mount, n)
                 intermediate_phases = {k: summary(v) for k, v in timer.samples.items()}
                 timer.reset()
                 for _round in range(rounds):
                     start = time.perf_counter()
-                    ob.issue_leaf(client, int_mount=mount, role="bench", common_name="bench.example")
+                    bao_leaf.issue_leaf(client, int_mount=mount, role="bench", common_name="bench.example")
                     leaf_totals.append(time.perf_counter() - start)
                 leaf_phases = {k: summary(v) for k, v in timer.samples.items()}
             rows.append({"key_type": key_type, "key_bits": bits or None, "rounds": rounds,

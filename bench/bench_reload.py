@@ -35,7 +35,10 @@ ensure_collection_importable()
 # pylint: disable=wrong-import-position
 from catools.localstack import LocalStack, find_binary  # noqa: E402
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import engine as reload_engine  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import kubernetes as reload_kubernetes  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import local as reload_local  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import system as reload_system  # noqa: E402
 
 TRANSPORTS = ("signal", "command", "system", "kubernetes")
 
@@ -53,12 +56,12 @@ def make_transport(name, info, cluster=None):
     auth = info["nats_auth"]
     if name in ("signal", "command"):
         targets = [{k: s[k] for k in ("name", "pid_file", "ca_file", "monitor_url", "log_file", "url")} for s in servers]
-        return _reload.LocalTransport(name, targets, nats_server_path=find_binary("nats-server"))
+        return reload_local.LocalTransport(name, targets, nats_server_path=find_binary("nats-server"))
     if name == "system":
         params = {"servers": [s["url"] for s in servers[:3]], "ca_file": auth["ca_file"], "cert_file": auth["client_cert_file"],
                   "key_file": auth["client_key_file"], "user": auth["sys_user"], "password_file": auth["sys_password_file"]}
-        return _reload.SystemTransport(params, targets=[{"name": s["name"], "ca_file": s["ca_file"]} for s in servers])
-    return _reload.KubernetesTransport({"kubeconfig": cluster.kubeconfig, "context": cluster.context})
+        return reload_system.SystemTransport(params, targets=[{"name": s["name"], "ca_file": s["ca_file"]} for s in servers])
+    return reload_kubernetes.KubernetesTransport({"kubeconfig": cluster.kubeconfig, "context": cluster.context})
 
 
 def bench_size(size, transports, rounds, state_root, log):
@@ -86,7 +89,7 @@ def bench_size(size, transports, rounds, state_root, log):
                 begin = time.perf_counter()
                 transport = make_transport(name, info, cluster)
                 try:
-                    result = _reload.reload_servers(transport, expect_sha256=expect, probe=probe, reload_timeout=60)
+                    result = reload_engine.reload_servers(transport, expect_sha256=expect, probe=probe, reload_timeout=60)
                 finally:
                     transport.close()
                 totals.append((time.perf_counter() - begin) * 1000.0)

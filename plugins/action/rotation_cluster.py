@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import (
     MODULE,
     LocalSteps,
     RemoteSteps,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
 from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import (
     AUTHORITY_FACT,
     CLUSTER_FACT,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Shared Kubernetes connection options (``kubernetes``), defined in ``module_utils/_k8s.py``."""
+    """Shared Kubernetes connection options (``kubernetes``), defined in ``module_utils/_k8s/client.py``."""
 
     DOCUMENTATION = r'''
 options:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Shared NATS connection options (``nats``), defined in ``module_utils/_nats.py``."""
+    """Shared NATS connection options (``nats``), defined in ``module_utils/_nats/options.py``."""
 
     DOCUMENTATION = r'''
 options:

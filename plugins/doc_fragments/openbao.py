@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Shared OpenBao connection options (``openbao``), defined in ``module_utils/_openbao.py``."""
+    """Shared OpenBao connection options (``openbao``), defined in ``module_utils/_openbao/client.py``."""
 
     DOCUMENTATION = r'''
 options:

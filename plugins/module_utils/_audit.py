@@ -40,6 +40,7 @@ import hashlib
 import json
 import re
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import (
     MessageError,
@@ -48,16 +49,16 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._messa
     load_public_key,
     parse_signature,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.jetstream import (
     HEADER_MSG_ID,
     JetStreamAPIError,
-    NatsError,
     js_api,
     parse_headers,
     publish,
     stream_info,
     subject_matches,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NatsError
 
 try:
     from cryptography.exceptions import InvalidSignature
@@ -86,7 +87,7 @@ _TIME_RE = re.compile(r'^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$')
 _NS = 1000000000
 
 
-class AuditError(Exception):
+class AuditError(CaRotationError):
     """A failed audit operation. ``kind``: ``config``, ``chain`` (the stored chain is broken or out of
     order), ``conflict`` (other writers kept winning), ``stream`` or ``error``."""
 

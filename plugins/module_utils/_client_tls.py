@@ -5,7 +5,7 @@
 
 Importable by any Python service that installed the collection
 (``from ansible_collections.securetransport.ca_rotation.plugins.module_utils._client_tls import ReloadingTLS``);
-standard library only.
+standard library only (with ``_common``: errors, PEM, digest, the TLS context builder).
 
 * :func:`ssl_context_from_bundle` builds a client ``ssl.SSLContext`` from the CA bundle file
   (and an optional client certificate for mutual TLS). When the bundle holds no self-signed
@@ -44,25 +44,28 @@ so a handshake never sees half a file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import re
 import ssl
 import threading
 import time
 
-_PEM_CERT_RE = re.compile(r'-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----', re.DOTALL)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError, TLSError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context, has_root
 
 LOG = logging.getLogger(__name__)
 
 
-class ClientTLSError(ValueError):
-    """The bundle or the client certificate cannot be used; the message names the file and the problem."""
+class ClientTLSError(CaRotationError, ValueError):
+    """The bundle or the client certificate cannot be used; the message names the file and the problem.
+
+    Also a ValueError (as it always was), so ``except ValueError`` keeps catching it.
+    """
 
     def __init__(self, message, path=None):
-        super().__init__(message)
-        self.path = path
+        super().__init__(message, path=path)
 
 
 def _read(path, what):
@@ -75,51 +78,34 @@ def _read(path, what):
 
 def bundle_certificates(pem_text):
     """The PEM certificate blocks of a bundle, in order (text outside the blocks is ignored)."""
-    if isinstance(pem_text, bytes):
-        pem_text = pem_text.decode('ascii', 'replace')
-    return _PEM_CERT_RE.findall(pem_text or '')
+    return pem_certificates(pem_text)
 
 
-def _load_trust(context, pem_text, path):
+def _build(pem_text, bundle_path, cert_file, key_file, partial_chain, check_hostname):
     blocks = bundle_certificates(pem_text)
     if not blocks:
-        raise ClientTLSError('The CA bundle %s holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks)' % path, path)
+        raise ClientTLSError('The CA bundle %s holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks)'
+                             % bundle_path, bundle_path)
     try:
-        context.load_verify_locations(cadata='\n'.join(blocks) + '\n')
-    except (ssl.SSLError, ValueError) as exc:
-        raise ClientTLSError('The CA bundle %s does not load: %s' % (path, exc), path) from None
-    return len(blocks)
+        context = client_context(cert_file=cert_file, key_file=key_file or None, partial_chain=partial_chain,
+                                 ca_data=''.join(blocks), check_hostname=bool(check_hostname))
+    except TLSError as exc:
+        if exc.option == 'ca_file':
+            raise ClientTLSError('The CA bundle %s does not load: %s' % (bundle_path, exc.error), bundle_path) from None
+        if exc.option == 'key_file':
+            raise ClientTLSError('key_file %s is given without cert_file: give both for mutual TLS' % key_file, key_file) from None
+        raise ClientTLSError('Cannot load the client certificate %s with key %s: %s (both must be PEM and the key must '
+                             'match the certificate)' % (cert_file, key_file or cert_file,
+                                                         getattr(exc.error, 'strerror', None) or exc.error), cert_file) from None
+    info = {'certificates': len(blocks), 'has_root': has_root(context),
+            'partial_chain': bool(context.verify_flags & ssl.VERIFY_X509_PARTIAL_CHAIN),
+            'bundle_sha256': sha256_hex(pem_text)}
+    return context, info
 
 
 def bundle_has_root(pem_text):
     """Whether the bundle holds a self-signed certificate (a root), by subject == issuer."""
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    _load_trust(probe, pem_text, '(bundle)')
-    return any(cert.get('subject') == cert.get('issuer') for cert in probe.get_ca_certs())
-
-
-def _build(pem_text, bundle_path, cert_file, key_file, partial_chain, check_hostname):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = bool(check_hostname)
-    context.verify_mode = ssl.CERT_REQUIRED
-    count = _load_trust(context, pem_text, bundle_path)
-    root = any(cert.get('subject') == cert.get('issuer') for cert in context.get_ca_certs())
-    partial = (not root) if partial_chain is None else bool(partial_chain)
-    if partial:
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    if key_file and not cert_file:
-        raise ClientTLSError('key_file %s is given without cert_file: give both for mutual TLS' % key_file, key_file)
-    if cert_file:
-        try:
-            context.load_cert_chain(cert_file, key_file or None)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ClientTLSError('Cannot load the client certificate %s with key %s: %s (both must be PEM and the key must '
-                                 'match the certificate)' % (cert_file, key_file or cert_file, getattr(exc, 'strerror', None) or exc),
-                                 cert_file) from None
-    info = {'certificates': count, 'has_root': root, 'partial_chain': partial,
-            'bundle_sha256': hashlib.sha256(pem_text).hexdigest()}
-    return context, info
+    return _build(pem_text, '(bundle)', None, None, None, True)[1]['has_root']
 
 
 def ssl_context_from_bundle(bundle_path, cert_file=None, key_file=None, partial_chain=None, check_hostname=True):

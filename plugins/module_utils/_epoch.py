@@ -31,6 +31,8 @@ import datetime
 import math
 import re
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
+
 __all__ = [
     'DEFAULT_EPOCH_DURATION',
     'DEFAULT_EPOCH_ZERO',
@@ -88,12 +90,14 @@ _ISO_RE = re.compile(
 _NUMBER_RE = re.compile(r'[+-]?(?:\d+(?:\.\d*)?|\.\d+)')
 
 
-class EpochError(ValueError):
-    """Invalid epoch option or time. ``option`` names the offending option."""
+class EpochError(CaRotationError, ValueError):
+    """Invalid epoch option or time. ``option`` names the offending option.
+
+    Also a ValueError (as it always was), so ``except ValueError`` keeps catching it.
+    """
 
     def __init__(self, message, option=None):
-        super().__init__(message)
-        self.option = option
+        super().__init__(message, option=option)
 
 
 def utcnow():

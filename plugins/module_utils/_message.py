@@ -35,21 +35,25 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import hashlib
 import json
 import re
-import traceback
 
-CRYPTOGRAPHY_IMPORT_ERROR = None
 try:
-    from cryptography import x509
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
-except ImportError:  # pragma: no cover - reported by the modules with missing_required_lib
-    x509 = None
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+except ImportError:  # pragma: no cover - reported through _common.certs.CRYPTOGRAPHY_IMPORT_ERROR
+    ed25519 = None
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    cert_sha256,
+    load_cert,
+    x509,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EpochError,
     isoformat,
@@ -70,11 +74,13 @@ DEFAULT_TRANSIT_KEY = 'ca-bundle-signer'
 _SIGNATURE_RE = re.compile(r'^vault:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})$')
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 _TIME_RE = re.compile(r'^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$')
-_PEM_CERT_RE = re.compile(r'-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----', re.DOTALL)
 
 
-class MessageError(ValueError):
-    """An announcement cannot be built or signed (bad input); ``field`` names the culprit."""
+class MessageError(CaRotationError, ValueError):
+    """An announcement cannot be built or signed (bad input); ``field`` names the culprit.
+
+    Also a ValueError (as it always was), so ``except ValueError`` keeps catching it.
+    """
 
     def __init__(self, message, field=None):
         super().__init__(message)
@@ -143,10 +149,6 @@ def signed_bytes(message):
     return canonical_json({k: v for k, v in message.items() if k != 'signature'})
 
 
-def sha256_hex(text):
-    return hashlib.sha256(text.encode('utf-8') if isinstance(text, str) else bytes(text)).hexdigest()
-
-
 def msg_id(message):
     """The JetStream ``Nats-Msg-Id`` of an announcement: ``ca-bundle-<generation>-<bundle_sha256[:16]>``."""
     generation = message.get('generation') if isinstance(message, dict) else None
@@ -167,16 +169,16 @@ def _time_text(value, field):
 
 def _pem_certificates(bundle_pem):
     check_imports()
-    blocks = _PEM_CERT_RE.findall(bundle_pem)
+    blocks = pem_certificates(bundle_pem)
     if not blocks:
         raise ValueError('bundle_pem holds no PEM certificate')
-    return [x509.load_pem_x509_certificate(block.encode('ascii')) for block in blocks]
+    return [load_cert(block) for block in blocks]
 
 
 def _cert_entry(cert, epoch):
     return {
         'epoch': epoch,
-        'sha256': cert.fingerprint(hashes.SHA256()).hex(),
+        'sha256': cert_sha256(cert),
         'not_before': isoformat(cert.not_valid_before_utc),
         'not_after': isoformat(cert.not_valid_after_utc),
     }
@@ -349,7 +351,7 @@ def sign_announcement(message, signer):
 
     The message is checked first (a malformed announcement is never signed); an existing
     signature is replaced. ``signer`` is a callable ``bytes -> str`` returning a transit-style
-    signature ``vault:v<n>:<base64>`` (see :func:`transit_signer`).
+    signature ``vault:v<n>:<base64>`` (see ``_openbao.transit.transit_signer``).
     """
     unsigned = {k: v for k, v in message.items() if k != 'signature'}
     problems = structure_problems(unsigned, require_signature=False)
@@ -452,55 +454,6 @@ def _verify(message, public_keys, now, newer_than):
         raise MessageVerificationError('The announcement has generation %d, not newer than the applied generation %d'
                                        % (message['generation'], int(newer_than)), 'stale-generation', 'generation')
     return message
-
-
-# --------------------------------------------------------------------------- OpenBao transit
-def _transit_key(client, mount, key):
-    try:
-        data = client.secrets.transit.read_key(name=key, mount_point=mount)['data']
-    except Exception as exc:  # hvac raises many types; name the key and what to check
-        raise MessageError('Cannot read transit key %r on mount %r: %s: %s (the token needs read on %s/keys/%s)'
-                           % (key, mount, type(exc).__name__, exc, mount, key)) from None
-    if data.get('type') != 'ed25519':
-        raise MessageError('Transit key %s/%s is of type %r; announcements are signed with an ed25519 key'
-                           % (mount, key, data.get('type')))
-    return data
-
-
-def transit_public_keys(client, mount=DEFAULT_TRANSIT_MOUNT, key=DEFAULT_TRANSIT_KEY):
-    """``{version: PEM}`` of the (ed25519) transit key's public keys that may still verify."""
-    data = _transit_key(client, mount, key)
-    out = {}
-    for version, info in (data.get('keys') or {}).items():
-        public = info.get('public_key') if isinstance(info, dict) else None
-        if public:
-            out[int(version)] = public_key_pem(public)
-    if not out:
-        raise MessageError('Transit key %s/%s exposes no public key' % (mount, key))
-    return out
-
-
-def transit_signer(client, mount=DEFAULT_TRANSIT_MOUNT, key=DEFAULT_TRANSIT_KEY, key_version=None):
-    """A signer ``bytes -> 'vault:v<n>:<base64>'`` using OpenBao transit ``<mount>/sign/<key>`` (ed25519)."""
-    _transit_key(client, mount, key)
-
-    def sign(data):
-        kwargs = {'name': key, 'hash_input': base64.b64encode(data).decode('ascii'), 'mount_point': mount}
-        if key_version is not None:
-            kwargs['key_version'] = int(key_version)
-        try:
-            resp = client.secrets.transit.sign_data(**kwargs)
-        except Exception as exc:  # hvac raises many types
-            raise MessageError('Signing with transit key %s/%s failed: %s: %s (the token needs update on %s/sign/%s)'
-                               % (mount, key, type(exc).__name__, exc, mount, key)) from None
-        return resp['data']['signature']
-
-    return sign
-
-
-def verify_with_transit(client, mount, key, message, now=None, newer_than=None):
-    """verify_announcement() against the public keys currently published by the transit key."""
-    return verify_announcement(message, transit_public_keys(client, mount, key), now=now, newer_than=newer_than)
 
 
 def summary(message):

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import datetime
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, parse_time
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OpenBaoError, _request
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _request
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 
 DEFAULT_MOUNT = 'secret'
 DEFAULT_PATH = 'ca-rotation/state'
@@ -29,7 +31,7 @@ HISTORY_MAX = 20
 CAS_ATTEMPTS = 5
 
 
-class StateError(Exception):
+class StateError(CaRotationError):
     """The rotation state could not be read or changed; the message says why and what to do."""
 
 

@@ -192,27 +192,18 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._audit
     reloads_from_report,
     sign_record,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochError, parse_time
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    MessageError,
-    transit_signer,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import (
-    NATS_ARG_SPEC,
-    NATS_IMPORT_ERROR,
-    Deadline,
-    NatsError,
-    close,
-    connect,
-    run,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    HVAC_IMPORT_ERROR,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import MessageError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.client import close, connect, run
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.jetstream import Deadline
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR, NatsError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import (
     OPENBAO_ARG_SPEC,
-    OpenBaoError,
     connect as openbao_connect,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer
 
 
 def _fields(p):

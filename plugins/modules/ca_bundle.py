@@ -380,38 +380,31 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import (
-    ANNOTATION_TS,
-    CRYPTOGRAPHY_IMPORT_ERROR,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import (
+    DEFAULT_MAX_CERTIFICATES,
+    BundleError,
+    build_bundle,
+    bundle_from_pem,
+    bundle_unverified,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.deliver import (
     DEFAULT_EPOCH_SECRET_KEY,
     DEFAULT_EPOCH_SECRET_NAME,
     DEFAULT_EPOCH_SECRET_NAMESPACE,
-    DEFAULT_KEEP_EPOCHS,
     DEFAULT_KV_MOUNT,
     DEFAULT_KV_PATH,
     DEFAULT_LIVE_SECRET_KEY,
     DEFAULT_LIVE_SECRET_NAME,
     DEFAULT_LIVE_SECRET_NAMESPACE,
-    DEFAULT_MAX_CERTIFICATES,
-    DEFAULT_SECRET_ATTEMPTS,
-    HVAC_IMPORT_ERROR,
-    BundleError,
-    build_bundle,
-    bundle_from_openbao,
-    bundle_from_pem,
-    bundle_unverified,
     copy_result,
     deliver_file,
     deliver_kv,
-    deliver_secret,
-    epoch_secret_labels,
     expand,
     kv_record,
-    live_secret_annotations,
-    prune,
-    valid_secret_key,
-    valid_secret_name,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.prune import DEFAULT_KEEP_EPOCHS, prune
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC,
     EpochError,
@@ -419,17 +412,24 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
     schedule_from_module_params,
     utcnow,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import (
     K8S_ARG_SPEC,
     K8sError,
     check_imports as k8s_check_imports,
     core_api,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    OPENBAO_ARG_SPEC,
-    OpenBaoError,
-    connect,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.secrets import (
+    ANNOTATION_TS,
+    DEFAULT_SECRET_ATTEMPTS,
+    deliver_secret,
+    epoch_secret_labels,
+    live_secret_annotations,
+    valid_secret_key,
+    valid_secret_name,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 
 #: Delivery order: the records first, the live trust store last.
 ORDER = ('kv', 'epoch_secret', 'file', 'live_secret')

@@ -355,9 +355,9 @@ import hashlib
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochError, isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
     SCHEMA,
     MessageError,
     build_announcement,
@@ -365,37 +365,30 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._messa
     msg_id as announcement_msg_id,
     parse_signature,
     sign_announcement,
-    transit_signer,
-    verify_with_transit,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.client import close, connect, run
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.headers import check_headers, check_size
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.jetstream import (
     DEFAULT_SUBJECT,
     HEADER_EXPECTED_STREAM,
     HEADER_MSG_ID,
-    NATS_ARG_SPEC,
-    NATS_IMPORT_ERROR,
     STREAM_OPTION_SPEC,
     Deadline,
-    NatsError,
-    check_headers,
-    check_size,
-    close,
     config_to_options,
-    connect,
     ensure_stream,
     last_message,
     publish,
-    run,
     stream_info,
     stream_options,
     subject_matches,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    HVAC_IMPORT_ERROR,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR, NatsError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import (
     OPENBAO_ARG_SPEC,
-    OpenBaoError,
     connect as openbao_connect,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer, verify_with_transit
 
 ANNOUNCEMENT_SPEC = dict(
     epoch=dict(type='int', required=True),

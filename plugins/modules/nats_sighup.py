@@ -329,17 +329,19 @@ transport:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import K8S_ARG_SPEC, check_imports as k8s_check_imports
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NATS_ARG_SPEC, NATS_IMPORT_ERROR
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import (
-    DEFAULT_RELOAD_COMMAND,
-    TRANSPORTS,
-    KubernetesTransport,
-    LocalTransport,
-    ReloadError,
-    SystemTransport,
-    reload_servers,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import (
+    K8S_ARG_SPEC,
+    check_imports as k8s_check_imports,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import TRANSPORTS, reload_servers
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import (
+    DEFAULT_RELOAD_COMMAND,
+    KubernetesTransport,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
 
 
 def build_transport(module):

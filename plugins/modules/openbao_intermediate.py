@@ -289,25 +289,25 @@ issuers:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC,
     EpochError,
     parse_duration,
     schedule_from_module_params,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HVAC_IMPORT_ERROR,
-    KEY_TYPES,
-    OPENBAO_ARG_SPEC,
-    OpenBaoError,
-    connect,
-    describe_issuers,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
     ensure_epoch_intermediate,
-    list_epoch_issuers,
     prune_epoch_issuers,
     remove_epoch_intermediate,
     set_default_issuer,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
+    KEY_TYPES,
+    describe_issuers,
+    list_epoch_issuers,
 )
 
 

@@ -253,35 +253,36 @@ private_key:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    cert_facts,
+    load_cert,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import FileError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import (
+    atomic_write,
+    file_needs_write,
+    parse_mode,
+    set_attributes,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC,
     EpochError,
     isoformat,
     schedule_from_module_params,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HVAC_IMPORT_ERROR,
-    KEY_TYPES,
-    OPENBAO_ARG_SPEC,
-    OpenBaoError,
-    atomic_write,
-    cert_facts,
-    connect,
-    epoch_of,
-    file_needs_write,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import (
     find_leaf_issuer,
     issue_leaf,
-    issuer_certificates,
     leaf_renewal_reasons,
-    load_cert,
-    parse_mode,
     parse_renew_before,
     read_leaf_files,
     renewal_threshold,
-    set_attributes,
-    split_pem_certs,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import KEY_TYPES, epoch_of, issuer_certificates
 
 
 def main():
@@ -326,7 +327,7 @@ def main():
     try:
         mode = parse_mode(p['mode'], 'mode')
         key_mode = parse_mode(p['key_mode'], 'key_mode')
-    except OpenBaoError as err:
+    except FileError as err:
         module.fail_json(msg=str(err))
     owner, group = p['owner'], p['group']
 
@@ -381,7 +382,7 @@ def main():
         else:
             cert = disk['cert']
             issuer_id, info = issuer
-            leaf_pem = split_pem_certs(disk['cert_text'])[0]
+            leaf_pem = pem_certificates(disk['cert_text'])[0]
             issuing_ca = (info or {}).get('certificate') or ''
             ca_chain = (info or {}).get('ca_chain') or []
             expected = {p['cert_file']: leaf_pem + (issuing_ca.strip() + '\n' if p['full_chain'] and issuing_ca else '')}
@@ -410,7 +411,7 @@ def main():
         changed = result['issued'] or facts.pop('_changed', False)
         result.update(facts)
         result['renew_at'] = isoformat(renewal_threshold(renew_before, cert.not_valid_before_utc, cert.not_valid_after_utc))
-    except OpenBaoError as err:
+    except (OpenBaoError, FileError) as err:
         module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
     except EpochError as err:
         module.fail_json(msg=str(err), option=err.option)

@@ -144,13 +144,12 @@ bundle:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EpochError, isoformat, now_from_params, parse_duration,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    OPENBAO_ARG_SPEC, OpenBaoError, connect,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 
 REQUIRED = {
     'acquire': ['holder'], 'release': ['holder'], 'record': ['holder', 'epoch', 'sha256', 'generation'],

@@ -328,18 +328,25 @@ report:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC, EpochError, schedule_from_module_params,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import K8S_ARG_SPEC, check_imports as k8s_check_imports
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NATS_ARG_SPEC, NATS_IMPORT_ERROR
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    HVAC_IMPORT_ERROR, OPENBAO_ARG_SPEC,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import (
+    K8S_ARG_SPEC,
+    check_imports as k8s_check_imports,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import (
-    TRANSPORTS, KubernetesTransport, LocalTransport, ReloadError, SystemTransport,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _status
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import TRANSPORTS
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import KubernetesTransport
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.checks import build_report
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import gather_cluster
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import StatusError, gather_authority
 
 
 def _need_k8s(module):
@@ -376,8 +383,8 @@ def _cluster(module, schedule):
     except ReloadError as err:
         error = str(err)
     try:
-        facts = _status.gather_cluster(p['cluster'], transport, live_secret=p['live_secret'], k8s_params=p['kubernetes'],
-                                       tls_client=p['tls_client'], tls_timeout=p['tls_timeout'], schedule=schedule)
+        facts = gather_cluster(p['cluster'], transport, live_secret=p['live_secret'], k8s_params=p['kubernetes'],
+                               tls_client=p['tls_client'], tls_timeout=p['tls_timeout'], schedule=schedule)
     finally:
         if transport is not None:
             transport.close()
@@ -397,7 +404,7 @@ def _authority(module, schedule, now):
         module.fail_json(msg=missing_required_lib('nats-py'), exception=NATS_IMPORT_ERROR)
     if p['epoch_secret']:
         _need_k8s(module)
-    return _status.gather_authority(
+    return gather_authority(
         p['openbao'], schedule, now, root_mount=p['root_mount'], int_mount=p['int_mount'], kv_mount=p['kv_mount'],
         state_path=p['state_path'], bundle_path=p['bundle_path'], clusters=p['clusters'],
         nats_params=p['nats'] if p['announcement'] else None, stream=p['stream'], subject=p['subject'],
@@ -462,13 +469,13 @@ def main():
     argument_spec.update(K8S_ARG_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
-    if _status.CRYPTOGRAPHY_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib('cryptography'), exception=_status.CRYPTOGRAPHY_IMPORT_ERROR)
+    if CRYPTOGRAPHY_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
 
     if p['scope'] == 'report':
         if not p['authority']:
             module.fail_json(msg='scope=report needs authority (the facts of a scope=authority run)', option='authority')
-        report = _status.build_report(p['authority'], p['clusters_facts'])
+        report = build_report(p['authority'], p['clusters_facts'])
         module.exit_json(changed=False, ok=report['ok'], mismatch_count=report['mismatch_count'], warning_count=report['warning_count'],
                          findings=report['findings'], table=report['table'], report=report)
 
@@ -481,7 +488,7 @@ def main():
             facts = _authority(module, schedule, now)
         else:
             facts = _cluster(module, schedule)
-    except _status.StatusError as err:
+    except StatusError as err:
         module.fail_json(msg=str(err), option=err.option)
     module.exit_json(changed=False, facts=facts)
 

@@ -76,8 +76,8 @@ class EngineAction(ActionBase):
     @staticmethod
     def check_connection_options(cfg):
         """Unknown keys in the connection dicts are typos: refuse them before anything is contacted."""
-        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OPENBAO_ARG_SPEC
-        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NATS_ARG_SPEC
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC
         checks = [('openbao', cfg.openbao, OPENBAO_ARG_SPEC['openbao']['options'])]
         if (cfg.announce or cfg.renew_client_leaf) and cfg.authority_nats:
             checks.append(('authority_nats', cfg.authority_nats, NATS_ARG_SPEC['nats']['options']))

@@ -172,10 +172,14 @@ def _print_report(report):
 def run(argv=None):
     args = build_parser().parse_args(argv)
     ensure_collection_importable()
-    from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _audit, _nats
-    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import (
-        MessageError, public_key_pem, transit_public_keys)
-    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OpenBaoError, connect as bao_connect
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _audit
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import MessageError, public_key_pem
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import options as nats_options
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import connect as bao_connect
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_public_keys
 
     try:
         info = _stack_info(args.stack) if args.stack else None
@@ -204,8 +208,8 @@ def run(argv=None):
         params = nats_params(args, info)
 
         async def work():
-            deadline = _nats.Deadline(args.timeout)
-            client = await _nats.connect(params)
+            deadline = nats_jetstream.Deadline(args.timeout)
+            client = await nats_client.connect(params)
             try:
                 if args.command == 'verify':
                     return await _audit.verify_stream(client, stream, deadline, public_keys=public_keys, subject=subject,
@@ -213,13 +217,13 @@ def run(argv=None):
                 entries, _info = await _audit.read_entries(client, stream, deadline)
                 return entries
             finally:
-                await _nats.close(client)
+                await nats_client.close(client)
 
-        result = _nats.run(work())
+        result = nats_client.run(work())
     except UsageError as exc:
         print(f'ca-audit: {exc}', file=sys.stderr)
         return EXIT_ERROR
-    except (_audit.AuditError, _nats.NatsError, MessageError, OpenBaoError) as exc:
+    except (_audit.AuditError, nats_options.NatsError, MessageError, OpenBaoError) as exc:
         print(f'ca-audit: {exc}', file=sys.stderr)
         return EXIT_ERROR
 

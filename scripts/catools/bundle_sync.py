@@ -72,14 +72,18 @@ ensure_collection_importable()
 # pylint: disable=wrong-import-position
 try:
     from nats.js import errors as nats_js_errors
-except ImportError:  # pragma: no cover - reported by main() through _nats.check_imports()
+except ImportError:  # pragma: no cover - reported by main() through nats_options.check_imports()
     nats_js_errors = None
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message  # noqa: E402
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _nats  # noqa: E402
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import BundleError, parse_bundle  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import BundleError, parse_bundle  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._client_tls import ClientTLSError, ReloadingTLS  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError, FileError  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import atomic_write, parse_mode  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochError, isoformat, parse_duration, utcnow  # noqa: E402
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OpenBaoError, atomic_write, parse_mode  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import options as nats_options  # noqa: E402
 
 PROG = 'ca-bundle-sync'
 
@@ -110,8 +114,8 @@ MAX_FIELD = 2000
 DEFAULTS = {
     'service': None,
     'durable': None,
-    'stream': _nats.DEFAULT_STREAM,
-    'subject': _nats.DEFAULT_SUBJECT,
+    'stream': nats_jetstream.DEFAULT_STREAM,
+    'subject': nats_jetstream.DEFAULT_SUBJECT,
     'bundle_file': None,
     'bundle_mode': '0644',
     'state_file': None,
@@ -376,7 +380,7 @@ class Config:
         self.bundle_file = os.path.abspath(os.path.expanduser(str(v['bundle_file'])))
         try:
             self.bundle_mode = parse_mode(v['bundle_mode'], '--bundle-mode')
-        except OpenBaoError as exc:
+        except FileError as exc:
             raise ConfigError(str(exc)) from None
         bundle_dir = os.path.dirname(self.bundle_file)
         self.state_file = os.path.abspath(os.path.expanduser(str(v['state_file']))) if v['state_file'] else \
@@ -424,10 +428,10 @@ class Config:
 
         self.nats = dict(v['nats'] or {})
         self._from_files = set()
-        unknown = sorted(set(self.nats) - set(_nats.NATS_ARG_SPEC['nats']['options']) - set(_NATS_EXTRA))
+        unknown = sorted(set(self.nats) - set(nats_options.NATS_ARG_SPEC['nats']['options']) - set(_NATS_EXTRA))
         if unknown:
             raise ConfigError('Unknown nats option(s) %s; known: %s' % (', '.join(unknown), ', '.join(
-                sorted(list(_nats.NATS_ARG_SPEC['nats']['options']) + list(_NATS_EXTRA)))))
+                sorted(list(nats_options.NATS_ARG_SPEC['nats']['options']) + list(_NATS_EXTRA)))))
         if self.nats.get('token_file'):
             if self.nats.get('token'):
                 raise ConfigError('Give nats.token or nats.token_file, not both')
@@ -704,10 +708,14 @@ class TransitKeys:
         self.client = None
 
     def _fetch(self):
-        from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _openbao  # pylint: disable=import-outside-toplevel
+        # only transit mode talks to OpenBao: the rest of ca-bundle-sync never imports _openbao (hvac)
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import connect
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_public_keys
         if self.client is None:
-            self.client = _openbao.connect(self.params)
-        return _message.transit_public_keys(self.client, self.mount, self.key)
+            self.client = connect(self.params)
+        return transit_public_keys(self.client, self.mount, self.key)
 
     async def keys_for(self, data):  # pylint: disable=unused-argument
         return await asyncio.to_thread(self._fetch)
@@ -763,7 +771,7 @@ class Syncer:
         """Verify ``data``: Outcome ``apply`` (with the message) or ``stale``; raises Invalid or Transient."""
         try:
             keys = await self.keys.keys_for(data)
-        except (OpenBaoError, _message.MessageError) as exc:
+        except CaRotationError as exc:  # OpenBao (connect) or transit key problems
             raise Transient('keys', 'Cannot read the public keys of transit key %s/%s: %s'
                             % (self.cfg.transit_mount, self.cfg.transit_key, exc)) from None
         except Exception as exc:  # e.g. connection errors from hvac/requests  # pylint: disable=broad-except
@@ -779,7 +787,7 @@ class Syncer:
         if isoformat(limit) >= message['valid_until']:
             raise Invalid('expired', 'The announcement (generation %d) expired at %s; its bundle is no longer usable'
                           % (message['generation'], message['valid_until']))
-        if _message.sha256_hex(message['bundle_pem']) != message['bundle_sha256']:  # verify_announcement checks it too
+        if common_digest.sha256_hex(message['bundle_pem']) != message['bundle_sha256']:  # verify_announcement checks it too
             raise Invalid('bundle-sha256', 'bundle_sha256 does not match the bundle')
         try:
             certs = parse_bundle(message['bundle_pem'], 'bundle_pem')
@@ -802,7 +810,7 @@ class Syncer:
             return False
         try:
             atomic_write(path, pem, self.cfg.bundle_mode)
-        except (OpenBaoError, OSError) as exc:
+        except (FileError, OSError) as exc:
             raise Transient('write', 'Cannot write the bundle: %s' % exc) from None
         after = sha256_file(path)
         if after != message['bundle_sha256']:
@@ -871,7 +879,7 @@ class Syncer:
         st.applied_ts = time.time()
         try:
             st.save()
-        except (OpenBaoError, OSError) as exc:
+        except (FileError, OSError) as exc:
             raise Transient('state', 'The bundle is in place but the state file cannot be written: %s' % exc) from None
         self.log('info', 'applied', 'CA bundle applied' if needs_reload else 'CA bundle already in place; state updated, no reload',
                  generation=message['generation'], epoch=message['epoch'], kind=message['kind'],
@@ -963,7 +971,7 @@ class Syncer:
     def save_counters(self):
         try:
             self.state.save()
-        except (OpenBaoError, OSError) as exc:
+        except (FileError, OSError) as exc:
             self.log('warning', 'state-write-failed', 'Cannot write the state file: %s' % exc)
 
     def write_metrics(self, success=False):
@@ -975,12 +983,12 @@ class Syncer:
         text = render_metrics(self.cfg.service, self.state, matches, time.time())
         try:
             atomic_write(self.cfg.metrics_file, text, 0o644)
-        except (OpenBaoError, OSError) as exc:
+        except (FileError, OSError) as exc:
             self.log('warning', 'metrics-write-failed', 'Cannot write the metrics file: %s' % exc)
 
     async def connect(self):
         extra = {}
-        conn = _nats.conn_params(self.cfg.nats)
+        conn = nats_options.conn_params(self.cfg.nats)
         if conn.get('ca_file'):
             # The trust for NATS follows its CA file (often the bundle this script writes): rebuilt at every reconnect.
             try:
@@ -988,7 +996,7 @@ class Syncer:
                                    partial_chain=True if conn.get('partial_chain') else None)
                 extra['tls'] = tls.context
             except ClientTLSError:
-                pass  # _nats.connect reports the file problem with the option name
+                pass  # nats_client.connect reports the file problem with the option name
         if self.cfg.mode == 'follow':
             extra.update(max_reconnect_attempts=-1, reconnect_time_wait=2)
 
@@ -1000,7 +1008,7 @@ class Syncer:
             self.log('info', 'nats-reconnected', server=nc_holder[0].connected_url.netloc if nc_holder else None)
 
         nc_holder = []
-        nc = await _nats.connect(self.cfg.nats, disconnected_cb=disconnected, reconnected_cb=reconnected, **extra)
+        nc = await nats_client.connect(self.cfg.nats, disconnected_cb=disconnected, reconnected_cb=reconnected, **extra)
         nc_holder.append(nc)
         self.log('info', 'nats-connected', server=nc.connected_url.netloc if nc.connected_url else None)
         return nc
@@ -1008,13 +1016,13 @@ class Syncer:
     async def ensure_consumer(self, nc):
         """Create the durable pull consumer, or update its limits; return its info (and set the progress heartbeat)."""
         cfg = self.cfg
-        deadline = _nats.Deadline(cfg.timeout)
+        deadline = nats_jetstream.Deadline(cfg.timeout)
         if cfg.resync:
             try:
-                await _nats.js_api(nc, 'CONSUMER.DELETE.%s.%s' % (cfg.stream, cfg.durable), b'', deadline,
-                                   'Deleting consumer %s' % cfg.durable)
+                await nats_jetstream.js_api(nc, 'CONSUMER.DELETE.%s.%s' % (cfg.stream, cfg.durable), b'', deadline,
+                                            'Deleting consumer %s' % cfg.durable)
                 self.log('info', 'consumer-deleted', 'Deleted the durable consumer for --resync', consumer=cfg.durable)
-            except _nats.JetStreamAPIError as exc:
+            except nats_jetstream.JetStreamAPIError as exc:
                 if exc.code != 404:
                     raise
             cfg.resync = False
@@ -1026,12 +1034,12 @@ class Syncer:
             'filter_subject': cfg.subject,
         }
         try:
-            info = await _nats.js_api(nc, 'CONSUMER.INFO.%s.%s' % (cfg.stream, cfg.durable), b'', deadline,
-                                      'Reading consumer %s on stream %s' % (cfg.durable, cfg.stream))
-        except _nats.JetStreamAPIError as exc:
-            if exc.err_code == _nats.JS_STREAM_NOT_FOUND:
-                raise _nats.NatsError('Stream %s does not exist: the authority creates it when it first announces a bundle '
-                                      '(jetstream_publish); check --stream' % cfg.stream, 'stream') from None
+            info = await nats_jetstream.js_api(nc, 'CONSUMER.INFO.%s.%s' % (cfg.stream, cfg.durable), b'', deadline,
+                                               'Reading consumer %s on stream %s' % (cfg.durable, cfg.stream))
+        except nats_jetstream.JetStreamAPIError as exc:
+            if exc.err_code == nats_jetstream.JS_STREAM_NOT_FOUND:
+                raise nats_options.NatsError('Stream %s does not exist: the authority creates it when it first announces a bundle '
+                                             '(jetstream_publish); check --stream' % cfg.stream, 'stream') from None
             if exc.code != 404:
                 raise
             info = None
@@ -1040,9 +1048,9 @@ class Syncer:
                           description='%s for service %s' % (PROG, cfg.service))
             if cfg.deliver_policy == 'last':
                 config['deliver_policy'] = 'last_per_subject'
-            info = await _nats.js_api(nc, 'CONSUMER.CREATE.%s.%s' % (cfg.stream, cfg.durable),
-                                      {'stream_name': cfg.stream, 'config': config, 'action': 'create'}, deadline,
-                                      'Creating consumer %s on stream %s' % (cfg.durable, cfg.stream))
+            info = await nats_jetstream.js_api(nc, 'CONSUMER.CREATE.%s.%s' % (cfg.stream, cfg.durable),
+                                               {'stream_name': cfg.stream, 'config': config, 'action': 'create'}, deadline,
+                                               'Creating consumer %s on stream %s' % (cfg.durable, cfg.stream))
             self.log('info', 'consumer-created', consumer=cfg.durable, stream=cfg.stream, deliver_policy=cfg.deliver_policy)
         else:
             current = info['config']
@@ -1055,9 +1063,9 @@ class Syncer:
             differs = {k: v for k, v in want.items() if current.get(k) != v}
             if differs:
                 config = dict(current, **want)
-                info = await _nats.js_api(nc, 'CONSUMER.CREATE.%s.%s' % (cfg.stream, cfg.durable),
-                                          {'stream_name': cfg.stream, 'config': config, 'action': 'update'}, deadline,
-                                          'Updating consumer %s on stream %s' % (cfg.durable, cfg.stream))
+                info = await nats_jetstream.js_api(nc, 'CONSUMER.CREATE.%s.%s' % (cfg.stream, cfg.durable),
+                                                   {'stream_name': cfg.stream, 'config': config, 'action': 'update'}, deadline,
+                                                   'Updating consumer %s on stream %s' % (cfg.durable, cfg.stream))
                 self.log('info', 'consumer-updated', consumer=cfg.durable, changed=','.join(sorted(differs)))
         info = await self._wait_for_leader(nc, info, deadline)
         ack_wait = (info.get('config') or {}).get('ack_wait') or int(cfg.backoff[0] * 1e9)
@@ -1070,8 +1078,8 @@ class Syncer:
         while info.get('cluster') and not info['cluster'].get('leader') and not deadline.expired():
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            info = await _nats.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.cfg.stream, self.cfg.durable), b'', deadline,
-                                      'Reading consumer %s' % self.cfg.durable)
+            info = await nats_jetstream.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.cfg.stream, self.cfg.durable), b'', deadline,
+                                               'Reading consumer %s' % self.cfg.durable)
         return info
 
     async def subscribe(self, nc):
@@ -1082,8 +1090,9 @@ class Syncer:
     async def nothing_pending(self, nc):
         """True when the consumer has no message to deliver now and none awaiting an acknowledgement."""
         try:
-            info = await _nats.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.cfg.stream, self.cfg.durable), b'',
-                                      _nats.Deadline(min(self.cfg.timeout, 10)), 'Reading consumer %s' % self.cfg.durable)
+            info = await nats_jetstream.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.cfg.stream, self.cfg.durable), b'',
+                                               nats_jetstream.Deadline(min(self.cfg.timeout, 10)),
+                                               'Reading consumer %s' % self.cfg.durable)
         except Exception:  # fall back to waiting for the fetch timeout  # pylint: disable=broad-except
             return False
         return _idle(info)
@@ -1123,14 +1132,14 @@ class Syncer:
         self.check_bundle_drift()
         try:
             nc = await self.connect()
-        except _nats.NatsError as exc:
+        except nats_options.NatsError as exc:
             if exc.kind == 'config':
                 raise ConfigError(str(exc)) from None
             return self._nats_failure(exc)
         try:
             try:
                 sub, info = await self.subscribe(nc)
-            except _nats.NatsError as exc:
+            except nats_options.NatsError as exc:
                 return self._nats_failure(exc)
             handled = 0
             idle = _idle(info)
@@ -1144,8 +1153,8 @@ class Syncer:
                 except Exception as exc:  # any fetch error ends this run as a failure  # pylint: disable=broad-except
                     return self._nats_failure(exc)
                 if msg == 'retry':
-                    return self._nats_failure(_nats.NatsError('The consumer %s has had no leader for %d attempts'
-                                                              % (self.cfg.durable, unavailable)))
+                    return self._nats_failure(nats_options.NatsError(
+                        'The consumer %s has had no leader for %d attempts' % (self.cfg.durable, unavailable)))
                 if msg is None:
                     break
                 handled += 1
@@ -1172,7 +1181,7 @@ class Syncer:
     def _nats_failure(self, exc):
         self.failed = True
         self.state.count_failure('nats')
-        self.log('error', 'nats-failed', '%s: %s' % (type(exc).__name__, exc) if not isinstance(exc, _nats.NatsError) else str(exc))
+        self.log('error', 'nats-failed', '%s: %s' % (type(exc).__name__, exc) if not isinstance(exc, nats_options.NatsError) else str(exc))
         self.save_counters()
         self.write_metrics()
         return EXIT_FAILURE
@@ -1182,7 +1191,7 @@ class Syncer:
         try:
             await asyncio.wait_for(nc.drain(), 5)
         except Exception:  # closing is best effort  # pylint: disable=broad-except
-            await _nats.close(nc)
+            await nats_client.close(nc)
 
     async def run_follow(self):
         self.check_bundle_drift()
@@ -1211,7 +1220,7 @@ class Syncer:
                     self.write_metrics(success=True)
             except ConfigError:
                 raise
-            except _nats.NatsError as exc:
+            except nats_options.NatsError as exc:
                 if exc.kind == 'config':
                     raise ConfigError(str(exc)) from None
                 self._follow_error(exc, delay)
@@ -1220,7 +1229,7 @@ class Syncer:
                 self._follow_error(exc, delay)
                 sub = None
                 if nc is not None and not nc.is_connected and not nc.is_reconnecting:
-                    await _nats.close(nc)
+                    await nats_client.close(nc)
                     nc = None
             else:
                 continue
@@ -1241,7 +1250,7 @@ class Syncer:
     def _follow_error(self, exc, delay):
         self.state.count_failure('nats')
         self.log('error', 'nats-failed', '%s (retrying in %ss)' % (
-            str(exc) if isinstance(exc, _nats.NatsError) else '%s: %s' % (type(exc).__name__, exc), _number(delay)))
+            str(exc) if isinstance(exc, nats_options.NatsError) else '%s: %s' % (type(exc).__name__, exc), _number(delay)))
         self.write_metrics()
 
     async def run(self):
@@ -1274,8 +1283,8 @@ def main(argv=None):
     log.secrets = cfg.secrets()
     try:
         _message.check_imports()
-        _nats.check_imports()
-    except (_message.MessageError, _nats.NatsError) as exc:
+        nats_options.check_imports()
+    except (_message.MessageError, nats_options.NatsError) as exc:
         log('error', 'config', str(exc).splitlines()[0])
         return EXIT_CONFIG
     if cfg.config_file:
@@ -1287,7 +1296,7 @@ def main(argv=None):
         with instance_lock(cfg.state_file):
             syncer = Syncer(cfg, log)
             if cfg.mode == 'check':
-                _nats.client_options(cfg.nats)
+                nats_options.client_options(cfg.nats)
                 log('info', 'config-ok', 'Configuration is valid', bundle_file=cfg.bundle_file, state_file=cfg.state_file,
                     generation=syncer.state.generation, verify='transit' if cfg.transit else 'pinned')
                 return EXIT_OK
@@ -1298,7 +1307,7 @@ def main(argv=None):
     except ConfigError as exc:
         log('error', 'config', str(exc))
         return EXIT_CONFIG
-    except _nats.NatsError as exc:
+    except nats_options.NatsError as exc:
         if exc.kind == 'config':
             log('error', 'config', str(exc))
             return EXIT_CONFIG

@@ -479,13 +479,14 @@ class LocalStack:
 
     def _issue_intermediate(self, client, epoch: int, now: _dt.datetime) -> dict:
         """Issue and activate the intermediate of ``epoch`` (the collection's own code path)."""
-        from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _openbao  # pylint: disable=import-outside-toplevel
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
 
-        result = _openbao.ensure_epoch_intermediate(
+        result = bao_intermediate.ensure_epoch_intermediate(
             client, self.schedule, epoch, root_mount=ROOT_MOUNT, int_mount=INT_MOUNT,
             cn_prefix=CN_PREFIX, key_type=self.key_type, now=now,
         )
-        _openbao.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
+        bao_intermediate.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
         return result
 
     def issue_leaf(self, common_name: str, cert_file: Path, key_file: Path, client=None) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from catools.localstack import LocalStack
 from helpers import REPO, ansible_playbook
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import base as reload_base
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import probe as reload_probe
 
 
 class RotationStack:
@@ -75,9 +76,9 @@ class RotationStack:
         return str(cert), str(key)
 
     def handshake(self, cert_file: str, key_file: str, server: dict) -> tuple[bool, str]:
-        ctx = _reload.probe_context({"cert_file": cert_file, "key_file": key_file, "ca_file": self.info["pki"]["root_pem_file"]})
-        host, port = _reload.host_port(server["url"])
-        return _reload.tls_probe(host, port, ctx, timeout=5)
+        ctx = reload_probe.probe_context({"cert_file": cert_file, "key_file": key_file, "ca_file": self.info["pki"]["root_pem_file"]})
+        host, port = reload_base.host_port(server["url"])
+        return reload_probe.tls_probe(host, port, ctx, timeout=5)
 
     def down(self):
         self.stack.down()

@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from nats.js.errors import NotFoundError
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _audit as A
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _nats as N
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import transit_signer
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
@@ -232,18 +233,18 @@ def test_concurrent_writers_never_fork_the_chain(stack, bao_client, nats_params,
     signer = transit_signer(bao_client, stack['pki']['transit_mount'], stack['pki']['transit_key'])
 
     async def writer(fields):
-        client = await N.connect(nats_params)
+        client = await nats_client.connect(nats_params)
         try:
-            return await A.append(client, names['stream'], names['subject'], fields, signer, N.Deadline(120))
+            return await A.append(client, names['stream'], names['subject'], fields, signer, nats_jetstream.Deadline(120))
         finally:
-            await N.close(client)
+            await nats_client.close(client)
 
     async def main():
-        client = await N.connect(nats_params)
+        client = await nats_client.connect(nats_params)
         try:
-            await A.ensure_stream(client, names['stream'], names['subject'], N.Deadline(60))
+            await A.ensure_stream(client, names['stream'], names['subject'], nats_jetstream.Deadline(60))
         finally:
-            await N.close(client)
+            await nats_client.close(client)
         jobs = []
         for generation in (1, 2):
             for kind in ('rotation', 'rollback'):

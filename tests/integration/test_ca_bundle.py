@@ -23,13 +23,11 @@ from cryptography.hazmat.primitives import serialization
 kubernetes = pytest.importorskip("kubernetes")
 pytest.importorskip("aiohttp")
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _bundle  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import deliver as bundle_deliver  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (  # noqa: E402
     EpochSchedule, isoformat, utcnow,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (  # noqa: E402
-    ensure_epoch_intermediate,
-)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import ensure_epoch_intermediate  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.tests.k8s_emulator import EmulatedCluster, User  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -484,7 +482,7 @@ def test_missing_namespace_is_a_clear_error(run_module, pki, openbao_params, clu
 def test_kv_check_and_set_retries_after_a_concurrent_write(bao_client, pki, names, monkeypatch):
     path = names["kv_path"].replace("{epoch}", "11")
     bao_client.secrets.kv.v2.create_or_update_secret(path=path, secret={"sha256": "old"})
-    original = _bundle.read_kv
+    original = bundle_deliver.read_kv
     calls = []
 
     def read_then_someone_writes(client, mount, p):
@@ -494,14 +492,14 @@ def test_kv_check_and_set_retries_after_a_concurrent_write(bao_client, pki, name
             bao_client.secrets.kv.v2.create_or_update_secret(path=path, secret={"sha256": "concurrent"})
         return version, data
 
-    monkeypatch.setattr(_bundle, "read_kv", read_then_someone_writes)
+    monkeypatch.setattr(bundle_deliver, "read_kv", read_then_someone_writes)
     desired = {"sha256": "ours", "created_at": "now"}
-    result = _bundle.deliver_kv(bao_client, "secret", path, desired)
+    result = bundle_deliver.deliver_kv(bao_client, "secret", path, desired)
     assert result["changed"] is True and result["attempts"] == 2
     assert calls == [1, 2]
     assert kv_read(bao_client, path) == (3, desired)
     # unchanged apart from created_at: no new version
-    again = _bundle.deliver_kv(bao_client, "secret", path, dict(desired, created_at="later"))
+    again = bundle_deliver.deliver_kv(bao_client, "secret", path, dict(desired, created_at="later"))
     assert again["changed"] is False and kv_read(bao_client, path)[0] == 3
 
 
@@ -512,7 +510,7 @@ def test_kv_permission_denied_is_clear(bao_client, pki, names, stack):
     reader = hvac.Client(url=stack["openbao"]["addr"], token=token)
     path = names["kv_path"].replace("{epoch}", "11")
     with pytest.raises(Exception) as info:
-        _bundle.deliver_kv(reader, "secret", path, {"sha256": "x"})
+        bundle_deliver.deliver_kv(reader, "secret", path, {"sha256": "x"})
     assert "Permission denied writing 'secret/data/%s': the token needs 'create+update'" % path in str(info.value)
     assert kv_read(bao_client, path) == (0, None)
 

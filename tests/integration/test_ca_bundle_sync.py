@@ -24,7 +24,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client.parser import text_string_to_metric_families
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message, _nats
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import transit as bao_transit
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / 'scripts' / 'ca-bundle-sync'
@@ -43,13 +47,13 @@ def nats_params(stack):
 
 @pytest.fixture(scope='module')
 def signer(bao_client, stack):
-    return _message.transit_signer(bao_client, stack['pki']['transit_mount'], stack['pki']['transit_key'])
+    return bao_transit.transit_signer(bao_client, stack['pki']['transit_mount'], stack['pki']['transit_key'])
 
 
 @pytest.fixture(scope='module')
 def pinned_key(bao_client, stack, tmp_path_factory):
     path = tmp_path_factory.mktemp('pinned') / 'ca-bundle-signer.json'
-    keys = _message.transit_public_keys(bao_client, stack['pki']['transit_mount'], stack['pki']['transit_key'])
+    keys = bao_transit.transit_public_keys(bao_client, stack['pki']['transit_mount'], stack['pki']['transit_key'])
     path.write_text(json.dumps({str(k): v for k, v in keys.items()}))
     return path
 
@@ -79,22 +83,22 @@ class Channel:
         self.subject = 'test.casync.%s.ca-cert' % tag
 
     async def _call(self, func):
-        nc = await _nats.connect(self.params)
+        nc = await nats_client.connect(self.params)
         try:
             return await func(nc)
         finally:
-            await _nats.close(nc)
+            await nats_client.close(nc)
 
     def create(self):
         wanted = {'subjects': [self.subject], 'replicas': 3}
-        return run(self._call(lambda nc: _nats.ensure_stream(nc, self.stream, wanted, _nats.Deadline(60))))
+        return run(self._call(lambda nc: nats_jetstream.ensure_stream(nc, self.stream, wanted, nats_jetstream.Deadline(60))))
 
     def delete(self):
-        run(self._call(lambda nc: _nats.js_api(nc, 'STREAM.DELETE.%s' % self.stream, b'', _nats.Deadline(30), 'delete')))
+        run(self._call(lambda nc: nats_jetstream.js_api(nc, 'STREAM.DELETE.%s' % self.stream, b'', nats_jetstream.Deadline(30), 'delete')))
 
     def publish(self, data, msg_id=None):
-        return run(self._call(lambda nc: _nats.publish(nc, self.subject, data, _nats.Deadline(30),
-                                                       msg_id=msg_id or uuid.uuid4().hex, stream=self.stream)))
+        return run(self._call(lambda nc: nats_jetstream.publish(nc, self.subject, data, nats_jetstream.Deadline(30),
+                                                                msg_id=msg_id or uuid.uuid4().hex, stream=self.stream)))
 
     def announce(self, pem, generation, epoch, kind='rotation', valid_until=None, sign=None):
         now = dt.datetime.now(UTC).replace(microsecond=0)
@@ -110,8 +114,8 @@ class Channel:
         """The durable consumer's info as the server reports it, or None."""
         async def info(nc):
             try:
-                return await _nats.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.stream, durable), b'', _nats.Deadline(30), 'info')
-            except _nats.JetStreamAPIError as exc:
+                return await nats_jetstream.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.stream, durable), b'', nats_jetstream.Deadline(30), 'info')
+            except nats_jetstream.JetStreamAPIError as exc:
                 if exc.code == 404:
                     return None
                 raise
@@ -222,7 +226,7 @@ def settled(info):
 
 
 def sha(path):
-    return _message.sha256_hex(Path(path).read_bytes()) if Path(path).exists() else None
+    return common_digest.sha256_hex(Path(path).read_bytes()) if Path(path).exists() else None
 
 
 # ----------------------------------------------------------------------------- tests
@@ -457,8 +461,8 @@ def test_missing_stream_is_a_failure_with_a_clear_message(tmp_path, stack, nats_
 def test_consumer_that_is_not_ours_is_a_config_error(client, channel):
     async def make(nc):
         config = {'durable_name': client.durable, 'ack_policy': 'none', 'filter_subject': channel.subject}
-        return await _nats.js_api(nc, 'CONSUMER.CREATE.%s.%s' % (channel.stream, client.durable),
-                                  {'stream_name': channel.stream, 'config': config}, _nats.Deadline(30), 'create')
+        return await nats_jetstream.js_api(nc, 'CONSUMER.CREATE.%s.%s' % (channel.stream, client.durable),
+                                           {'stream_name': channel.stream, 'config': config}, nats_jetstream.Deadline(30), 'create')
     run(channel._call(make))  # pylint: disable=protected-access
     proc = client.once()
     assert proc.returncode == 2 and 'is not ours' in proc.stderr

@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 
 from helpers import ansible_playbook
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message, _nats
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import transit as bao_transit
 
 UTC = dt.timezone.utc
 PLAYBOOK = """---
@@ -62,32 +66,32 @@ def channel(stack, bao_client):
     chan = {'stream': 'CA_ROLE_T_%s' % tag.upper(), 'subject': 'test.carole.%s.ca-cert' % tag, 'params': params}
 
     async def call(func):
-        nc = await _nats.connect(params)
+        nc = await nats_client.connect(params)
         try:
             return await func(nc)
         finally:
-            await _nats.close(nc)
+            await nats_client.close(nc)
 
-    asyncio.run(call(lambda nc: _nats.ensure_stream(nc, chan['stream'], {'subjects': [chan['subject']]}, _nats.Deadline(60))))
+    asyncio.run(call(lambda nc: nats_jetstream.ensure_stream(nc, chan['stream'], {'subjects': [chan['subject']]}, nats_jetstream.Deadline(60))))
 
     def announce(pem, generation, epoch):
         now = dt.datetime.now(UTC).replace(microsecond=0)
         message = _message.build_announcement(
             epoch=epoch, generation=generation, kind='rotation', bundle_pem=pem, certificates=None, valid_from=now,
             valid_until=now + dt.timedelta(hours=6), created_at=now)
-        signed = _message.sign_announcement(message, _message.transit_signer(bao_client, 'transit', 'ca-bundle-signer'))
-        asyncio.run(call(lambda nc: _nats.publish(nc, chan['subject'], _message.canonical_json(signed), _nats.Deadline(30),
-                                                  msg_id=_message.msg_id(signed), stream=chan['stream'])))
+        signed = _message.sign_announcement(message, bao_transit.transit_signer(bao_client, 'transit', 'ca-bundle-signer'))
+        asyncio.run(call(lambda nc: nats_jetstream.publish(nc, chan['subject'], _message.canonical_json(signed), nats_jetstream.Deadline(30),
+                                                           msg_id=_message.msg_id(signed), stream=chan['stream'])))
         return signed
 
     chan['announce'] = announce
     yield chan
-    asyncio.run(call(lambda nc: _nats.js_api(nc, 'STREAM.DELETE.%s' % chan['stream'], b'', _nats.Deadline(30), 'delete')))
+    asyncio.run(call(lambda nc: nats_jetstream.js_api(nc, 'STREAM.DELETE.%s' % chan['stream'], b'', nats_jetstream.Deadline(30), 'delete')))
 
 
 def sync_vars(tmp_path, stack, bao_client, channel, **extra):
     auth = stack['nats_auth']
-    keys = _message.transit_public_keys(bao_client, 'transit', 'ca-bundle-signer')
+    keys = bao_transit.transit_public_keys(bao_client, 'transit', 'ca-bundle-signer')
     marker = tmp_path / 'reloads.log'
     variables = {
         'client_bundle_service': 'billing',
@@ -121,6 +125,8 @@ def test_sync_mode_installs_a_working_ca_bundle_sync(tmp_path, stack, bao_client
     installed = root / 'opt/ca-bundle-sync/ansible_collections/securetransport/ca_rotation'
     assert mode(launcher) == 0o755 and mode(config) == 0o600
     assert (installed / 'scripts/catools/bundle_sync.py').is_file() and (installed / 'plugins/module_utils/_message.py').is_file()
+    assert (installed / 'plugins/module_utils/_common/tls.py').is_file() and (installed / 'plugins/module_utils/_bundle/build.py').is_file()
+    assert not (installed / 'plugins/module_utils/_openbao').exists()  # no OpenBao code without transit mode
     settings = json.loads(config.read_text())
     assert settings['bundle_file'] == str(root / 'etc/ca-bundle-sync/billing/ca-bundle.pem')
     assert settings['state_file'] == str(root / 'var/lib/ca-bundle-sync/billing.json')
@@ -142,7 +148,7 @@ def test_sync_mode_installs_a_working_ca_bundle_sync(tmp_path, stack, bao_client
     run = subprocess.run([str(launcher), '--once', '--config', str(config)], capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     bundle = root / 'etc/ca-bundle-sync/billing/ca-bundle.pem'
-    assert _message.sha256_hex(bundle.read_bytes()) == signed['bundle_sha256'] and mode(bundle) == 0o644
+    assert common_digest.sha256_hex(bundle.read_bytes()) == signed['bundle_sha256'] and mode(bundle) == 0o644
     assert (tmp_path / 'reloads.log').read_text() == '1\n'
     assert 'ca_bundle_sync_last_applied_generation{service="billing"} 1' in \
         (root / 'var/lib/node_exporter/textfile/ca_bundle_sync_billing.prom').read_text()
@@ -180,6 +186,8 @@ def test_transit_mode_and_bad_settings(tmp_path, stack, bao_client, channel):
     assert failed == 0, proc.stdout
     settings = json.loads((tmp_path / 'root/etc/ca-bundle-sync/billing.json').read_text())
     assert settings['transit'] is True and settings['openbao']['url'] == stack['openbao']['addr']
+    utils = tmp_path / 'root/opt/ca-bundle-sync/ansible_collections/securetransport/ca_rotation/plugins/module_utils'
+    assert (utils / '_openbao/transit.py').is_file() and not (utils / '_openbao/pki.py').exists()
     # two ways to verify at once is refused before anything else
     proc, _changed, failed = play(tmp_path, dict(variables, client_bundle_public_key_file='/etc/pinned.pub'))
     assert failed == 1 and 'exactly one way to verify' in proc.stdout
@@ -197,7 +205,7 @@ def test_push_mode_writes_the_bundle_and_reloads_once(tmp_path, bundle_pem):
         'client_bundle_root': str(root),
         'client_bundle_file': '/etc/edge/ca.pem',
         'client_bundle_pem': bundle_pem,
-        'client_bundle_expected_sha256': _message.sha256_hex(bundle_pem),
+        'client_bundle_expected_sha256': common_digest.sha256_hex(bundle_pem),
         'client_bundle_reload_command': [sys.executable, '-c', 'open(%r, "a").write("reload\\n")' % str(marker)],
     }
     bundle = root / 'etc/edge/ca.pem'

@@ -260,8 +260,8 @@ def test_credential_type_definition(ctype):
 
 
 def test_credential_types_feed_the_collection_options():
-    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NATS_ARG_SPEC
-    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OPENBAO_ARG_SPEC
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC
     bao, nats_type = TYPES
     rendered = render_injectors(bao, {f['id']: 'x' for f in bao['inputs']['fields']})
     openbao = rendered['extra_vars']['ca_rotation_openbao']

@@ -26,7 +26,14 @@ from pathlib import Path
 import pytest
 
 from catools.localstack import LocalStack, http_json
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _bundle, _message, _nats, _openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import build as bundle_build
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import options as nats_options
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import transit as bao_transit
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / 'examples' / 'ca_aware_service.py'
@@ -83,21 +90,21 @@ def reload_servers(info):
 
 
 async def _with(params, func):
-    nc = await _nats.connect(params)
+    nc = await nats_client.connect(params)
     try:
         return await func(nc)
     finally:
-        await _nats.close(nc)
+        await nats_client.close(nc)
 
 
 async def _stream_contents(nc):
     """The stream state and ``{sequence: Nats-Msg-Id}`` of every stored message (read one by one, by sequence)."""
-    deadline = _nats.Deadline(300)
-    info = await _nats.js_api(nc, 'STREAM.INFO.%s' % STREAM, b'', deadline, 'info')
+    deadline = nats_jetstream.Deadline(300)
+    info = await nats_jetstream.js_api(nc, 'STREAM.INFO.%s' % STREAM, b'', deadline, 'info')
     out = {}
     for seq in range(info['state']['first_seq'], info['state']['last_seq'] + 1):
-        resp = await _nats.js_api(nc, 'STREAM.MSG.GET.%s' % STREAM, {'seq': seq}, deadline, 'get %d' % seq)
-        out[resp['message']['seq']] = _nats.parse_headers(resp['message'].get('hdrs')).get('Nats-Msg-Id')
+        resp = await nats_jetstream.js_api(nc, 'STREAM.MSG.GET.%s' % STREAM, {'seq': seq}, deadline, 'get %d' % seq)
+        out[resp['message']['seq']] = nats_jetstream.parse_headers(resp['message'].get('hdrs')).get('Nats-Msg-Id')
     return info['state'], out
 
 
@@ -117,7 +124,7 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
     client_dir = tmp_path / 'client'
     client_dir.mkdir()
     bundle_file = client_dir / 'ca-bundle.pem'
-    first = _bundle.build_bundle([old_int], root_pem, sched, now, include_root=False)
+    first = bundle_build.build_bundle([old_int], root_pem, sched, now, include_root=False)
     bundle_file.write_text(first['pem'])
     old_bundle_copy = tmp_path / 'old-bundle.pem'
     old_bundle_copy.write_text(first['pem'])
@@ -136,8 +143,8 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
         wait_until(lambda: read_json(status_file)['acked'] >= 30, what='the service to publish')
 
         # the announcement stream and the client's ca-bundle-sync daemon (its own NATS trust is the managed bundle too)
-        asyncio.run(_with(nats_params(info), lambda nc: _nats.ensure_stream(
-            nc, _nats.DEFAULT_STREAM, {'subjects': [_nats.DEFAULT_SUBJECT], 'replicas': 3}, _nats.Deadline(60))))
+        asyncio.run(_with(nats_params(info), lambda nc: nats_jetstream.ensure_stream(
+            nc, nats_jetstream.DEFAULT_STREAM, {'subjects': [nats_jetstream.DEFAULT_SUBJECT], 'replicas': 3}, nats_jetstream.Deadline(60))))
         state_file = client_dir / 'sync-state.json'
         sync_log = open(tmp_path / 'sync.log', 'w+', encoding='utf-8')  # pylint: disable=consider-using-with
         sync = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -152,11 +159,11 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
         wait_until(lambda: 'event=following' in Path(sync_log.name).read_text(), what='ca-bundle-sync to follow')
 
         # --- rotation, tier 1: issue the next epoch's intermediate ("trust first, then issue")
-        issued = _openbao.ensure_epoch_intermediate(bao, sched, epoch + 1, root_mount='pki', int_mount='pki_int',
-                                                    cn_prefix=info['pki']['cn_prefix'])
+        issued = bao_intermediate.ensure_epoch_intermediate(bao, sched, epoch + 1, root_mount='pki', int_mount='pki_int',
+                                                            cn_prefix=info['pki']['cn_prefix'])
         new_int = issued['certificate']
-        server_bundle = _bundle.build_bundle([new_int, old_int], root_pem, sched, now, include_root=True)
-        client_bundle = _bundle.build_bundle([new_int, old_int], root_pem, sched, now, include_root=False)
+        server_bundle = bundle_build.build_bundle([new_int, old_int], root_pem, sched, now, include_root=True)
+        client_bundle = bundle_build.build_bundle([new_int, old_int], root_pem, sched, now, include_root=False)
         # --- tier 2: every server trusts epoch N+1, reloaded without restarting
         for server in servers(info):
             Path(server['ca_file']).write_text(server_bundle['pem'])
@@ -166,11 +173,11 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
             epoch=client_bundle['epoch'], generation=1, kind='rotation', bundle_pem=client_bundle['pem'],
             certificates=client_bundle['certificates'], valid_from=sched.start(epoch), valid_until=sched.expiry(epoch),
             created_at=now)
-        signed = _message.sign_announcement(message, _message.transit_signer(bao, 'transit', 'ca-bundle-signer'))
-        asyncio.run(_with(nats_params(info), lambda nc: _nats.publish(
-            nc, _nats.DEFAULT_SUBJECT, _message.canonical_json(signed), _nats.Deadline(30), msg_id=_message.msg_id(signed),
-            stream=_nats.DEFAULT_STREAM)))
-        wait_until(lambda: _message.sha256_hex(bundle_file.read_bytes()) == client_bundle['sha256'],
+        signed = _message.sign_announcement(message, bao_transit.transit_signer(bao, 'transit', 'ca-bundle-signer'))
+        asyncio.run(_with(nats_params(info), lambda nc: nats_jetstream.publish(
+            nc, nats_jetstream.DEFAULT_SUBJECT, _message.canonical_json(signed), nats_jetstream.Deadline(30), msg_id=_message.msg_id(signed),
+            stream=nats_jetstream.DEFAULT_STREAM)))
+        wait_until(lambda: common_digest.sha256_hex(bundle_file.read_bytes()) == client_bundle['sha256'],
                    what='ca-bundle-sync to write the new client bundle')
         wait_until(lambda: read_json(state_file)['generation'] == 1, what='the sync state to record generation 1')
         wait_until(lambda: read_json(status_file)['tls_reloads'] >= 1 and read_json(status_file)['reconnects'] >= 1,
@@ -178,12 +185,12 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
         assert read_json(status_file)['bundle_sha256'] == client_bundle['sha256']
 
         # --- activate epoch N+1 and give every server a certificate of the new epoch
-        _openbao.set_default_issuer(bao, 'pki_int', 'epoch-%d' % (epoch + 1))
+        bao_intermediate.set_default_issuer(bao, 'pki_int', 'epoch-%d' % (epoch + 1))
         for server in servers(info):
             stack.issue_leaf(server['name'], Path(server['cert_file']), Path(server['key_file']), bao)
         reload_servers(info)
         # the old client bundle can no longer verify the servers: the new one is really needed
-        with pytest.raises(_nats.NatsError) as refused:
+        with pytest.raises(nats_options.NatsError) as refused:
             asyncio.run(_with(nats_params(info, str(old_bundle_copy), partial_chain=True), lambda nc: nc.flush()))
         assert refused.value.kind == 'tls'
 

@@ -35,8 +35,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.js.errors import NotFoundError
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message as M
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import MessageVerificationError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import transit as bao_transit
 
 pytestmark = pytest.mark.timeout(300)
 UTC = dt.timezone.utc
@@ -128,7 +129,7 @@ def test_check_mode_then_publish_then_idempotent(stack, run_module, nats_params,
     assert info.config.num_replicas == 3 and info.config.storage == 'file'
     assert info.config.duplicate_window >= 120 and 0 < info.config.max_msgs_per_subject <= 100
     assert info.state.messages == 1
-    assert last.data == M.canonical_json(payload) and last.headers['Nats-Msg-Id'] == 'm-1'
+    assert last.data == _message.canonical_json(payload) and last.headers['Nats-Msg-Id'] == 'm-1'
 
     again = ok(publish(run_module, nats_params, names, payload=payload, msg_id='m-1'))
     assert not again['changed'] and again['duplicate'] and not again['published'] and again['seq'] == 1
@@ -295,19 +296,19 @@ def test_signed_announcement_round_trip_and_tampering(stack, run_module, nats_pa
     info, last = read_stream(stack, names['stream'], names['subject'])
     assert info.config.num_replicas == 3 and info.state.messages == 1
     assert last.headers['Nats-Msg-Id'] == first['msg_id']
-    message = M.verify_with_transit(bao_client, transit[0], transit[1], last.data)  # exactly what clients do
+    message = bao_transit.verify_with_transit(bao_client, transit[0], transit[1], last.data)  # exactly what clients do
     assert message['signature'] == first['announcement']['signature']
     assert message['bundle_pem'] == Path(stack['pki']['bundle_file']).read_text(encoding='utf-8')
-    assert M.msg_id(message) == first['msg_id']
-    assert last.data == M.canonical_json(message)
+    assert _message.msg_id(message) == first['msg_id']
+    assert last.data == _message.canonical_json(message)
 
     # a later run (new created_at) of the same generation is a no-op
     again = ok(publish(run_module, nats_params, names, announcement=_announcement(stack, 1), **params))
     assert not again['changed'] and again['duplicate'] and again['seq'] == first['seq']
 
     # tampering with any field of the real, transit-signed message breaks verification
-    keys = M.transit_public_keys(bao_client, *transit)
-    for field in M.SIGNED_FIELDS:
+    keys = bao_transit.transit_public_keys(bao_client, *transit)
+    for field in _message.SIGNED_FIELDS:
         tampered = copy.deepcopy(message)
         value = tampered[field]
         if isinstance(value, bool) or value is None:
@@ -320,17 +321,17 @@ def test_signed_announcement_round_trip_and_tampering(stack, run_module, nats_pa
             tampered[field] = value[:-1] if value else ['x']
         assert tampered[field] != message[field], field
         with pytest.raises(MessageVerificationError) as err:
-            M.verify_announcement(M.canonical_json(tampered), keys)
+            _message.verify_announcement(_message.canonical_json(tampered), keys)
         assert err.value.reason == 'bad-signature', (field, err.value)
     unsigned = {k: v for k, v in message.items() if k != 'signature'}
     with pytest.raises(MessageVerificationError, match='no signature'):
-        M.verify_announcement(unsigned, keys)
+        _message.verify_announcement(unsigned, keys)
 
     # a newer generation is published; clients that applied generation 1 accept it
     second = ok(publish(run_module, nats_params, names, announcement=dict(_announcement(stack, 2), kind='rollback'), **params))
     assert second['published'] and second['seq'] == first['seq'] + 1
-    newest = M.verify_announcement(read_stream(stack, names['stream'], names['subject'])[1].data, keys, newer_than=1,
-                                   now=dt.datetime.now(UTC))
+    newest = _message.verify_announcement(read_stream(stack, names['stream'], names['subject'])[1].data, keys, newer_than=1,
+                                          now=dt.datetime.now(UTC))
     assert newest['generation'] == 2 and newest['kind'] == 'rollback'
 
 

@@ -34,7 +34,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402  py
 
 from catools.localstack import LocalStack  # noqa: E402  pylint: disable=wrong-import-position
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _nats, _reload  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import base as reload_base  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import probe as reload_probe  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.securetransport.ca_rotation.tests.k8s_emulator import EmulatedCluster, PodBackend  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.timeout(300)
@@ -122,19 +124,19 @@ def nats_params(info, system=True, servers=None):
 def still_serving(info):
     """Each server accepts a NEW mTLS client connection and round-trips a message (checked with nats-py directly)."""
     async def one(server):
-        client = await _nats.connect(nats_params(info, system=False, servers=[server["url"]]), allow_reconnect=False)
+        client = await nats_client.connect(nats_params(info, system=False, servers=[server["url"]]), allow_reconnect=False)
         try:
             sub = await client.subscribe("sighup.check")
             await client.publish("sighup.check", b"ping")
             msg = await sub.next_msg(timeout=10)
             return msg.data == b"ping"
         finally:
-            await _nats.close(client)
+            await nats_client.close(client)
 
     for server in servers_of(info):
         with urllib.request.urlopen(server["monitor_url"] + "/healthz", timeout=10) as response:
             assert response.status == 200
-        assert _nats.run(one(server)), server["name"]
+        assert nats_client.run(one(server)), server["name"]
 
 
 def new_ca(tmp_path, name="Epoch next test CA"):
@@ -164,11 +166,11 @@ def new_ca(tmp_path, name="Epoch next test CA"):
 
 def probe_accepted(info, cert_file, key_file):
     """Whether each server accepts the client certificate right now (a direct TLS handshake)."""
-    ctx = _reload.probe_context({"cert_file": cert_file, "key_file": key_file})
+    ctx = reload_probe.probe_context({"cert_file": cert_file, "key_file": key_file})
     out = {}
     for server in servers_of(info):
-        host, port = _reload.host_port(server["url"])
-        out[server["name"]] = _reload.tls_probe(host, port, ctx)[0]
+        host, port = reload_base.host_port(server["url"])
+        out[server["name"]] = reload_probe.tls_probe(host, port, ctx)[0]
     return out
 
 

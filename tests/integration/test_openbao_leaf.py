@@ -14,8 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import certs as common_certs
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule, utcnow
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,7 +42,7 @@ class Env:
         self.n = self.sched.epoch(utcnow())
         self.mount = f"pki_leaf_{uuid.uuid4().hex[:10]}"
         client.sys.enable_secrets_engine("pki", path=self.mount, config={"max_lease_ttl": "87600h"})
-        self.intermediate = _openbao.ensure_epoch_intermediate(client, self.sched, self.n, int_mount=self.mount)
+        self.intermediate = bao_intermediate.ensure_epoch_intermediate(client, self.sched, self.n, int_mount=self.mount)
         role = {"allow_any_name": True, "allow_localhost": True, "allow_ip_sans": True, "enforce_hostnames": False,
                 "server_flag": True, "client_flag": True, "key_type": "ec", "key_bits": 256, "ttl": "1h",
                 "max_ttl": "200h", "no_store": True}
@@ -93,7 +94,7 @@ def test_issue_check_mode_then_real_then_unchanged(run_module, env, stack):
     assert "localhost" in san.get_values_for_type(x509.DNSName)
     assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert res["issuer_name"] == f"epoch-{env.n}" and res["epoch"] == env.n
-    assert res["serial"] == _openbao.serial_hex(leaf.serial_number)
+    assert res["serial"] == common_certs.serial_hex(leaf.serial_number)
 
     # the private key is neither returned nor logged
     assert "private_key" not in res
@@ -107,10 +108,10 @@ def test_issue_check_mode_then_real_then_unchanged(run_module, env, stack):
 
 def test_renews_after_activation(run_module, env):
     first = run_module("openbao_leaf", env.params)
-    nxt = _openbao.ensure_epoch_intermediate(env.client, env.sched, env.n + 1, int_mount=env.mount)
+    nxt = bao_intermediate.ensure_epoch_intermediate(env.client, env.sched, env.n + 1, int_mount=env.mount)
     assert run_module("openbao_leaf", env.params)["changed"] is False  # n+1 prepared but not active yet
 
-    _openbao.set_default_issuer(env.client, env.mount, f"epoch-{env.n + 1}")
+    bao_intermediate.set_default_issuer(env.client, env.mount, f"epoch-{env.n + 1}")
     keep = run_module("openbao_leaf", dict(env.params, renew_if_not_default=False))
     assert keep["changed"] is False, keep
 
@@ -172,9 +173,9 @@ def test_drift_key_mismatch_and_return_content(run_module, env):
 
 def test_issuer_removed_and_local_key(run_module, env):
     run_module("openbao_leaf", env.params)
-    _openbao.ensure_epoch_intermediate(env.client, env.sched, env.n + 1, int_mount=env.mount)
-    _openbao.set_default_issuer(env.client, env.mount, f"epoch-{env.n + 1}")
-    _openbao.remove_epoch_intermediate(env.client, env.mount, env.n)
+    bao_intermediate.ensure_epoch_intermediate(env.client, env.sched, env.n + 1, int_mount=env.mount)
+    bao_intermediate.set_default_issuer(env.client, env.mount, f"epoch-{env.n + 1}")
+    bao_intermediate.remove_epoch_intermediate(env.client, env.mount, env.n)
 
     local = dict(env.params, renew_if_not_default=False, key_source="local", key_type="ec")
     res = run_module("openbao_leaf", local)
@@ -188,7 +189,7 @@ def test_issuer_removed_and_local_key(run_module, env):
 
 
 def test_issuer_ref(run_module, env):
-    _openbao.ensure_epoch_intermediate(env.client, env.sched, env.n + 1, int_mount=env.mount)
+    bao_intermediate.ensure_epoch_intermediate(env.client, env.sched, env.n + 1, int_mount=env.mount)
     res = run_module("openbao_leaf", dict(env.params, issuer_ref=f"epoch-{env.n + 1}"))
     assert res["issuer_name"] == f"epoch-{env.n + 1}", res
     res = run_module("openbao_leaf", dict(env.params, issuer_ref=f"epoch-{env.n}"))

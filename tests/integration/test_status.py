@@ -22,7 +22,7 @@ import pytest
 from helpers import run_module
 from rotation_harness import RotationStack
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import base as reload_base
 from ansible_collections.securetransport.ca_rotation.tests.k8s_emulator import EmulatedCluster, ExecResult, PodBackend
 
 STATE_PATH = "ca-rotation/state"
@@ -83,7 +83,7 @@ def _kv_pem(rs: RotationStack, epoch: int) -> str:
 
 
 def _load_time(server: dict) -> int:
-    return _reload.parse_load_time(_reload.http_varz(server["monitor_url"])["config_load_time"])
+    return reload_base.parse_load_time(reload_base.http_varz(server["monitor_url"])["config_load_time"])
 
 
 def _sighup_and_wait(servers: list[dict]) -> None:

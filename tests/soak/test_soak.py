@@ -23,9 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from rotation_harness import RotationStack, Traffic  # noqa: E402  pylint: disable=wrong-import-position
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import (  # noqa: E402  pylint: disable=wrong-import-position
-    _bundle, _epoch, _openbao, _reload,
-)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _epoch  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import deliver as bundle_deliver  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import source as bundle_source  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import client as bao_client  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import engine as reload_engine  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import local as reload_local  # noqa: E402  pylint: disable=wrong-import-position
 
 EPOCHS = int(os.environ.get("SOAK_EPOCHS", "100"))
 DURATION = 6
@@ -39,7 +43,7 @@ def test_soak_short_epochs_under_load(tmp_path):
     traffic = None
     try:
         info, pki = rs.info, rs.info["pki"]
-        client = _openbao.connect({"url": info["openbao"]["addr"], "token": Path(info["openbao"]["token_file"]).read_text().strip()})
+        client = bao_client.connect({"url": info["openbao"]["addr"], "token": Path(info["openbao"]["token_file"]).read_text().strip()})
         schedule = _epoch.EpochSchedule.from_params(dict(info["epoch"]))
         servers = rs.servers
         targets = [{k: s[k] for k in ("name", "pid_file", "ca_file", "monitor_url", "log_file", "url")} for s in servers]
@@ -57,16 +61,16 @@ def test_soak_short_epochs_under_load(tmp_path):
                 break
             wanted = [current] + ([schedule.prepared_epoch(now)] if schedule.prepared_epoch(now) is not None else [])
             for n in wanted:
-                _openbao.ensure_epoch_intermediate(client, schedule, n, root_mount=pki["root_mount"], int_mount=pki["int_mount"],
-                                                   cn_prefix=pki["cn_prefix"])
-            bundle = _bundle.bundle_from_openbao(client, schedule, now, int_mount=pki["int_mount"], root_mount=pki["root_mount"],
-                                                 include_root=False)
+                bao_intermediate.ensure_epoch_intermediate(client, schedule, n, root_mount=pki["root_mount"], int_mount=pki["int_mount"],
+                                                           cn_prefix=pki["cn_prefix"])
+            bundle = bundle_source.bundle_from_openbao(client, schedule, now, int_mount=pki["int_mount"], root_mount=pki["root_mount"],
+                                                       include_root=False)
             if bundle["sha256"] != last_bundle:
                 for s in servers:
-                    _bundle.deliver_file(s["ca_file"], bundle["pem"])
-                transport = _reload.LocalTransport("signal", targets)
+                    bundle_deliver.deliver_file(s["ca_file"], bundle["pem"])
+                transport = reload_local.LocalTransport("signal", targets)
                 try:
-                    result = _reload.reload_servers(transport, expect_sha256=bundle["sha256"], reload_timeout=30)
+                    result = reload_engine.reload_servers(transport, expect_sha256=bundle["sha256"], reload_timeout=30)
                 finally:
                     transport.close()
                 assert not result["failed"], result["msg"]
@@ -74,14 +78,14 @@ def test_soak_short_epochs_under_load(tmp_path):
                 rotations += 1
                 # trust first, then issue: activate the current epoch only once it is in the proven bundle
                 if current in bundle["epochs"]:
-                    activated = _openbao.set_default_issuer(client, pki["int_mount"], f"epoch-{current}")
+                    activated = bao_intermediate.set_default_issuer(client, pki["int_mount"], f"epoch-{current}")
                     if activated.get("changed"):
                         # servers' own leaves follow the new default issuer (as the renew_leaves play does), then reload
                         for s in servers:
                             rs.stack.issue_leaf(s["name"], Path(s["cert_file"]), Path(s["key_file"]))
-                        transport = _reload.LocalTransport("signal", targets)
+                        transport = reload_local.LocalTransport("signal", targets)
                         try:
-                            result = _reload.reload_servers(transport, reload_timeout=30)
+                            result = reload_engine.reload_servers(transport, reload_timeout=30)
                         finally:
                             transport.close()
                         assert not result["failed"], result["msg"]

@@ -12,10 +12,13 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import signal
 import stat
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -26,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from catools import bundle_sync as bs
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest
 
 UTC = dt.timezone.utc
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
@@ -126,9 +130,9 @@ def test_new_generation_is_applied_then_the_same_is_stale(env, sign, bundles):
     assert outcome.kind == 'applied'
     assert paths['bundle'].read_text() == bundles['e1']
     assert stat.S_IMODE(os.stat(paths['bundle']).st_mode) == 0o644
-    assert reloads(paths) == ['1 1 %s' % _message.sha256_hex(bundles['e1'])[:8]]
+    assert reloads(paths) == ['1 1 %s' % common_digest.sha256_hex(bundles['e1'])[:8]]
     state = json.loads(open(cfg.state_file, encoding='utf-8').read())
-    assert state['generation'] == 1 and state['epoch'] == 1 and state['bundle_sha256'] == _message.sha256_hex(bundles['e1'])
+    assert state['generation'] == 1 and state['epoch'] == 1 and state['bundle_sha256'] == common_digest.sha256_hex(bundles['e1'])
     assert stat.S_IMODE(os.stat(cfg.state_file).st_mode) == 0o600
     assert process(syncer, data).kind == 'stale'
     # a restart reads the state: still stale, never re-applied
@@ -479,3 +483,36 @@ def test_durations():
         bs._seconds('0', 'x')  # pylint: disable=protected-access
     with pytest.raises(bs.ConfigError):
         bs._seconds(True, 'x')  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------- what the client_bundle role installs
+_CLOSURE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import catools.bundle_sync  # noqa: F401
+base = 'ansible_collections.securetransport.ca_rotation.plugins.module_utils.'
+before = {m for m in sys.modules if m.startswith(base)}
+if sys.argv[2] == 'transit':  # what TransitKeys imports when it first reads the keys
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import connect  # noqa: F401
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_public_keys  # noqa: F401
+    before = {m for m in sys.modules if m.startswith(base)} - before
+for name in sorted(before):
+    print(sys.modules[name].__file__.split('/plugins/module_utils/', 1)[1])
+"""
+
+
+def _closure(kind):
+    scripts = Path(bs.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, '-c', _CLOSURE, str(scripts), kind], capture_output=True, text=True, check=True).stdout
+    return sorted(out.split())
+
+
+def test_the_client_bundle_role_installs_exactly_the_import_closure():
+    """roles/client_bundle/tasks/sync.yml lists the module_utils files ca-bundle-sync imports: no more, no less,
+    and the OpenBao code only for transit mode (TransitKeys imports it lazily)."""
+    root = Path(bs.__file__).resolve().parents[2]
+    listed = (root / 'roles/client_bundle/tasks/sync.yml').read_text().split('_client_bundle_module_utils: >-', 1)[1]
+    plain, transit = listed.split('}}', 1)[0].split('+', 1)
+    assert sorted(re.findall(r"'([^']+\.py)'", plain)) == _closure('plain')
+    assert sorted(re.findall(r"'([^']+\.py)'", transit)) == _closure('transit')
+    assert not any(path.startswith('_openbao') for path in _closure('plain'))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import kubernetes as reload_kubernetes
 
 MODULE = 'nats_sighup'
 
@@ -96,7 +96,7 @@ def _pod(name, phase='Running', ip='10.0.0.5', ports=(('client', 4222), ('monito
 @pytest.fixture
 def k8s_transport():
     pytest.importorskip('kubernetes')
-    return _reload.KubernetesTransport({}, monitor_port=8888, client_port=4444, core_factory=lambda: None)
+    return reload_kubernetes.KubernetesTransport({}, monitor_port=8888, client_port=4444, core_factory=lambda: None)
 
 
 def test_pod_with_named_ports(k8s_transport):
@@ -123,5 +123,5 @@ def test_pods_that_cannot_be_reloaded_are_reported(k8s_transport, pod, problem):
 
 def test_reload_command_string_is_split():
     pytest.importorskip('kubernetes')
-    transport = _reload.KubernetesTransport({}, reload_command=['nats-server --signal reload'], core_factory=lambda: None)
+    transport = reload_kubernetes.KubernetesTransport({}, reload_command=['nats-server --signal reload'], core_factory=lambda: None)
     assert transport.reload_command == ['nats-server', '--signal', 'reload']

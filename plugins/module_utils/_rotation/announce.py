@@ -13,26 +13,23 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._messa
     msg_id as announcement_msg_id,
     parse_signature,
     sign_announcement,
-    transit_signer,
-    verify_with_transit,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.client import close, connect, run
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.headers import check_size
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.jetstream import (
     HEADER_EXPECTED_STREAM,
     HEADER_MSG_ID,
     Deadline,
-    NatsError,
-    check_size,
-    close,
     config_to_options,
-    connect,
     ensure_stream,
     last_message,
     publish,
-    run,
     stream_info,
     stream_options,
     subject_matches,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NatsError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer, verify_with_transit
 
 
 def signed_announcement(bao_client, fields, transit_mount, transit_key):

@@ -14,22 +14,21 @@ from __future__ import annotations
 import os
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import bundle_from_pem
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.deliver import (
     DEFAULT_EPOCH_SECRET_KEY,
     DEFAULT_EPOCH_SECRET_NAME,
     DEFAULT_KV_PATH,
-    bundle_from_openbao,
-    bundle_from_pem,
     kv_record,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
     ensure_epoch_intermediate,
-    issuer_certificates,
-    parse_renew_before,
     prune_epoch_issuers,
-    root_certificate,
     set_default_issuer,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import parse_renew_before
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates, root_certificate
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.leaf import ensure_leaf

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _k8s
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import connect
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import client as k8s_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import connect
 
 
 class Clients:
@@ -35,10 +35,10 @@ class Clients:
         params = dict(kubernetes if kubernetes is not None else self._k8s_default)
         key = json.dumps(params, sort_keys=True, default=str)
         if key not in self._core:
-            missing = _k8s.check_imports()
+            missing = k8s_client.check_imports()
             if missing:
-                raise _k8s.K8sError('The Python library %s is required for Kubernetes delivery: %s' % (missing[0], missing[1]))
-            self._core[key] = _k8s.core_api(params)
+                raise k8s_client.K8sError('The Python library %s is required for Kubernetes delivery: %s' % (missing[0], missing[1]))
+            self._core[key] = k8s_client.core_api(params)
         return self._core[key]
 
     def close(self):

@@ -14,17 +14,13 @@ import shutil
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import issuer_certificates
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import (
-    KubernetesTransport,
-    LocalTransport,
-    SystemTransport,
-    host_port,
-    probe_context,
-    reload_servers,
-    summarize,
-    tls_probe,
-)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import host_port
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import reload_servers, summarize
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import KubernetesTransport
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.probe import probe_context, tls_probe
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import LocalSteps
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.leaf import sign_csr

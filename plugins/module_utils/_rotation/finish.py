@@ -10,8 +10,9 @@ import json
 import os
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import atomic_write
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import atomic_write, set_default_issuer
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import set_default_issuer
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import (
     announce_bundle,

@@ -13,18 +13,20 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import deliver_file
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    OpenBaoError,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.deliver import deliver_file
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import FileError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import atomic_write
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import (
     _local_key_and_csr,
     _private_key_matches,
-    atomic_write,
     find_leaf_issuer,
     leaf_renewal_reasons,
-    load_cert,
     read_leaf_files,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import LocalTransport, reload_servers
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import reload_servers
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
 
 TARGET_KEYS = ('name', 'pid', 'pid_file', 'ca_file', 'monitor_url', 'server_id', 'log_file', 'url')
 PENDING_SUFFIX = '.pending'
@@ -128,7 +130,7 @@ def install_leaves(targets, certificates, cert_mode=0o644, key_mode=0o600):
             atomic_write(target['key_file'], key_pem, key_mode)
             atomic_write(target['cert_file'], pem, cert_mode)
             os.unlink(pending)
-        except (OSError, OpenBaoError) as exc:
+        except (OSError, OpenBaoError, FileError) as exc:  # atomic_write raises FileError now
             raise HostStepError('server %s: installing the new leaf failed: %s' % (target['name'], exc)) from None
         installed.append(target['name'])
     return installed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule, parse_time
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import parse_renew_before
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import parse_renew_before
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import host
 
 MODULE = 'securetransport.ca_rotation.nats_host_step'

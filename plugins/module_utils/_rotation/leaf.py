@@ -8,26 +8,24 @@ Used by the engine (probe leaf, server leaves, announcer leaf) and by the module
 
 from __future__ import annotations
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import (
-    OpenBaoError,
-    _data,
-    _normalize_pem,
-    _request,
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_facts, load_cert, normalize_pem
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import (
     atomic_write,
-    cert_facts,
-    epoch_of,
     file_needs_write,
+    set_attributes,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import (
     find_leaf_issuer,
     issue_leaf,
-    issuer_certificates,
     leaf_renewal_reasons,
-    load_cert,
     read_leaf_files,
     renewal_threshold,
-    set_attributes,
-    split_pem_certs,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import epoch_of, issuer_certificates
 
 
 def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, schedule, now, renew_before,
@@ -88,7 +86,7 @@ def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, sc
     else:
         cert = disk['cert']
         issuer_id, info = issuer
-        leaf_pem = split_pem_certs(disk['cert_text'])[0]
+        leaf_pem = pem_certificates(disk['cert_text'])[0]
         issuing_ca = (info or {}).get('certificate') or ''
         ca_chain = (info or {}).get('ca_chain') or []
         expected = {cert_file: leaf_pem + (issuing_ca.strip() + '\n' if full_chain and issuing_ca else '')}
@@ -134,5 +132,5 @@ def sign_csr(client, *, int_mount, role, csr, common_name, alt_names=(), ip_sans
     data = _data(_request(client, 'POST', path, 'signing the leaf certificate of %s' % common_name, data=payload))
     if not data.get('certificate'):
         raise OpenBaoError('signing the leaf certificate of %s at %r returned no certificate' % (common_name, path), path=path)
-    issuing_ca = _normalize_pem(data.get('issuing_ca') or '')
-    return _normalize_pem(data['certificate']) + (issuing_ca if issuing_ca.strip() else '')
+    issuing_ca = normalize_pem(data.get('issuing_ca') or '')
+    return normalize_pem(data['certificate']) + (issuing_ca if issuing_ca.strip() else '')

@@ -9,20 +9,18 @@ One function for the authority's stores (KV, per-epoch Secret, probe file), the 
 
 from __future__ import annotations
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import (
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import BundleError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.deliver import deliver_file, deliver_kv, expand
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.prune import prune
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import K8sError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.secrets import (
     ANNOTATION_TS,
-    BundleError,
-    deliver_file,
-    deliver_kv,
     deliver_secret,
     epoch_secret_labels,
-    expand,
     live_secret_annotations,
-    prune,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import K8sError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 
 #: the order destinations are read and written in: the authority's copies before the live ones
 ORDER = ('kv', 'epoch_secret', 'file', 'live_secret')

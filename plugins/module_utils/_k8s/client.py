@@ -12,10 +12,8 @@ from __future__ import annotations
 import importlib
 import traceback
 
-try:
-    from ansible.module_utils.basic import env_fallback
-except ImportError:  # pragma: no cover - scripts without ansible-core
-    env_fallback = None
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import argspec
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
 
 # The kubernetes client takes ~0.3 s to import (it loads every API model): it is imported on first
 # use, so modules and tasks that never talk to Kubernetes do not pay for it.
@@ -50,9 +48,8 @@ K8S_ARG_SPEC = {
         type='dict',
         apply_defaults=True,
         options=dict(
-            kubeconfig=dict(type='path', no_log=False,
-                            **({'fallback': (env_fallback, ['K8S_AUTH_KUBECONFIG', 'KUBECONFIG'])} if env_fallback else {})),
-            context=dict(type='str', **({'fallback': (env_fallback, ['K8S_AUTH_CONTEXT'])} if env_fallback else {})),
+            kubeconfig=argspec.option(type='path', no_log=False, fallback=argspec.fallback('K8S_AUTH_KUBECONFIG', 'KUBECONFIG')),
+            context=argspec.option(type='str', fallback=argspec.fallback('K8S_AUTH_CONTEXT')),
             host=dict(type='str'),
             api_key=dict(type='str', no_log=True),
             ca_cert=dict(type='path', no_log=False),
@@ -63,12 +60,11 @@ K8S_ARG_SPEC = {
 }
 
 
-class K8sError(Exception):
+class K8sError(CaRotationError):
     """A failed Kubernetes operation, with a message meant for the operator."""
 
     def __init__(self, message, status=None):
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
 
 
 def check_imports():

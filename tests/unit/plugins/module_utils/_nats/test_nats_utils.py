@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""module_utils/_nats.py without a NATS server: options, validation, error descriptions, stream config
+"""module_utils/_nats/ without a NATS server: options, validation, error descriptions, stream config
 comparison, header sizes - and connect()'s one-attempt-per-server policy against tiny fake servers on
 127.0.0.1 (a silent one, one that refuses the credentials, one that speaks just enough NATS)."""
 
@@ -16,8 +16,11 @@ import pytest
 import yaml
 
 from ansible_collections.securetransport.ca_rotation.plugins.doc_fragments.nats import ModuleDocFragment
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _nats as N
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NatsError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import headers as nats_headers
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import options as nats_options
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NatsError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.timeout(60)
 # ----------------------------------------------------------------------------- option spec vs. documentation
 def test_arg_spec_matches_doc_fragment():
     doc = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['options']['nats']
-    spec = N.NATS_ARG_SPEC['nats']
+    spec = nats_options.NATS_ARG_SPEC['nats']
     assert doc['type'] == spec['type'] == 'dict'
     assert set(doc['suboptions']) == set(spec['options'])
     for name, opt in spec['options'].items():
@@ -39,15 +42,15 @@ def test_arg_spec_matches_doc_fragment():
 
 def test_conn_params_accepts_full_params_or_sub_dict(monkeypatch):
     monkeypatch.delenv('NATS_URL', raising=False)
-    assert N.conn_params({'nats': {'servers': ['a']}})['servers'] == ['a']
-    assert N.conn_params({'servers': ['a']})['connect_timeout'] == 5
+    assert nats_options.conn_params({'nats': {'servers': ['a']}})['servers'] == ['a']
+    assert nats_options.conn_params({'servers': ['a']})['connect_timeout'] == 5
     monkeypatch.setenv('NATS_URL', 'tls://x:1,tls://y:2')
-    assert N.server_list(N.conn_params({})['servers']) == ['tls://x:1', 'tls://y:2']
+    assert nats_options.server_list(nats_options.conn_params({})['servers']) == ['tls://x:1', 'tls://y:2']
 
 
 def test_server_list_splits_and_dedups():
-    assert N.server_list(['tls://a:1, tls://b:2', 'tls://a:1', ' ']) == ['tls://a:1', 'tls://b:2']
-    assert N.server_list('nats://a:1') == ['nats://a:1']
+    assert nats_options.server_list(['tls://a:1, tls://b:2', 'tls://a:1', ' ']) == ['tls://a:1', 'tls://b:2']
+    assert nats_options.server_list('nats://a:1') == ['nats://a:1']
 
 
 @pytest.mark.parametrize('params, option, text', [
@@ -62,24 +65,24 @@ def test_server_list_splits_and_dedups():
 def test_client_options_errors(monkeypatch, params, option, text):
     monkeypatch.delenv('NATS_URL', raising=False)
     with pytest.raises(NatsError) as err:
-        N.client_options(params)
+        nats_options.client_options(params)
     assert err.value.option == option and text in str(err.value) and err.value.kind == 'config'
 
 
 def test_client_options_password_file_and_tls(tmp_path):
     pw = tmp_path / 'pw'
     pw.write_text('  s3cret\n')
-    servers, kwargs = N.client_options({'servers': ['tls://127.0.0.1:4222'], 'user': 'app', 'password_file': str(pw)})
+    servers, kwargs = nats_options.client_options({'servers': ['tls://127.0.0.1:4222'], 'user': 'app', 'password_file': str(pw)})
     assert servers == ['tls://127.0.0.1:4222']
     assert kwargs['user'] == 'app' and kwargs['password'] == 's3cret'
     assert isinstance(kwargs['tls'], ssl.SSLContext)  # tls:// gets a verifying context even without ca_file
     assert kwargs['tls'].verify_mode == ssl.CERT_REQUIRED and kwargs['tls'].check_hostname
-    plain = N.client_options({'servers': ['nats://127.0.0.1:4222'], 'token': 'x'})[1]
+    plain = nats_options.client_options({'servers': ['nats://127.0.0.1:4222'], 'token': 'x'})[1]
     assert 'tls' not in plain and plain['token'] == 'x'
     empty = tmp_path / 'empty'
     empty.write_text('\n')
     with pytest.raises(NatsError, match='is empty'):
-        N.client_options({'servers': ['nats://a:1'], 'user': 'u', 'password_file': str(empty)})
+        nats_options.client_options({'servers': ['nats://a:1'], 'user': 'u', 'password_file': str(empty)})
 
 
 def test_client_options_creds_need_nkeys(tmp_path):
@@ -89,9 +92,9 @@ def test_client_options_creds_need_nkeys(tmp_path):
         import nkeys  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
     except ImportError:
         with pytest.raises(NatsError, match='nkeys'):
-            N.client_options({'servers': ['nats://a:1'], 'creds_file': str(creds)})
+            nats_options.client_options({'servers': ['nats://a:1'], 'creds_file': str(creds)})
     else:
-        kwargs = N.client_options({'servers': ['nats://a:1'], 'creds_file': str(creds)})[1]
+        kwargs = nats_options.client_options({'servers': ['nats://a:1'], 'creds_file': str(creds)})[1]
         assert kwargs['user_credentials'] == str(creds)
 
 
@@ -127,7 +130,7 @@ def _verify_error(message):
 def test_describe_connect_error(exc, kwargs, kind, text):
     if kwargs.get('tls'):
         kwargs = dict(kwargs, tls=ssl.create_default_context())
-    got_kind, got_text = N.describe_connect_error('nats://127.0.0.1:4222', exc, kwargs)
+    got_kind, got_text = nats_client.describe_connect_error('nats://127.0.0.1:4222', exc, kwargs)
     assert got_kind == kind and text in got_text, got_text
 
 
@@ -142,14 +145,14 @@ def test_describe_connect_error(exc, kwargs, kind, text):
     ('a.b', 'a', False),
 ])
 def test_subject_matches(pattern, subject, match):
-    assert N.subject_matches(pattern, subject) is match
+    assert nats_jetstream.subject_matches(pattern, subject) is match
 
 
 def test_stream_options_defaults_and_durations():
-    name, wanted = N.stream_options({'name': 'S', 'duplicate_window': '5m', 'max_age': '1d', 'replicas': 3}, 'a.b')
+    name, wanted = nats_jetstream.stream_options({'name': 'S', 'duplicate_window': '5m', 'max_age': '1d', 'replicas': 3}, 'a.b')
     assert name == 'S'
     assert wanted == {'duplicate_window': 300, 'max_age': 86400, 'replicas': 3, 'subjects': ['a.b']}
-    assert N.stream_options(None, 'x.y') == ('METADATA_CA_CLIENT', {'subjects': ['x.y']})
+    assert nats_jetstream.stream_options(None, 'x.y') == ('METADATA_CA_CLIENT', {'subjects': ['x.y']})
 
 
 @pytest.mark.parametrize('opts, option', [
@@ -167,7 +170,7 @@ def test_stream_options_defaults_and_durations():
 ])
 def test_stream_options_errors(opts, option):
     with pytest.raises(NatsError) as err:
-        N.stream_options(opts, 'a.b')
+        nats_jetstream.stream_options(opts, 'a.b')
     assert err.value.option == option
 
 
@@ -179,18 +182,18 @@ SERVER_CONFIG = {
 
 
 def test_stream_changes_compares_only_given_options():
-    assert N.stream_changes(SERVER_CONFIG, {'subjects': ['a', 'b'], 'replicas': 3, 'duplicate_window': 120}) == {}
-    changes = N.stream_changes(SERVER_CONFIG, {'max_msgs_per_subject': 5, 'duplicate_window': 300, 'storage': 'memory'})
+    assert nats_jetstream.stream_changes(SERVER_CONFIG, {'subjects': ['a', 'b'], 'replicas': 3, 'duplicate_window': 120}) == {}
+    changes = nats_jetstream.stream_changes(SERVER_CONFIG, {'max_msgs_per_subject': 5, 'duplicate_window': 300, 'storage': 'memory'})
     assert changes == {'duplicate_window': {'before': 120, 'after': 300},
                        'max_msgs_per_subject': {'before': 10, 'after': 5},
                        'storage': {'before': 'file', 'after': 'memory'}}
-    applied = N._apply(SERVER_CONFIG, {'duplicate_window': 300})  # pylint: disable=protected-access
+    applied = nats_jetstream._apply(SERVER_CONFIG, {'duplicate_window': 300})  # pylint: disable=protected-access
     assert applied['duplicate_window'] == 300 * 10 ** 9 and applied['allow_direct'] is True  # unmanaged fields kept
 
 
 def test_create_config_uses_announcement_defaults():
-    config = N._create_config('S', {'subjects': ['a'], 'replicas': 3})  # pylint: disable=protected-access
-    options = N.config_to_options(config)
+    config = nats_jetstream._create_config('S', {'subjects': ['a'], 'replicas': 3})  # pylint: disable=protected-access
+    options = nats_jetstream.config_to_options(config)
     assert options['storage'] == 'file' and options['replicas'] == 3 and options['duplicate_window'] >= 120
     assert 0 < options['max_msgs_per_subject'] <= 100
 
@@ -199,30 +202,30 @@ def test_create_config_uses_announcement_defaults():
 def test_header_block_size_matches_the_wire_format():
     headers = {'Nats-Msg-Id': 'ca-bundle-1-abc', 'X-Y': 'é'}
     wire = b'NATS/1.0\r\nNats-Msg-Id: ca-bundle-1-abc\r\nX-Y: \xc3\xa9\r\n\r\n'
-    assert N.header_block_size(headers) == len(wire)
-    assert N.header_block_size({}) == 0
+    assert nats_headers.header_block_size(headers) == len(wire)
+    assert nats_headers.header_block_size({}) == 0
 
 
 def test_check_headers():
-    assert N.check_headers({'A': 1, 'B': None}) == {'A': '1', 'B': ''}
+    assert nats_headers.check_headers({'A': 1, 'B': None}) == {'A': '1', 'B': ''}
     for bad in ({'A B': 'x'}, {'A:': 'x'}, {'A': 'x\r\ny'}, {'': 'x'}):
         with pytest.raises(NatsError):
-            N.check_headers(bad)
+            nats_headers.check_headers(bad)
 
 
 def test_check_size():
-    assert N.check_size(b'x' * 10, {}, 100) == 10
+    assert nats_headers.check_size(b'x' * 10, {}, 100) == 10
     with pytest.raises(NatsError, match='max_payload of 100 bytes of NATS server nats://s') as err:
-        N.check_size(b'x' * 90, {'Nats-Msg-Id': 'abc'}, 100, server='nats://s')
+        nats_headers.check_size(b'x' * 90, {'Nats-Msg-Id': 'abc'}, 100, server='nats://s')
     assert err.value.kind == 'payload'
     with pytest.raises(NatsError, match='max_msg_size'):
-        N.check_size(b'x' * 60, {}, 100, max_msg_size=50)
+        nats_headers.check_size(b'x' * 60, {}, 100, max_msg_size=50)
 
 
 def test_parse_headers():
     raw = base64.b64encode(b'NATS/1.0\r\nNats-Msg-Id: abc\r\nX: a:b\r\n\r\n').decode()
-    assert N.parse_headers(raw) == {'Nats-Msg-Id': 'abc', 'X': 'a:b'}
-    assert N.parse_headers(None) == {}
+    assert nats_jetstream.parse_headers(raw) == {'Nats-Msg-Id': 'abc', 'X': 'a:b'}
+    assert nats_jetstream.parse_headers(None) == {}
 
 
 # ----------------------------------------------------------------------------- connect() against fake servers
@@ -291,7 +294,7 @@ def test_connect_tries_each_server_once_and_reports_all():
             refused = 'nats://127.0.0.1:%d' % _closed_port()
             params = {'servers': [silent.url, auth.url, refused], 'connect_timeout': 1, 'user': 'u', 'password': 'p'}
             with pytest.raises(NatsError) as err:
-                await N.connect(params, randomize=False)
+                await nats_client.connect(params, randomize=False)
             assert silent.connections == 1 and auth.connections == 1
             return err.value
 
@@ -305,14 +308,14 @@ def test_connect_skips_a_dead_server_and_keeps_the_pool():
     async def scenario():
         async with FakeServer('silent') as silent, FakeServer('ok') as ok:
             params = {'servers': [silent.url, ok.url], 'connect_timeout': 1}
-            client = await N.connect(params, randomize=False)
+            client = await nats_client.connect(params, randomize=False)
             try:
                 assert client.is_connected
                 assert client.connected_url.port == ok.port
                 assert client.max_payload == 4096
                 assert {s.port for s in client.servers} == {silent.port, ok.port}
             finally:
-                await N.close(client)
+                await nats_client.close(client)
             assert client.is_closed
 
     asyncio.run(scenario())
@@ -322,7 +325,7 @@ def test_connect_treats_a_hangup_as_a_failure():
     async def scenario():
         async with FakeServer('hangup') as hangup:
             with pytest.raises(NatsError) as err:
-                await N.connect({'servers': [hangup.url], 'connect_timeout': 2})
+                await nats_client.connect({'servers': [hangup.url], 'connect_timeout': 2})
             return err.value
 
     err = asyncio.run(scenario())
@@ -334,11 +337,11 @@ def test_connect_refuses_sync_callbacks():
         return None
 
     with pytest.raises(NatsError, match='async def'):
-        asyncio.run(N.connect({'servers': ['nats://127.0.0.1:1']}, error_cb=not_async))
+        asyncio.run(nats_client.connect({'servers': ['nats://127.0.0.1:1']}, error_cb=not_async))
 
 
 def test_run_returns_the_result():
     async def answer():
         return 42
 
-    assert N.run(answer()) == 42
+    assert nats_client.run(answer()) == 42

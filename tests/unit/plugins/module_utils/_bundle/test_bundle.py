@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
-"""Pure logic of module_utils/_bundle.py: building, verifying, parsing, selecting, the file destination, pruning plans.
+"""Pure logic of module_utils/_bundle/ (build, deliver, prune) and _k8s/secrets.py: building, verifying, parsing,
+selecting, the file destination, pruning plans.
 
 Certificates are made locally with ``cryptography`` (EC P-256) so every defect can be produced on purpose.
 """
@@ -21,9 +22,12 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _bundle
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import BundleError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import build as bundle_build
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import deliver as bundle_deliver
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import prune as bundle_prune
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import BundleError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s import secrets as k8s_secrets
 
 UTC = dt.timezone.utc
 SCHED = EpochSchedule.from_params({'epoch_zero': '2025-01-01T00:00:00Z', 'epoch_duration': '1h', 'skew_allowance': '5m'})
@@ -76,7 +80,7 @@ def pem_certs(text):
 
 
 def build(epochs, **kwargs):
-    return _bundle.build_bundle([GOOD[n] for n in epochs], ROOT_PEM, SCHED, NOW, **kwargs)
+    return bundle_build.build_bundle([GOOD[n] for n in epochs], ROOT_PEM, SCHED, NOW, **kwargs)
 
 
 # ----------------------------------------------------------------------------- building
@@ -106,16 +110,16 @@ def test_deterministic_bytes_whatever_the_input_form():
     reference = build([10, 9, 8, 7])
     messy = [GOOD[n].replace('\n', '\r\n') + '\n\n' for n in (8, 10, 7, 9)]
     messy[0] = '# a comment line\n' + messy[0]
-    again = _bundle.build_bundle(messy + [GOOD[9]], '\n' + ROOT_PEM + '\n\n', SCHED, NOW)
+    again = bundle_build.build_bundle(messy + [GOOD[9]], '\n' + ROOT_PEM + '\n\n', SCHED, NOW)
     assert again['pem'] == reference['pem']
     assert again['sha256'] == reference['sha256']
     # issuer dicts as list_epoch_issuers returns them give the same bytes too
     issuers = [{'epoch': n, 'certificate': GOOD[n], 'issuer_name': 'epoch-%d' % n} for n in (7, 8, 9, 10)]
-    assert _bundle.build_bundle(issuers, ROOT_PEM, SCHED, NOW)['pem'] == reference['pem']
+    assert bundle_build.build_bundle(issuers, ROOT_PEM, SCHED, NOW)['pem'] == reference['pem']
 
 
 def test_root_among_the_intermediates_is_not_duplicated():
-    bundle = _bundle.build_bundle([GOOD[10], ROOT_PEM, GOOD[10]], ROOT_PEM, SCHED, NOW)
+    bundle = bundle_build.build_bundle([GOOD[10], ROOT_PEM, GOOD[10]], ROOT_PEM, SCHED, NOW)
     assert bundle['epochs'] == [10]
     assert len(pem_certs(bundle['pem'])) == 2
 
@@ -130,7 +134,7 @@ def test_include_root_false():
 
 def test_epoch_from_not_after_when_cn_has_none():
     pem = intermediate(9, cn='Some Intermediate')
-    bundle = _bundle.build_bundle([pem], ROOT_PEM, SCHED, NOW)
+    bundle = bundle_build.build_bundle([pem], ROOT_PEM, SCHED, NOW)
     assert bundle['epochs'] == [9]
 
 
@@ -154,13 +158,13 @@ def test_epoch_from_not_after_when_cn_has_none():
 ])
 def test_bad_intermediates_are_refused(inputs, fragment):
     with pytest.raises(BundleError) as info:
-        _bundle.build_bundle(inputs, ROOT_PEM, SCHED, NOW)
+        bundle_build.build_bundle(inputs, ROOT_PEM, SCHED, NOW)
     assert fragment in str(info.value)
 
 
 def test_every_problem_is_listed_at_once():
     with pytest.raises(BundleError) as info:
-        _bundle.build_bundle([GOOD[10], GOOD[6], intermediate(9, issuer=(OTHER_KEY, OTHER_ROOT))], ROOT_PEM, SCHED, NOW)
+        bundle_build.build_bundle([GOOD[10], GOOD[6], intermediate(9, issuer=(OTHER_KEY, OTHER_ROOT))], ROOT_PEM, SCHED, NOW)
     text = str(info.value)
     assert 'nothing was written' in text
     assert 'epoch 6) expired' in text and 'epoch 9): not signed by the root issuer' in text
@@ -170,7 +174,7 @@ def test_private_key_block_is_refused():
     key_pem = ROOT_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()).decode()
     with pytest.raises(BundleError) as info:
-        _bundle.build_bundle([GOOD[10] + key_pem], ROOT_PEM, SCHED, NOW)
+        bundle_build.build_bundle([GOOD[10] + key_pem], ROOT_PEM, SCHED, NOW)
     assert 'is a PRIVATE KEY, not a CERTIFICATE' in str(info.value)
     assert 'never put a private key in it' in str(info.value)
 
@@ -184,7 +188,7 @@ def test_private_key_block_is_refused():
 ])
 def test_bad_root(root, fragment):
     with pytest.raises(BundleError) as info:
-        _bundle.build_bundle([GOOD[10]], root, SCHED, NOW)
+        bundle_build.build_bundle([GOOD[10]], root, SCHED, NOW)
     assert fragment in str(info.value)
     assert info.value.option == 'root_pem'
 
@@ -193,7 +197,7 @@ def test_expired_root_is_refused():
     key, cert, pem = make_cert('Old Root', not_before=dt.datetime(2020, 1, 1, tzinfo=UTC),
                                not_after=dt.datetime(2025, 1, 1, 5, tzinfo=UTC))
     with pytest.raises(BundleError, match='expired at 2025-01-01T05:00:00Z'):
-        _bundle.build_bundle([intermediate(10, issuer=(key, cert))], pem, SCHED, NOW)
+        bundle_build.build_bundle([intermediate(10, issuer=(key, cert))], pem, SCHED, NOW)
 
 
 def test_bounded_by_max_certificates():
@@ -215,28 +219,28 @@ def test_drop_expired():
         build([6, 5], drop_expired=True)
     # a defect other than expiry is never dropped silently
     with pytest.raises(BundleError, match='not signed by the root'):
-        _bundle.build_bundle([GOOD[10], intermediate(5, issuer=(OTHER_KEY, OTHER_ROOT))], ROOT_PEM, SCHED, NOW,
-                             drop_expired=True)
+        bundle_build.build_bundle([GOOD[10], intermediate(5, issuer=(OTHER_KEY, OTHER_ROOT))], ROOT_PEM, SCHED, NOW,
+                                  drop_expired=True)
 
 
 # ----------------------------------------------------------------------------- bundle_from_pem / parse_bundle
 def test_bundle_from_pem_round_trip():
     original = build([11, 10, 9, 8, 7])
-    again = _bundle.bundle_from_pem(original['pem'], SCHED, NOW)
+    again = bundle_build.bundle_from_pem(original['pem'], SCHED, NOW)
     assert again['pem'] == original['pem']
     no_root = build([10, 9], include_root=False)
     with pytest.raises(BundleError, match='holds no root certificate'):
-        _bundle.bundle_from_pem(no_root['pem'], SCHED, NOW)
-    assert _bundle.bundle_from_pem(no_root['pem'], SCHED, NOW, root_pem=ROOT_PEM, include_root=False)['pem'] == no_root['pem']
+        bundle_build.bundle_from_pem(no_root['pem'], SCHED, NOW)
+    assert bundle_build.bundle_from_pem(no_root['pem'], SCHED, NOW, root_pem=ROOT_PEM, include_root=False)['pem'] == no_root['pem']
     with pytest.raises(BundleError, match='is not root_pem'):
-        _bundle.bundle_from_pem(original['pem'], SCHED, NOW, root_pem=OTHER_ROOT_PEM)
+        bundle_build.bundle_from_pem(original['pem'], SCHED, NOW, root_pem=OTHER_ROOT_PEM)
     with pytest.raises(BundleError, match='2 self-signed certificates'):
-        _bundle.bundle_from_pem(original['pem'] + OTHER_ROOT_PEM, SCHED, NOW)
+        bundle_build.bundle_from_pem(original['pem'] + OTHER_ROOT_PEM, SCHED, NOW)
 
 
 def test_parse_bundle():
     bundle = build([10, 9])
-    parsed = _bundle.parse_bundle(bundle['pem'])
+    parsed = bundle_build.parse_bundle(bundle['pem'])
     assert [p['kind'] for p in parsed] == ['intermediate', 'intermediate', 'root']
     names = ['NATS Intermediate CA Epoch 10', 'NATS Intermediate CA Epoch 9', 'Test Root CA']
     assert [p['common_name'] for p in parsed] == names
@@ -244,9 +248,9 @@ def test_parse_bundle():
     assert ''.join(p['certificate'] for p in parsed) == bundle['pem']
     assert [p['sha256'] for p in parsed] == [c['sha256'] for c in bundle['certificates']]
     with pytest.raises(BundleError, match='pem is empty'):
-        _bundle.parse_bundle('  \n')
+        bundle_build.parse_bundle('  \n')
     with pytest.raises(BundleError, match='non-ASCII'):
-        _bundle.parse_bundle(b'\xff\xfe')
+        bundle_build.parse_bundle(b'\xff\xfe')
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -257,11 +261,11 @@ def test_property_same_set_same_bytes(epochs, rnd, include_root):
     rebuilding a bundle is the identity."""
     shuffled = list(epochs)
     rnd.shuffle(shuffled)
-    first = _bundle.build_bundle([GOOD[n] for n in epochs], ROOT_PEM, SCHED, NOW, include_root=include_root)
-    second = _bundle.build_bundle([GOOD[n] + '\n' for n in shuffled], ROOT_PEM, SCHED, NOW, include_root=include_root)
+    first = bundle_build.build_bundle([GOOD[n] for n in epochs], ROOT_PEM, SCHED, NOW, include_root=include_root)
+    second = bundle_build.build_bundle([GOOD[n] + '\n' for n in shuffled], ROOT_PEM, SCHED, NOW, include_root=include_root)
     assert first['pem'] == second['pem'] and first['sha256'] == second['sha256']
     assert first['epochs'] == sorted(set(epochs), reverse=True)
-    rebuilt = _bundle.bundle_from_pem(first['pem'], SCHED, NOW, root_pem=ROOT_PEM, include_root=include_root)
+    rebuilt = bundle_build.bundle_from_pem(first['pem'], SCHED, NOW, root_pem=ROOT_PEM, include_root=include_root)
     assert rebuilt['pem'] == first['pem']
 
 
@@ -272,48 +276,48 @@ def issuer(n, **extra):
 
 def test_select_epochs_valid_plus_prepared_newest_first():
     issuers = [issuer(n) for n in range(5, 13)]
-    assert [i['epoch'] for i in _bundle.select_epochs(issuers, SCHED, NOW)] == [11, 10, 9, 8, 7]
+    assert [i['epoch'] for i in bundle_build.select_epochs(issuers, SCHED, NOW)] == [11, 10, 9, 8, 7]
     before_lead = NOW - dt.timedelta(minutes=10)  # 10:40, not yet prepared
-    assert [i['epoch'] for i in _bundle.select_epochs(issuers, SCHED, before_lead)] == [10, 9, 8, 7]
+    assert [i['epoch'] for i in bundle_build.select_epochs(issuers, SCHED, before_lead)] == [10, 9, 8, 7]
 
 
 def test_select_epochs_skips_revoked_and_missing():
     issuers = [issuer(7), issuer(9, revoked=True), issuer(10)]
-    assert [i['epoch'] for i in _bundle.select_epochs(issuers, SCHED, NOW)] == [10, 7]
+    assert [i['epoch'] for i in bundle_build.select_epochs(issuers, SCHED, NOW)] == [10, 7]
 
 
 def test_epoch_from_not_after():
-    assert _bundle.epoch_from_not_after(SCHED, SCHED.expiry(42)) == 42
-    assert _bundle.epoch_from_not_after(SCHED, SCHED.expiry(42) + dt.timedelta(seconds=1)) is None
-    assert _bundle.epoch_from_not_after(SCHED, SCHED.epoch_zero) is None
+    assert bundle_build.epoch_from_not_after(SCHED, SCHED.expiry(42)) == 42
+    assert bundle_build.epoch_from_not_after(SCHED, SCHED.expiry(42) + dt.timedelta(seconds=1)) is None
+    assert bundle_build.epoch_from_not_after(SCHED, SCHED.epoch_zero) is None
 
 
 def test_kv_record():
     bundle = build([11, 10])
-    record = _bundle.kv_record(bundle, 11, SCHED, created_at=NOW)
+    record = bundle_deliver.kv_record(bundle, 11, SCHED, created_at=NOW)
     assert record['ca-bundle.pem'] == bundle['pem']
     assert record['sha256'] == bundle['sha256']
     assert record['epoch'] == 11
     assert record['created_at'] == '2025-01-01T10:50:00Z'
     assert record['expires_at'] == '2025-01-01T15:00:00Z'
     assert [i['issuer_name'] for i in record['issuers']] == ['epoch-11', 'epoch-10']
-    assert _bundle.expand('ca-bundles/epoch-{epoch}', 11) == 'ca-bundles/epoch-11'
+    assert bundle_deliver.expand('ca-bundles/epoch-{epoch}', 11) == 'ca-bundles/epoch-11'
 
 
 # ----------------------------------------------------------------------------- file destination
 def test_deliver_file_create_unchanged_and_check_mode(tmp_path):
     pem = build([10, 9])['pem']
     path = tmp_path / 'ca.crt'
-    predicted = _bundle.deliver_file(str(path), pem, check_mode=True)
+    predicted = bundle_deliver.deliver_file(str(path), pem, check_mode=True)
     assert predicted['changed'] is True and predicted['before_sha256'] is None
     assert not path.exists()
     assert os.listdir(tmp_path) == []
-    first = _bundle.deliver_file(str(path), pem)
+    first = bundle_deliver.deliver_file(str(path), pem)
     assert first['changed'] is True
     assert path.read_text() == pem
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert first['after_sha256'] == hashlib.sha256(pem.encode()).hexdigest()
-    second = _bundle.deliver_file(str(path), pem)
+    second = bundle_deliver.deliver_file(str(path), pem)
     assert second['changed'] is False
     assert second['before_sha256'] == second['after_sha256']
     assert os.listdir(tmp_path) == ['ca.crt']  # no temp file left behind
@@ -325,7 +329,7 @@ def test_deliver_file_keeps_existing_mode_and_backs_up(tmp_path):
     os.chmod(path, 0o640)
     inode = path.stat().st_ino
     pem = build([10])['pem']
-    res = _bundle.deliver_file(str(path), pem, backup=True)
+    res = bundle_deliver.deliver_file(str(path), pem, backup=True)
     assert res['changed'] and res['backup_file']
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert path.stat().st_ino != inode  # replaced by rename, never rewritten in place
@@ -337,13 +341,13 @@ def test_deliver_file_keeps_existing_mode_and_backs_up(tmp_path):
 def test_deliver_file_mode_only_change(tmp_path):
     path = tmp_path / 'ca.crt'
     pem = build([10])['pem']
-    _bundle.deliver_file(str(path), pem, mode='0644')
-    res = _bundle.deliver_file(str(path), pem, mode='0600', check_mode=True)
+    bundle_deliver.deliver_file(str(path), pem, mode='0644')
+    res = bundle_deliver.deliver_file(str(path), pem, mode='0600', check_mode=True)
     assert res['changed'] and not res['content_changed']
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    res = _bundle.deliver_file(str(path), pem, mode='0600')
+    res = bundle_deliver.deliver_file(str(path), pem, mode='0600')
     assert res['changed'] and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _bundle.deliver_file(str(path), pem, mode=0o600)['changed'] is False
+    assert bundle_deliver.deliver_file(str(path), pem, mode=0o600)['changed'] is False
 
 
 @pytest.mark.parametrize('kind, fragment', [
@@ -365,7 +369,7 @@ def test_deliver_file_errors(tmp_path, kind, fragment):
         kwargs['owner'] = 'no-such-user-%d' % random.randrange(10 ** 6)
     for check_mode in (True, False):
         with pytest.raises(BundleError) as info:
-            _bundle.deliver_file(str(path), pem, check_mode=check_mode, **kwargs)
+            bundle_deliver.deliver_file(str(path), pem, check_mode=check_mode, **kwargs)
         assert fragment in str(info.value)
     assert not (tmp_path / 'ca.crt').is_file()
 
@@ -374,20 +378,20 @@ def test_deliver_file_errors(tmp_path, kind, fragment):
 def test_prune_plan():
     # at NOW (epoch 10): epochs <= 6 are expired
     epochs = [3, 4, 5, 6, 7, 8, 10, 11]
-    assert _bundle._prune_plan(epochs, SCHED, NOW, 2, set()) == [3, 4, 5, 6]
-    assert _bundle._prune_plan([3, 4, 5], SCHED, NOW, 2, set()) == [3]
-    assert _bundle._prune_plan([3, 4, 5], SCHED, NOW, 0, {4}) == [3, 5]
-    assert _bundle._prune_plan([], SCHED, NOW, 2, set()) == []
+    assert bundle_prune._prune_plan(epochs, SCHED, NOW, 2, set()) == [3, 4, 5, 6]
+    assert bundle_prune._prune_plan([3, 4, 5], SCHED, NOW, 2, set()) == [3]
+    assert bundle_prune._prune_plan([3, 4, 5], SCHED, NOW, 0, {4}) == [3, 5]
+    assert bundle_prune._prune_plan([], SCHED, NOW, 2, set()) == []
     # the copy being delivered counts among the newest even before it exists (check mode predicts the real run)
-    assert _bundle._prune_plan([3, 4, 5, 6], SCHED, NOW, 2, {11}) == [3, 4, 5]
+    assert bundle_prune._prune_plan([3, 4, 5, 6], SCHED, NOW, 2, {11}) == [3, 4, 5]
 
 
 def test_secret_helpers():
-    assert _bundle.valid_secret_key('ca.crt') and _bundle.valid_secret_key('ca-bundle.pem')
-    assert not _bundle.valid_secret_key('ca/crt') and not _bundle.valid_secret_key('')
-    assert _bundle.valid_secret_name('nats-ca-bundle-epoch-7')
-    assert not _bundle.valid_secret_name('Nats_CA')
-    assert _bundle.epoch_secret_labels(7) == {'epoch': '7', 'app.kubernetes.io/managed-by': 'securetransport.ca_rotation'}
-    assert _bundle.live_secret_annotations(7, 'ab') == {'rotation.watcher.io/epoch': '7', 'rotation.watcher.io/sha256': 'ab'}
-    assert _bundle.live_secret_annotations(None, 'ab') == {'rotation.watcher.io/epoch': None, 'rotation.watcher.io/sha256': 'ab'}
-    assert base64.b64decode(_bundle._b64('x')) == b'x'
+    assert k8s_secrets.valid_secret_key('ca.crt') and k8s_secrets.valid_secret_key('ca-bundle.pem')
+    assert not k8s_secrets.valid_secret_key('ca/crt') and not k8s_secrets.valid_secret_key('')
+    assert k8s_secrets.valid_secret_name('nats-ca-bundle-epoch-7')
+    assert not k8s_secrets.valid_secret_name('Nats_CA')
+    assert k8s_secrets.epoch_secret_labels(7) == {'epoch': '7', 'app.kubernetes.io/managed-by': 'securetransport.ca_rotation'}
+    assert k8s_secrets.live_secret_annotations(7, 'ab') == {'rotation.watcher.io/epoch': '7', 'rotation.watcher.io/sha256': 'ab'}
+    assert k8s_secrets.live_secret_annotations(None, 'ab') == {'rotation.watcher.io/epoch': None, 'rotation.watcher.io/sha256': 'ab'}
+    assert base64.b64decode(k8s_secrets._b64('x')) == b'x'

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message as M
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import MessageError, MessageVerificationError
 
 UTC = dt.timezone.utc
@@ -80,7 +80,7 @@ class LocalTransit:
         for version, key in self.keys.items():
             pub = key.public_key()
             if form == 'pem':
-                pub = M.public_key_pem(pub)
+                pub = _message.public_key_pem(pub)
             elif form == 'raw':  # OpenBao's read_key form: base64 of the raw 32 bytes
                 pub = base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
             out[version] = pub
@@ -97,29 +97,29 @@ def build(pki, **over):
                 secret_locations=['openbao/nats-ca-bundle-epoch-8', 'nats/nats-ca-tls'], kv_location='secret/ca-bundles/epoch-8',
                 valid_from='2026-01-01T00:00:00Z', valid_until=dt.datetime(2026, 1, 4, tzinfo=UTC), created_at=1767225600)
     args.update(over)
-    return M.build_announcement(**args)
+    return _message.build_announcement(**args)
 
 
 @pytest.fixture
 def signed(pki, transit):
-    return M.sign_announcement(build(pki), transit)
+    return _message.sign_announcement(build(pki), transit)
 
 
 def raw_sign(message, transit):
     """Sign whatever is given (bypassing sign_announcement's checks) - what a compromised publisher could send."""
     out = {k: v for k, v in message.items() if k != 'signature'}
-    out['signature'] = transit(M.signed_bytes(out))
+    out['signature'] = transit(_message.signed_bytes(out))
     return out
 
 
 # ----------------------------------------------------------------------------- canonical JSON
 def test_canonical_json_sorted_compact_utf8():
-    assert M.canonical_json({'b': 1, 'a': [1, {'d': None, 'c': 'é'}]}) == '{"a":[1,{"c":"é","d":null}],"b":1}'.encode('utf-8')
+    assert _message.canonical_json({'b': 1, 'a': [1, {'d': None, 'c': 'é'}]}) == '{"a":[1,{"c":"é","d":null}],"b":1}'.encode('utf-8')
 
 
 def test_canonical_json_rejects_nan():
     with pytest.raises(ValueError):
-        M.canonical_json({'x': float('nan')})
+        _message.canonical_json({'x': float('nan')})
 
 
 json_values = st.recursive(
@@ -131,22 +131,22 @@ json_values = st.recursive(
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
 def test_canonical_json_round_trips_and_ignores_key_order(obj):
-    data = M.canonical_json(obj)
+    data = _message.canonical_json(obj)
     assert json.loads(data.decode('utf-8')) == obj
     reordered = dict(reversed(list(obj.items())))
-    assert M.canonical_json(reordered) == data
+    assert _message.canonical_json(reordered) == data
 
 
 # ----------------------------------------------------------------------------- building
 def test_build_announcement_fields(pki):
     msg = build(pki)
-    assert set(msg) == set(M.SIGNED_FIELDS)
-    assert msg['schema'] == M.SCHEMA
+    assert set(msg) == set(_message.SIGNED_FIELDS)
+    assert msg['schema'] == _message.SCHEMA
     assert msg['bundle_sha256'] == hashlib.sha256(pki['bundle'].encode()).hexdigest()
     assert msg['valid_until'] == '2026-01-04T00:00:00Z' and msg['created_at'] == '2026-01-01T00:00:00Z'
     assert [c['epoch'] for c in msg['certificates']] == [8, 7, None]
-    assert all(set(c) == set(M.CERTIFICATE_FIELDS) for c in msg['certificates'])
-    assert M.msg_id(msg) == 'ca-bundle-3-' + msg['bundle_sha256'][:16]
+    assert all(set(c) == set(_message.CERTIFICATE_FIELDS) for c in msg['certificates'])
+    assert _message.msg_id(msg) == 'ca-bundle-3-' + msg['bundle_sha256'][:16]
 
 
 def test_build_derives_certificates_from_pem(pki):
@@ -186,40 +186,40 @@ def test_build_rejects_certificates_not_matching_bundle(pki):
 
 def test_msg_id_needs_generation_and_sha():
     with pytest.raises(MessageError):
-        M.msg_id({'generation': 1})
+        _message.msg_id({'generation': 1})
 
 
 # ----------------------------------------------------------------------------- signing and verifying
 def test_sign_and_verify_round_trip(signed, transit):
     assert signed['signature'].startswith('vault:v1:')
-    assert M.verify_announcement(signed, transit.public_keys()) == signed
+    assert _message.verify_announcement(signed, transit.public_keys()) == signed
     # what clients receive from NATS: the canonical bytes
-    assert M.verify_announcement(M.canonical_json(signed), transit.public_keys('pem')) == signed
-    assert M.verify_announcement(M.canonical_json(signed).decode(), transit.public_keys('raw')) == signed
+    assert _message.verify_announcement(_message.canonical_json(signed), transit.public_keys('pem')) == signed
+    assert _message.verify_announcement(_message.canonical_json(signed).decode(), transit.public_keys('raw')) == signed
     # versions as strings (JSON-pinned keys)
-    assert M.verify_announcement(signed, {str(k): v for k, v in transit.public_keys('pem').items()}) == signed
+    assert _message.verify_announcement(signed, {str(k): v for k, v in transit.public_keys('pem').items()}) == signed
 
 
 def test_signature_covers_everything_but_the_signature(signed, transit):
-    version, raw = M.parse_signature(signed['signature'])
+    version, raw = _message.parse_signature(signed['signature'])
     unsigned = {k: v for k, v in signed.items() if k != 'signature'}
-    transit.public_keys()[version].verify(raw, M.canonical_json(unsigned))
+    transit.public_keys()[version].verify(raw, _message.canonical_json(unsigned))
 
 
 def test_sign_replaces_existing_signature(pki, transit, signed):
     transit.rotate()
-    resigned = M.sign_announcement(signed, transit)
+    resigned = _message.sign_announcement(signed, transit)
     assert resigned['signature'].startswith('vault:v2:')
-    assert M.verify_announcement(resigned, transit.public_keys()) == resigned
+    assert _message.verify_announcement(resigned, transit.public_keys()) == resigned
 
 
 def test_sign_refuses_invalid_messages(pki, transit):
     msg = build(pki)
     msg['schema'] = 'other/v1'
     with pytest.raises(MessageError, match='Refusing to sign'):
-        M.sign_announcement(msg, transit)
+        _message.sign_announcement(msg, transit)
     with pytest.raises(MessageError, match='not a signature'):
-        M.sign_announcement(build(pki), lambda data: 'garbage')
+        _message.sign_announcement(build(pki), lambda data: 'garbage')
 
 
 def _replacements(value):
@@ -235,7 +235,7 @@ def _replacements(value):
     return [None, 'x']
 
 
-@pytest.mark.parametrize('field', M.SIGNED_FIELDS)
+@pytest.mark.parametrize('field', _message.SIGNED_FIELDS)
 def test_changing_any_field_breaks_verification(signed, transit, field):
     keys = transit.public_keys()
     tried = 0
@@ -245,23 +245,23 @@ def test_changing_any_field_breaks_verification(signed, transit, field):
         tampered = dict(signed)
         tampered[field] = replacement
         with pytest.raises(MessageVerificationError) as err:
-            M.verify_announcement(tampered, keys)
+            _message.verify_announcement(tampered, keys)
         assert err.value.reason == 'bad-signature', (field, replacement, err.value)
         tried += 1
     removed = {k: v for k, v in signed.items() if k != field}
     with pytest.raises(MessageVerificationError):
-        M.verify_announcement(removed, keys)
+        _message.verify_announcement(removed, keys)
     assert tried >= 2
 
 
 @pytest.mark.parametrize('index', [0, 1, 2])
-@pytest.mark.parametrize('key', M.CERTIFICATE_FIELDS)
+@pytest.mark.parametrize('key', _message.CERTIFICATE_FIELDS)
 def test_changing_a_certificate_entry_breaks_verification(signed, transit, index, key):
     tampered = copy.deepcopy(signed)
     entry = tampered['certificates'][index]
     entry[key] = 99 if key == 'epoch' and entry[key] != 99 else ('0' * 64 if key == 'sha256' else '2030-01-01T00:00:00Z')
     with pytest.raises(MessageVerificationError, match='does not verify'):
-        M.verify_announcement(tampered, transit.public_keys())
+        _message.verify_announcement(tampered, transit.public_keys())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -275,13 +275,13 @@ def test_random_tampering_never_verifies(signed, transit, data):
     tampered = dict(signed)
     tampered[field] = value
     with pytest.raises(MessageVerificationError):
-        M.verify_announcement(tampered, keys)
+        _message.verify_announcement(tampered, keys)
 
 
 def test_extra_field_breaks_verification(signed, transit):
     tampered = dict(signed, note='hello')
     with pytest.raises(MessageVerificationError, match='does not verify'):
-        M.verify_announcement(tampered, transit.public_keys())
+        _message.verify_announcement(tampered, transit.public_keys())
 
 
 @pytest.mark.parametrize('signature, reason', [
@@ -305,25 +305,25 @@ def test_garbled_or_missing_signature(signed, transit, signature, reason):
     else:
         tampered['signature'] = signature
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(tampered, transit.public_keys())
+        _message.verify_announcement(tampered, transit.public_keys())
     assert err.value.reason == reason
 
 
 def test_unknown_key_version(pki, transit):
     transit.rotate()
-    msg = M.sign_announcement(build(pki), transit)  # signed with v2
+    msg = _message.sign_announcement(build(pki), transit)  # signed with v2
     only_v1 = {1: transit.public_keys()[1]}
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(msg, only_v1)
+        _message.verify_announcement(msg, only_v1)
     assert err.value.reason == 'unknown-key-version'
-    assert M.verify_announcement(msg, transit.public_keys()) == msg
+    assert _message.verify_announcement(msg, transit.public_keys()) == msg
 
 
 def test_signed_by_another_key(pki, transit):
     other = LocalTransit()
-    msg = M.sign_announcement(build(pki), other)
+    msg = _message.sign_announcement(build(pki), other)
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(msg, transit.public_keys())
+        _message.verify_announcement(msg, transit.public_keys())
     assert err.value.reason == 'bad-signature'
 
 
@@ -346,7 +346,7 @@ def test_validly_signed_but_malformed_messages_are_refused(pki, transit, mutate,
     mutate(msg)
     msg = raw_sign(msg, transit)
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(msg, transit.public_keys())
+        _message.verify_announcement(msg, transit.public_keys())
     assert err.value.reason == reason, err.value
 
 
@@ -361,55 +361,55 @@ def test_validly_signed_but_malformed_messages_are_refused(pki, transit, mutate,
 ])
 def test_unparsable_payloads(transit, data):
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(data, transit.public_keys())
+        _message.verify_announcement(data, transit.public_keys())
     assert err.value.reason in ('json', 'error')
 
 
 def test_duplicate_keys_in_raw_json_are_refused(signed, transit):
-    text = M.canonical_json(signed).decode()
+    text = _message.canonical_json(signed).decode()
     forged = text[:-1] + ',"generation":99}'
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(forged, transit.public_keys())
+        _message.verify_announcement(forged, transit.public_keys())
     assert err.value.reason == 'json'
 
 
-_TRUNCATED_PEM = M.public_key_pem(ed25519.Ed25519PrivateKey.generate().public_key())[:-40]
+_TRUNCATED_PEM = _message.public_key_pem(ed25519.Ed25519PrivateKey.generate().public_key())[:-40]
 
 
 @pytest.mark.parametrize('keys', [{}, None, {1: 'not a key'}, {1: _TRUNCATED_PEM}, {'one': _TRUNCATED_PEM}])
 def test_bad_key_material_fails_closed(signed, keys):
     with pytest.raises(MessageVerificationError):
-        M.verify_announcement(signed, keys)
+        _message.verify_announcement(signed, keys)
 
 
 def test_non_ed25519_pinned_key_fails_closed(signed):
     ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(signed, {1: ec_pem})
+        _message.verify_announcement(signed, {1: ec_pem})
     assert err.value.reason == 'error'
 
 
 def test_freshness_and_generation(signed, transit):
     keys = transit.public_keys()
-    assert M.verify_announcement(signed, keys, now=dt.datetime(2026, 1, 2, tzinfo=UTC), newer_than=2)
+    assert _message.verify_announcement(signed, keys, now=dt.datetime(2026, 1, 2, tzinfo=UTC), newer_than=2)
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(signed, keys, now=dt.datetime(2025, 12, 31, 23, 59, tzinfo=UTC))
+        _message.verify_announcement(signed, keys, now=dt.datetime(2025, 12, 31, 23, 59, tzinfo=UTC))
     assert err.value.reason == 'not-yet-valid'
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(signed, keys, now=dt.datetime(2026, 1, 4, tzinfo=UTC))
+        _message.verify_announcement(signed, keys, now=dt.datetime(2026, 1, 4, tzinfo=UTC))
     assert err.value.reason == 'expired'
     with pytest.raises(MessageVerificationError) as err:
-        M.verify_announcement(signed, keys, newer_than=3)
+        _message.verify_announcement(signed, keys, newer_than=3)
     assert err.value.reason == 'stale-generation'
 
 
 def test_verify_does_not_modify_its_input(signed, transit):
     before = copy.deepcopy(signed)
-    M.verify_announcement(signed, transit.public_keys())
+    _message.verify_announcement(signed, transit.public_keys())
     assert signed == before
 
 
 def test_summary_has_no_pem(signed):
-    summary = M.summary(signed)
+    summary = _message.summary(signed)
     assert 'bundle_pem' not in summary and summary['generation'] == 3

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Pure logic of module_utils/_reload.py and its orchestration over a scripted transport.
+"""Pure logic of module_utils/_reload/ and its orchestration over a scripted transport.
 
 No NATS and no Kubernetes here (the integration tests use real servers): the fake transport below
 plays back what servers would answer, so each branch (late bundle, rejected reload, restart, server
@@ -21,8 +21,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import ReloadError, TargetError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import base as reload_base
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import engine as reload_engine
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import kubernetes as reload_kubernetes
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import local as reload_local
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import system as reload_system
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError, TargetError
 
 SHA_A = 'a' * 64
 SHA_B = 'b' * 64
@@ -51,13 +55,13 @@ LOG_OK = """\
     ('2026-11-29T05:49:32-0500', 1795949372000000000),
 ])
 def test_parse_load_time(text, expected):
-    assert _reload.parse_load_time(text) == expected
+    assert reload_base.parse_load_time(text) == expected
 
 
 @pytest.mark.parametrize('text', ['', None, 'yesterday', '2026-11-29 10:49', '2026-11-29T10:49:32.1234567890Z'])
 def test_parse_load_time_rejects(text):
     with pytest.raises(ValueError):
-        _reload.parse_load_time(text)
+        reload_base.parse_load_time(text)
 
 
 @given(st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2200, 1, 1)),
@@ -71,62 +75,62 @@ def test_load_time_order_is_nanosecond_exact(moment, nanos, step):
         return base.strftime('%Y-%m-%dT%H:%M:%S') + frac + 'Z'
 
     before = int((moment - dt.datetime(1970, 1, 1)).total_seconds()) * 10 ** 9 + nanos
-    assert _reload.parse_load_time(fmt(before)) == before
-    assert _reload.load_time_advanced(fmt(before), fmt(before + step))
-    assert not _reload.load_time_advanced(fmt(before + step), fmt(before))
-    assert not _reload.load_time_advanced(fmt(before), fmt(before))
+    assert reload_base.parse_load_time(fmt(before)) == before
+    assert reload_base.load_time_advanced(fmt(before), fmt(before + step))
+    assert not reload_base.load_time_advanced(fmt(before + step), fmt(before))
+    assert not reload_base.load_time_advanced(fmt(before), fmt(before))
 
 
 def test_load_time_advanced_is_false_for_garbage():
-    assert not _reload.load_time_advanced('2026-11-29T10:49:32Z', None)
-    assert not _reload.load_time_advanced('nonsense', '2026-11-29T10:49:32Z')
+    assert not reload_base.load_time_advanced('2026-11-29T10:49:32Z', None)
+    assert not reload_base.load_time_advanced('nonsense', '2026-11-29T10:49:32Z')
 
 
 def test_normalize_sha256():
-    assert _reload.normalize_sha256(None) is None
-    assert _reload.normalize_sha256('') is None
-    assert _reload.normalize_sha256('A' * 64) == SHA_A
-    assert _reload.normalize_sha256('sha256:' + SHA_B) == SHA_B
+    assert reload_base.normalize_sha256(None) is None
+    assert reload_base.normalize_sha256('') is None
+    assert reload_base.normalize_sha256('A' * 64) == SHA_A
+    assert reload_base.normalize_sha256('sha256:' + SHA_B) == SHA_B
     with pytest.raises(ReloadError) as err:
-        _reload.normalize_sha256('abc')
+        reload_base.normalize_sha256('abc')
     assert err.value.option == 'expect_sha256'
     assert '64 hex' in str(err.value)
 
 
 def test_reload_failure_from_log_takes_the_error_and_its_continuation_lines():
-    reason = _reload.reload_failure_from_log(LOG_FAILED)
+    reason = reload_base.reload_failure_from_log(LOG_FAILED)
     assert reason == ('/s/nats-0/nats.conf:6:1: failed to parse root ca certificate; '
                       '/s/nats-0/nats.conf:12:3: failed to parse root ca certificate')
 
 
 def test_reload_failure_from_log_only_the_last_reload_counts():
-    assert _reload.reload_failure_from_log(LOG_FAILED + LOG_OK) is None
-    assert _reload.reload_failure_from_log(LOG_OK + LOG_FAILED).startswith('/s/nats-0/nats.conf:6:1')
-    assert _reload.reload_failure_from_log(LOG_OK) is None
-    assert _reload.reload_failure_from_log('') is None
-    assert _reload.reload_failure_from_log(None) is None
+    assert reload_base.reload_failure_from_log(LOG_FAILED + LOG_OK) is None
+    assert reload_base.reload_failure_from_log(LOG_OK + LOG_FAILED).startswith('/s/nats-0/nats.conf:6:1')
+    assert reload_base.reload_failure_from_log(LOG_OK) is None
+    assert reload_base.reload_failure_from_log('') is None
+    assert reload_base.reload_failure_from_log(None) is None
 
 
 def test_exec_status_documents():
-    assert _reload.exec_status('{"metadata":{},"status":"Success"}') == (0, '')
+    assert reload_kubernetes.exec_status('{"metadata":{},"status":"Success"}') == (0, '')
     failure = {"metadata": {}, "status": "Failure", "message": "command terminated with non-zero exit code",
                "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": "137"}]}}
-    assert _reload.exec_status(json.dumps(failure)) == (137, 'command terminated with non-zero exit code')
-    code, message = _reload.exec_status(json.dumps({"status": "Failure", "message": "Internal error occurred: boom",
-                                                    "reason": "InternalError", "code": 500}))
+    assert reload_kubernetes.exec_status(json.dumps(failure)) == (137, 'command terminated with non-zero exit code')
+    code, message = reload_kubernetes.exec_status(json.dumps({"status": "Failure", "message": "Internal error occurred: boom",
+                                                              "reason": "InternalError", "code": 500}))
     assert code is None and 'boom' in message
-    assert _reload.exec_status('')[0] is None
-    assert _reload.exec_status('{not json')[0] is None
+    assert reload_kubernetes.exec_status('')[0] is None
+    assert reload_kubernetes.exec_status('{not json')[0] is None
 
 
 def test_handshake_failure_parses_the_websocket_refusal():
     reason = ("Handshake status 403 Forbidden -+-+- {'content-type': 'application/json'} -+-+- "
               "b'{\"kind\":\"Status\",\"message\":\"pods \\\\\"nats-0\\\\\" is forbidden\",\"code\":403}'")
-    status, text, body = _reload.handshake_failure(SimpleNamespace(status=0, reason=reason))
+    status, text, body = reload_kubernetes.handshake_failure(SimpleNamespace(status=0, reason=reason))
     assert status == 403
     assert text == 'Forbidden'
     assert body.startswith('{"kind":"Status"')
-    assert _reload.handshake_failure(SimpleNamespace(status=0, reason='Connection refused')) == (None, 'Connection refused', '')
+    assert reload_kubernetes.handshake_failure(SimpleNamespace(status=0, reason='Connection refused')) == (None, 'Connection refused', '')
 
 
 @pytest.mark.parametrize('url, expected', [
@@ -137,21 +141,21 @@ def test_handshake_failure_parses_the_websocket_refusal():
     ('tls://[fd00::7]:4224', ('fd00::7', 4224)),
 ])
 def test_host_port(url, expected):
-    assert _reload.host_port(url) == expected
+    assert reload_base.host_port(url) == expected
 
 
 def test_split_command():
-    assert _reload.split_command(['kill', '-HUP', '1']) == ['kill', '-HUP', '1']
-    assert _reload.split_command(['nats-server --signal reload']) == ['nats-server', '--signal', 'reload']
-    assert _reload.split_command("sh -c 'kill -HUP 1'") == ['sh', '-c', 'kill -HUP 1']
+    assert reload_kubernetes.split_command(['kill', '-HUP', '1']) == ['kill', '-HUP', '1']
+    assert reload_kubernetes.split_command(['nats-server --signal reload']) == ['nats-server', '--signal', 'reload']
+    assert reload_kubernetes.split_command("sh -c 'kill -HUP 1'") == ['sh', '-c', 'kill -HUP 1']
     with pytest.raises(ReloadError):
-        _reload.split_command([])
+        reload_kubernetes.split_command([])
 
 
 def test_log_tail_reads_only_what_came_after_the_mark(tmp_path):
     log = tmp_path / 'nats.log'
     log.write_text(LOG_FAILED)
-    tail = _reload.LogTail(str(log))
+    tail = reload_base.LogTail(str(log))
     tail.mark()
     assert tail.reason() is None  # the old failure is not ours
     with open(log, 'a') as handle:
@@ -159,17 +163,17 @@ def test_log_tail_reads_only_what_came_after_the_mark(tmp_path):
     assert 'nats-9' in tail.reason()
     log.write_text(LOG_OK)  # rotated: shorter than the mark, read from the start
     assert tail.reason() is None
-    assert _reload.LogTail(str(tmp_path / 'missing.log')).reason() is None
+    assert reload_base.LogTail(str(tmp_path / 'missing.log')).reason() is None
 
 
 # ----------------------------------------------------------------------------- summarize / min_success
 def _res(name, ok, error=None, changed=None):
-    return dict(_reload.new_result('signal', _reload.Target(name)), ok=ok, error=error,
+    return dict(reload_engine.new_result('signal', reload_base.Target(name)), ok=ok, error=error,
                 changed=ok if changed is None else changed)
 
 
 def test_summarize_all_must_pass_by_default():
-    out = _reload.summarize([_res('a', True), _res('b', False, 'down')], 'signal')
+    out = reload_engine.summarize([_res('a', True), _res('b', False, 'down')], 'signal')
     assert out['failed'] and out['changed']
     assert out['ok_count'] == 1 and out['failed_count'] == 1 and out['min_success'] == 2 and out['reloaded'] == 1
     assert out['msg'] == '1 of 2 NATS servers reloaded and verified; b: down'
@@ -177,28 +181,28 @@ def test_summarize_all_must_pass_by_default():
 
 def test_summarize_min_success_decides():
     results = [_res('a', True), _res('b', True), _res('c', False, 'down')]
-    assert not _reload.summarize(results, 'signal', min_success=2)['failed']
-    assert _reload.summarize(results, 'signal', min_success=3)['failed']
-    assert '(min_success 2)' in _reload.summarize(results, 'signal', min_success=2)['msg']
+    assert not reload_engine.summarize(results, 'signal', min_success=2)['failed']
+    assert reload_engine.summarize(results, 'signal', min_success=3)['failed']
+    assert '(min_success 2)' in reload_engine.summarize(results, 'signal', min_success=2)['msg']
 
 
 def test_summarize_no_servers_fails_unless_zero_are_required():
-    assert _reload.summarize([], 'kubernetes')['failed']
-    assert 'no NATS server found' in _reload.summarize([], 'kubernetes')['msg']
-    assert not _reload.summarize([], 'kubernetes', min_success=0)['failed']
+    assert reload_engine.summarize([], 'kubernetes')['failed']
+    assert 'no NATS server found' in reload_engine.summarize([], 'kubernetes')['msg']
+    assert not reload_engine.summarize([], 'kubernetes', min_success=0)['failed']
 
 
 def test_summarize_groups_the_same_failure():
     err = "exec 'kill -HUP 1' in pod 'nats/{}' failed: forbidden; grant 'create' on 'pods/exec'"
     results = [_res(n, False, err.format(n)) for n in ('nats-0', 'nats-1', 'nats-2')]
-    msg = _reload.summarize(results, 'kubernetes')['msg']
+    msg = reload_engine.summarize(results, 'kubernetes')['msg']
     assert msg.count('forbidden') == 1
     assert 'nats-0, nats-1, nats-2: exec' in msg
 
 
 def test_summarize_check_mode_predicts_change():
     results = [dict(_res('a', True), changed=False)]
-    out = _reload.summarize(results, 'signal', check_mode=True)
+    out = reload_engine.summarize(results, 'signal', check_mode=True)
     assert out['changed'] and 'would be reloaded (check mode)' in out['msg']
 
 
@@ -207,7 +211,7 @@ def _t(seconds):
     return (dt.datetime(2026, 11, 29, 10, 0, 0) + dt.timedelta(seconds=seconds)).strftime('%Y-%m-%dT%H:%M:%S.%f000Z')
 
 
-class FakeTransport(_reload.Transport):
+class FakeTransport(reload_base.Transport):
     """Scripted servers: ``servers[name] = {...}`` describes how each one behaves."""
 
     name = 'fake'
@@ -224,7 +228,7 @@ class FakeTransport(_reload.Transport):
             self.calls.append(call)
 
     def discover(self):
-        return [_reload.Target(name, ca_file=f'/ca/{name}', problem=spec.get('problem'), server_id=spec.get('expect_id'))
+        return [reload_base.Target(name, ca_file=f'/ca/{name}', problem=spec.get('problem'), server_id=spec.get('expect_id'))
                 for name, spec in sorted(self.servers.items())]
 
     def read_sha256(self, target):
@@ -262,7 +266,7 @@ def run(servers, **kwargs):
     transport = FakeTransport(servers)
     kwargs.setdefault('reload_timeout', 0.3)
     kwargs.setdefault('propagation_timeout', 0.3)
-    return transport, _reload.reload_servers(transport, **kwargs)
+    return transport, reload_engine.reload_servers(transport, **kwargs)
 
 
 def by_name(result):
@@ -369,7 +373,7 @@ def test_bad_options_are_refused_before_anything_happens():
                            ({'propagation_timeout': -1}, 'propagation_timeout'), ({'min_success': -1}, 'min_success'),
                            ({'probe': {'cert_file': '/nonexistent.pem', 'key_file': '/nonexistent-key.pem'}}, 'probe.cert_file')):
         with pytest.raises(ReloadError) as err:
-            _reload.reload_servers(transport, **kwargs)
+            reload_engine.reload_servers(transport, **kwargs)
         assert err.value.option == option
     assert transport.calls == []
 
@@ -382,7 +386,7 @@ def test_one_broken_target_does_not_take_the_others_down():
             super().reload(target)
 
     transport = Exploding({'n0': {}, 'n1': {}})
-    out = _reload.reload_servers(transport, reload_timeout=0.3)
+    out = reload_engine.reload_servers(transport, reload_timeout=0.3)
     assert by_name(out)['n0']['error'] == 'unexpected error: RuntimeError: kaboom'
     assert by_name(out)['n1']['ok']
 
@@ -395,23 +399,23 @@ def test_targets_run_in_parallel():
             barrier.wait()  # deadlocks (BrokenBarrierError) unless all three reload at the same time
             super().reload(target)
 
-    out = _reload.reload_servers(Gate({'n0': {}, 'n1': {}, 'n2': {}}), reload_timeout=5)
+    out = reload_engine.reload_servers(Gate({'n0': {}, 'n1': {}, 'n2': {}}), reload_timeout=5)
     assert not out['failed']
 
 
 # ----------------------------------------------------------------------------- local transport
 def test_local_targets_are_validated():
     with pytest.raises(ReloadError, match='targets is required'):
-        _reload.LocalTransport('signal', [])
+        reload_local.LocalTransport('signal', [])
     with pytest.raises(ReloadError, match=r'targets\[0\] \(n0\): give pid or pid_file'):
-        _reload.LocalTransport('signal', [{'name': 'n0', 'monitor_url': 'http://x'}])
+        reload_local.LocalTransport('signal', [{'name': 'n0', 'monitor_url': 'http://x'}])
     with pytest.raises(ReloadError, match='monitor_url is required'):
-        _reload.LocalTransport('signal', [{'name': 'n0', 'pid': 5}])
+        reload_local.LocalTransport('signal', [{'name': 'n0', 'pid': 5}])
     with pytest.raises(ReloadError, match='duplicate target name'):
-        _reload.LocalTransport('signal', [{'name': 'n0', 'pid': 5, 'monitor_url': 'http://x'}] * 2)
+        reload_local.LocalTransport('signal', [{'name': 'n0', 'pid': 5, 'monitor_url': 'http://x'}] * 2)
     with pytest.raises(ReloadError, match='nats_server_path'):
-        _reload.LocalTransport('command', [{'name': 'n0', 'pid': 5, 'monitor_url': 'http://x'}], nats_server_path=None)
-    transport = _reload.LocalTransport('signal', [{'pid_file': '/run/n.pid', 'monitor_url': 'http://x', 'name': None}])
+        reload_local.LocalTransport('command', [{'name': 'n0', 'pid': 5, 'monitor_url': 'http://x'}], nats_server_path=None)
+    transport = reload_local.LocalTransport('signal', [{'pid_file': '/run/n.pid', 'monitor_url': 'http://x', 'name': None}])
     assert transport.discover()[0].name == '/run/n.pid'
 
 
@@ -420,7 +424,7 @@ def test_signal_refuses_a_process_that_is_not_nats(tmp_path):
     try:
         pid_file = tmp_path / 'stale.pid'
         pid_file.write_text(str(proc.pid))
-        transport = _reload.LocalTransport('signal', [{'name': 'n0', 'pid_file': str(pid_file), 'monitor_url': 'http://x'}])
+        transport = reload_local.LocalTransport('signal', [{'name': 'n0', 'pid_file': str(pid_file), 'monitor_url': 'http://x'}])
         with pytest.raises(TargetError, match='not a nats-server: refusing to signal it'):
             transport.reload(transport.discover()[0])
         assert proc.poll() is None  # not signalled
@@ -432,8 +436,8 @@ def test_signal_refuses_a_process_that_is_not_nats(tmp_path):
 def test_signal_reports_a_missing_process_and_pid_file(tmp_path):
     proc = subprocess.Popen([sys.executable, '-c', 'pass'])
     proc.wait()
-    transport = _reload.LocalTransport('signal', [{'name': 'gone', 'pid': proc.pid, 'monitor_url': 'http://x'},
-                                                  {'name': 'nofile', 'pid_file': str(tmp_path / 'x.pid'), 'monitor_url': 'http://x'}])
+    transport = reload_local.LocalTransport('signal', [{'name': 'gone', 'pid': proc.pid, 'monitor_url': 'http://x'},
+                                                       {'name': 'nofile', 'pid_file': str(tmp_path / 'x.pid'), 'monitor_url': 'http://x'}])
     gone, nofile = transport.discover()
     with pytest.raises(TargetError, match='not running'):
         transport.reload(gone)
@@ -444,7 +448,7 @@ def test_signal_reports_a_missing_process_and_pid_file(tmp_path):
 def test_local_sha256_reads_the_file(tmp_path):
     ca = tmp_path / 'ca.crt'
     ca.write_bytes(b'bundle')
-    transport = _reload.LocalTransport('signal', [{'name': 'n0', 'pid': 5, 'monitor_url': 'http://x', 'ca_file': str(ca)}])
+    transport = reload_local.LocalTransport('signal', [{'name': 'n0', 'pid': 5, 'monitor_url': 'http://x', 'ca_file': str(ca)}])
     target = transport.discover()[0]
     assert transport.read_sha256(target) == hashlib.sha256(b'bundle').hexdigest()
     os.unlink(ca)
@@ -454,7 +458,7 @@ def test_local_sha256_reads_the_file(tmp_path):
 
 def test_unreachable_monitoring_is_a_target_error():
     with pytest.raises(TargetError, match='cannot read http://127.0.0.1:9/varz'):
-        _reload.http_varz('http://127.0.0.1:9', timeout=2)
+        reload_base.http_varz('http://127.0.0.1:9', timeout=2)
 
 
 # ----------------------------------------------------------------------------- $SYS discovery
@@ -465,14 +469,14 @@ def _statsz(active, *peers):
 def test_discovery_is_complete_when_every_server_counts_the_ones_that_answered():
     replies = {'A': {'name': 'n0'}, 'B': {'name': 'n1'}, 'C': {'name': 'n2'}}
     views = {'A': _statsz(3, 'n1', 'n2', 'n1'), 'B': _statsz(3, 'n0', 'n2'), 'C': _statsz(3, 'n0', 'n1')}
-    assert _reload._discovery_complete(replies, views)
+    assert reload_system._discovery_complete(replies, views)
 
 
 def test_discovery_is_not_complete_while_someone_knows_more():
     two = {'A': {'name': 'n0'}, 'B': {'name': 'n1'}}
-    assert not _reload._discovery_complete(two, {'A': _statsz(3, 'n1', 'n2'), 'B': _statsz(3, 'n0', 'n2')})
+    assert not reload_system._discovery_complete(two, {'A': _statsz(3, 'n1', 'n2'), 'B': _statsz(3, 'n0', 'n2')})
     # a server that just started knows only itself, but has a route to a peer that has not answered
-    assert not _reload._discovery_complete({'A': {'name': 'n0'}}, {'A': _statsz(1, 'n1')})
+    assert not reload_system._discovery_complete({'A': {'name': 'n0'}}, {'A': _statsz(1, 'n1')})
     # counts agree, but a route names a server that did not answer
-    assert not _reload._discovery_complete(two, {'A': _statsz(2, 'n1', 'n9'), 'B': _statsz(2, 'n0')})
-    assert not _reload._discovery_complete({}, {})
+    assert not reload_system._discovery_complete(two, {'A': _statsz(2, 'n1', 'n9'), 'B': _statsz(2, 'n0')})
+    assert not reload_system._discovery_complete({}, {})

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import NatsError, build_ssl_context
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NatsError, build_ssl_context
 
 pytestmark = pytest.mark.timeout(60)
 UTC = dt.timezone.utc

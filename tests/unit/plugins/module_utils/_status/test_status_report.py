@@ -1,4 +1,4 @@
-"""Unit tests of the status report (module_utils/_status.py, module rotation_status): the comparison logic on
+"""Unit tests of the status report (module_utils/_status/, module rotation_status): the comparison logic on
 synthetic facts, the table, the module's main() for scope=report, and reading a served certificate from a local
 TLS server speaking the NATS greeting."""
 
@@ -18,9 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _reload, _status
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import base as reload_base
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status import checks as status_checks
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status import cluster as status_cluster
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status import gather as status_gather
 
 NOW = '2026-01-10T13:00:00Z'
 CURRENT = EpochSchedule.from_params({}).epoch(datetime.datetime(2026, 1, 10, 13, tzinfo=datetime.timezone.utc))  # 6h epochs: 12:00-18:00
@@ -45,7 +49,7 @@ def consistent():
                      'subject': 'CN=NATS Intermediate CA Epoch %d' % n} for n in epochs]
     certificates.append({'epoch': None, 'kind': 'root', 'sha256': ROOT, 'not_after': '2036-01-01T00:00:00Z', 'subject': 'CN=Root'})
     authority = {
-        'schema': _status.SCHEMA, 'part': 'authority', 'now': NOW,
+        'schema': status_gather.SCHEMA, 'part': 'authority', 'now': NOW,
         'schedule': EpochSchedule.from_params({}).to_params(),
         'plan': {'current_epoch': CURRENT, 'prepared_epoch': None, 'valid_epochs': sorted(epochs), 'desired_epochs': sorted(epochs)},
         'openbao': {'int_mount': 'pki_int', 'root_mount': 'pki', 'kv_mount': 'secret'},
@@ -64,12 +68,12 @@ def consistent():
                          'valid_until': _expiry(CURRENT - 3), 'expired': False},
     }
     servers = [{'name': 'nats-%d' % i, 'error': None, 'ca_file': '/etc/nats/ca/ca.crt', 'ca_sha256': SHA, 'ca_error': None,
-                'ca_mtime_ns': MTIME_NS, 'ca_mtime': _status._iso_ns(MTIME_NS), 'mtime_error': None,  # pylint: disable=protected-access
-                'config_load_time': _status._iso_ns(LOAD_NS), 'load_time_ns': LOAD_NS, 'varz_error': None,  # pylint: disable=protected-access
+                'ca_mtime_ns': MTIME_NS, 'ca_mtime': status_cluster._iso_ns(MTIME_NS), 'mtime_error': None,  # pylint: disable=protected-access
+                'config_load_time': status_cluster._iso_ns(LOAD_NS), 'load_time_ns': LOAD_NS, 'varz_error': None,  # pylint: disable=protected-access
                 'tls': {'issuer': 'CN=NATS Intermediate CA Epoch %d' % CURRENT, 'issuer_epoch': CURRENT,
                         'authority_key_id': 'k%d' % CURRENT, 'not_after': _expiry(CURRENT), 'subject': 'CN=nats-%d' % i},
                 'tls_error': None} for i in range(3)]
-    cluster = {'schema': _status.SCHEMA, 'part': 'cluster', 'cluster': 'east', 'transport': 'kubernetes', 'error': None,
+    cluster = {'schema': status_gather.SCHEMA, 'part': 'cluster', 'cluster': 'east', 'transport': 'kubernetes', 'error': None,
                'servers': servers,
                'live_secret': {'namespace': 'nats', 'name': 'nats-ca-tls', 'key': 'ca.crt', 'found': True, 'sha256': SHA,
                                'annotations': {'sha256': SHA, 'epoch': str(CURRENT)}}}
@@ -77,13 +81,13 @@ def consistent():
 
 
 def findings(authority, cluster, severity='mismatch'):
-    report = _status.build_report(authority, [cluster] if cluster is not None else [])
+    report = status_checks.build_report(authority, [cluster] if cluster is not None else [])
     return {(f['code'], f['where']) for f in report['findings'] if f['severity'] == severity}
 
 
 def test_consistent_facts_have_no_finding():
     authority, cluster = consistent()
-    report = _status.build_report(authority, [cluster])
+    report = status_checks.build_report(authority, [cluster])
     assert report['ok'] and report['findings'] == [] and report['mismatch_count'] == report['warning_count'] == 0
     json.dumps(report)  # JSON-safe
     assert report['table'][0].endswith(': OK')
@@ -161,7 +165,7 @@ def test_warnings_do_not_make_the_report_fail():
     authority['issuers'].append({'epoch': CURRENT + 1, 'issuer_name': 'epoch-%d' % (CURRENT + 1), 'is_default': False,
                                  'revoked': False, 'sha256': INT[CURRENT + 1], 'not_after': _expiry(CURRENT + 1), 'state': 'prepared'})
     cluster['servers'][0].update(ca_mtime_ns=None, mtime_error='stat: not found')
-    report = _status.build_report(authority, [cluster])
+    report = status_checks.build_report(authority, [cluster])
     assert report['ok'], report['findings']
     warned = {f['code'] for f in report['findings']}
     assert warned == {'lock_held', 'hold_active', 'bundle_missing_epoch', 'load_unknown'}  # missing epoch: held
@@ -174,15 +178,15 @@ def test_a_cluster_without_facts_is_a_mismatch():
 
 
 def test_not_loaded_needs_both_times():
-    assert _status.not_loaded({'ca_mtime_ns': 2, 'load_time_ns': 1}) is True
-    assert _status.not_loaded({'ca_mtime_ns': 1, 'load_time_ns': 1}) is False
-    assert _status.not_loaded({'ca_mtime_ns': None, 'load_time_ns': 1}) is None
+    assert status_cluster.not_loaded({'ca_mtime_ns': 2, 'load_time_ns': 1}) is True
+    assert status_cluster.not_loaded({'ca_mtime_ns': 1, 'load_time_ns': 1}) is False
+    assert status_cluster.not_loaded({'ca_mtime_ns': None, 'load_time_ns': 1}) is None
 
 
 def test_table_names_every_server_and_finding():
     authority, cluster = consistent()
     cluster['servers'][2]['ca_mtime_ns'] = LOAD_NS + 1
-    report = _status.build_report(authority, [cluster])
+    report = status_checks.build_report(authority, [cluster])
     text = '\n'.join(report['table'])
     assert '1 MISMATCH(ES)' in report['table'][0]
     for name in ('nats-0', 'nats-1', 'nats-2', 'epoch-%d' % CURRENT, 'secret/ca-bundles/epoch-%d' % CURRENT):
@@ -195,13 +199,13 @@ def test_gather_authority_records_an_unreachable_openbao():
         raise OpenBaoError('Cannot reach OpenBao at http://127.0.0.1:1')
     schedule = EpochSchedule.from_params({})
     now = datetime.datetime(2026, 1, 10, 13, tzinfo=datetime.timezone.utc)
-    facts = _status.gather_authority({}, schedule, now, clusters=['east'], connect=refuse)
+    facts = status_gather.gather_authority({}, schedule, now, clusters=['east'], connect=refuse)
     assert facts['errors'][0]['source'] == 'openbao' and facts['state'] is None
-    report = _status.build_report(facts, [])
+    report = status_checks.build_report(facts, [])
     assert {f['code'] for f in report['findings']} == {'authority_error', 'cluster_missing'}
 
 
-class FakeTransport(_reload.Transport):
+class FakeTransport(reload_base.Transport):
     """Files on this host, load times and addresses given by the test (pure logic, no server)."""
 
     name = 'fake'
@@ -214,7 +218,7 @@ class FakeTransport(_reload.Transport):
 
     def read_varz(self, target):
         if target.name not in self.varz:
-            raise _reload.TargetError('connection refused')
+            raise reload_base.TargetError('connection refused')
         return self.varz[target.name]
 
     def probe_address(self, target, varz):
@@ -232,12 +236,12 @@ def test_gather_cluster_reads_files_and_load_times(tmp_path):
     root_key, root_pem, root = _ca('Root')
     written.write_text(_ca('NATS Intermediate CA Epoch 3', (root_key, root))[1] + root_pem)
     os.utime(written, ns=(LOAD_NS + 10, LOAD_NS + 10))
-    targets = [_reload.Target('a', ca_file=str(written)), _reload.Target('b', ca_file=str(tmp_path / 'missing.crt'))]
-    varz = {'a': {'config_load_time': _status._iso_ns(LOAD_NS), 'server_id': 'NA'}}  # pylint: disable=protected-access
-    facts = _status.gather_cluster('east', FakeTransport(targets, varz))
+    targets = [reload_base.Target('a', ca_file=str(written)), reload_base.Target('b', ca_file=str(tmp_path / 'missing.crt'))]
+    varz = {'a': {'config_load_time': status_cluster._iso_ns(LOAD_NS), 'server_id': 'NA'}}  # pylint: disable=protected-access
+    facts = status_cluster.gather_cluster('east', FakeTransport(targets, varz))
     a, b = facts['servers']
-    assert a['ca_sha256'] == _status._bundle.sha256_hex(written.read_bytes()) and a['ca_epochs'] == [3]
-    assert a['load_time_ns'] == LOAD_NS and a['ca_mtime_ns'] == LOAD_NS + 10 and _status.not_loaded(a) is True
+    assert a['ca_sha256'] == sha256_hex(written.read_bytes()) and a['ca_epochs'] == [3]
+    assert a['load_time_ns'] == LOAD_NS and a['ca_mtime_ns'] == LOAD_NS + 10 and status_cluster.not_loaded(a) is True
     assert a['server_id'] == 'NA' and 'cannot connect' in a['tls_error']
     assert 'missing.crt' in b['ca_error'] and b['varz_error'] == 'connection refused'
 
@@ -314,7 +318,7 @@ def nats_like_tls_server(tmp_path):
 
 def test_served_certificate_reads_the_issuer_epoch_without_a_client_certificate(nats_like_tls_server):
     port, leaf, ca_cert = nats_like_tls_server
-    facts = _status.served_certificate('127.0.0.1', port, timeout=5)
+    facts = status_cluster.served_certificate('127.0.0.1', port, timeout=5)
     assert facts['issuer_epoch'] == 42 and facts['subject'] == 'CN=nats-0' and facts['tls_version'] == 'TLSv1.3'
     assert facts['sha256'] == leaf.fingerprint(hashes.SHA256()).hex()
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
@@ -333,8 +337,8 @@ def test_served_certificate_refuses_a_non_nats_greeting():
 
     thread = threading.Thread(target=greet, daemon=True)
     thread.start()
-    with pytest.raises(_status.StatusError, match='did not greet like a NATS server'):
-        _status.served_certificate('127.0.0.1', listener.getsockname()[1], timeout=5)
+    with pytest.raises(status_gather.StatusError, match='did not greet like a NATS server'):
+        status_cluster.served_certificate('127.0.0.1', listener.getsockname()[1], timeout=5)
     thread.join(timeout=10)
     listener.close()
 
@@ -347,7 +351,7 @@ def test_module_report_scope_never_changes_anything(run_module):
         result = run_module('rotation_status', {'scope': 'report', 'authority': copy.deepcopy(authority),
                                                 'clusters_facts': [copy.deepcopy(cluster)]}, check_mode=check_mode)
         assert result['changed'] is False and result['ok'] is False and result['mismatch_count'] == 1
-        assert result['findings'][0]['code'] == 'ca_file_sha256' and result['report']['schema'] == _status.SCHEMA
+        assert result['findings'][0]['code'] == 'ca_file_sha256' and result['report']['schema'] == status_gather.SCHEMA
         assert result['table'] == result['report']['table']
 
 

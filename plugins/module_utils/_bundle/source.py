@@ -1,0 +1,45 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The CA bundle built fresh from OpenBao: the ``epoch-<n>`` issuers of the intermediate mount,
+never by appending to a previous copy (private)."""
+
+from __future__ import annotations
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import (
+    DEFAULT_MAX_CERTIFICATES,
+    BundleError,
+    build_bundle,
+    select_epochs,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import list_epoch_issuers, root_certificate
+
+
+def bundle_from_openbao(client, schedule, now, int_mount='pki_int', root_mount='pki', include_root=True,
+                        max_certificates=DEFAULT_MAX_CERTIFICATES, root_issuer='default'):
+    """Build the bundle fresh from OpenBao: the ``epoch-<n>`` issuers of ``int_mount`` for every
+    valid epoch plus the prepared one, verified against the root of ``root_mount``.
+
+    Adds ``skipped`` (revoked issuers of wanted epochs) and ``missing`` (wanted epochs with no
+    issuer) to the :func:`build_bundle` result. Raises OpenBaoError / BundleError.
+    """
+    issuers = list_epoch_issuers(client, int_mount)
+    wanted = schedule.desired_epochs(now)
+    selected = select_epochs(issuers, schedule, now)
+    skipped = [{'epoch': i['epoch'], 'issuer_name': i['issuer_name'], 'reason': 'revoked'}
+               for i in issuers if i.get('epoch') in set(wanted) and i.get('revoked')]
+    have = {i['epoch'] for i in issuers}
+    missing = [n for n in sorted(wanted, reverse=True) if n not in have]
+    if not selected:
+        raise BundleError(
+            'No usable intermediate on %r for the epochs wanted at %s (%s): %s. Issue the current epoch first '
+            '(module openbao_intermediate); nothing was written'
+            % (int_mount, isoformat(now), ', '.join(str(n) for n in wanted),
+               'every one is revoked' if skipped else 'no issuer named epoch-<n> exists for them'))
+    root_pem = root_certificate(client, root_mount, root_issuer)
+    bundle = build_bundle(selected, root_pem, schedule, now, include_root=include_root, max_certificates=max_certificates)
+    bundle['skipped'] = skipped
+    bundle['missing'] = missing
+    bundle['issuers'] = {i['epoch']: i['issuer_id'] for i in selected}
+    return bundle

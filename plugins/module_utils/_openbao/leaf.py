@@ -1,0 +1,262 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2025, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Leaf certificates: issue them (key in OpenBao, or a local key and CSR), read them back from
+disk, and decide when to renew them (private)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.x509.oid import NameOID
+except ImportError:  # pragma: no cover - reported through _common.certs.CRYPTOGRAPHY_IMPORT_ERROR
+    x509 = None
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    cert_facts,
+    load_cert,
+    normalize_pem,
+    public_key_der,
+    serial_hex,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
+    EpochError,
+    isoformat,
+    parse_duration,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
+    KEY_TYPES,
+    epoch_of,
+    list_issuers,
+)
+
+
+def _local_key_and_csr(key_type, key_bits, common_name, alt_names=(), ip_sans=()):
+    if key_type == 'ec':
+        curve = {0: ec.SECP256R1, 256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}.get(int(key_bits or 0))
+        if curve is None:
+            raise OpenBaoError('key_bits %r is not an EC size (256, 384, 521)' % key_bits)
+        key = ec.generate_private_key(curve())
+    elif key_type == 'rsa':
+        bits = int(key_bits or 2048)
+        if bits < 2048:
+            raise OpenBaoError('key_bits %r is too small for RSA (use 2048 or more)' % key_bits)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    elif key_type == 'ed25519':
+        key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        raise OpenBaoError('key_type must be one of %s, got %r' % (', '.join(KEY_TYPES), key_type))
+    algorithm = None if key_type == 'ed25519' else hashes.SHA256()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+    # Roles default to use_csr_sans=true, so the SANs must be in the CSR too.
+    sans = [x509.DNSName(n) for n in alt_names]
+    try:
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_sans]
+    except ValueError as exc:
+        raise OpenBaoError('Invalid ip_sans entry: %s' % exc) from None
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    csr = builder.sign(key, algorithm)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode('ascii')
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+
+def issue_leaf(client, *, int_mount, role, common_name, alt_names=(), ip_sans=(), ttl=None, issuer_ref=None,
+               key_type=None, key_bits=0, local_key=False):
+    """Issue a leaf certificate from role ``role`` on ``int_mount``.
+
+    ``local_key`` False: OpenBao generates the key (``issue``); ``key_type``/``key_bits`` are sent
+    when given (needed for roles with ``key_type=any``). ``local_key`` True: the key is generated
+    here (``key_type`` default ec) and only a CSR goes to OpenBao (``sign``; the role must allow
+    that key type). ``issuer_ref`` None uses the mount's default issuer.
+    Returns certificate, private_key, ca_chain (list of PEM, issuing CA first), issuing_ca,
+    serial, not_before, not_after, issuer_id, issuer_name, epoch.
+    """
+    base = '%s/issuer/%s' % (int_mount, issuer_ref) if issuer_ref else int_mount
+    payload = {'common_name': common_name, 'format': 'pem'}
+    if alt_names:
+        payload['alt_names'] = ','.join(alt_names)
+    if ip_sans:
+        payload['ip_sans'] = ','.join(ip_sans)
+    if ttl:
+        payload['ttl'] = str(ttl)
+    if local_key:
+        private_key, csr = _local_key_and_csr(key_type or 'ec', key_bits, common_name, alt_names, ip_sans)
+        payload['csr'] = csr
+        path, operation = '%s/sign/%s' % (base, role), 'signing a leaf certificate'
+    else:
+        private_key = None
+        payload['private_key_format'] = 'pkcs8'
+        if key_type:
+            payload['key_type'] = key_type
+            payload['key_bits'] = int(key_bits or 0)
+        path, operation = '%s/issue/%s' % (base, role), 'issuing a leaf certificate'
+    data = _data(_request(client, 'POST', path, operation, data=payload))
+    if not data.get('certificate'):
+        raise OpenBaoError('%s at %r returned no certificate' % (operation, path), path=path)
+    private_key = private_key or data.get('private_key')
+    issuing_ca = normalize_pem(data.get('issuing_ca') or '')
+    chain = [normalize_pem(c) for c in data.get('ca_chain') or [issuing_ca] if c and c.strip()]
+    facts = cert_facts(data['certificate'])
+    issuer_id, issuer_name = _issuer_by_serial(client, int_mount, issuing_ca)
+    return {
+        'certificate': facts['certificate'], 'private_key': private_key, 'ca_chain': chain,
+        'issuing_ca': issuing_ca, 'serial': facts['serial'], 'not_before': facts['not_before'],
+        'not_after': facts['not_after'], 'common_name': facts['common_name'], 'sha256': facts['sha256'],
+        'issuer_id': issuer_id, 'issuer_name': issuer_name, 'epoch': epoch_of(issuer_name),
+    }
+
+
+def _issuer_by_serial(client, mount, issuing_ca_pem):
+    """(issuer_id, issuer_name) of the issuer whose certificate is ``issuing_ca_pem`` (best effort)."""
+    try:
+        serial = serial_hex(load_cert(issuing_ca_pem).serial_number)
+        issuers = list_issuers(client, mount)
+    except (OpenBaoError, ValueError):
+        return None, None
+    for issuer_id, info in issuers.items():
+        if (info.get('serial_number') or '').lower() == serial:
+            return issuer_id, info.get('issuer_name') or None
+    return None, None
+
+
+def parse_renew_before(value, option='renew_before'):
+    """``('fraction', f)`` for ``'33%'`` / ``0.33``-style values, else ``('seconds', n)`` for a duration."""
+    text = str(value).strip()
+    if text.endswith('%'):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise EpochError('Invalid %s %r: a percentage must be a number followed by %%' % (option, value), option=option) from None
+        if not 0 < pct < 100:
+            raise EpochError('Invalid %s %r: the percentage must be between 0 and 100 (exclusive)' % (option, value),
+                             option=option)
+        return ('fraction', pct / 100.0)
+    if re.fullmatch(r'0?\.\d+', text):
+        return ('fraction', float(text))
+    return ('seconds', parse_duration(value, option))
+
+
+def renewal_threshold(renew_before, not_before, not_after):
+    """Moment from which a leaf valid ``not_before``..``not_after`` must be renewed."""
+    kind, amount = renew_before
+    if kind == 'fraction':
+        return not_after - datetime.timedelta(seconds=(not_after - not_before).total_seconds() * amount)
+    return not_after - datetime.timedelta(seconds=amount)
+
+
+def _private_key_matches(cert, key_pem):
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode('ascii') if isinstance(key_pem, str) else key_pem, None)
+    except (ValueError, TypeError):
+        return False
+    return public_key_der(key.public_key()) == public_key_der(cert.public_key())
+
+
+def read_leaf_files(cert_file, key_file):
+    """What is on disk: ``{'problem': str|None, 'cert': x509|None, 'cert_text': str|None, 'key_ok': bool}``.
+
+    Never returns the key material itself."""
+    out = {'problem': None, 'cert': None, 'cert_text': None, 'key_ok': False}
+    try:
+        with open(cert_file, 'r', encoding='utf-8') as handle:
+            out['cert_text'] = handle.read()
+    except FileNotFoundError:
+        out['problem'] = 'certificate file %s does not exist' % cert_file
+        return out
+    except (OSError, UnicodeDecodeError) as exc:
+        out['problem'] = 'certificate file %s is unreadable (%s)' % (cert_file, exc)
+        return out
+    blocks = pem_certificates(out['cert_text'])
+    try:
+        out['cert'] = load_cert(blocks[0]) if blocks else None
+    except ValueError:
+        out['cert'] = None
+    if out['cert'] is None:
+        out['problem'] = 'certificate file %s holds no valid PEM certificate' % cert_file
+        return out
+    try:
+        with open(key_file, 'r', encoding='utf-8') as handle:
+            out['key_ok'] = _private_key_matches(out['cert'], handle.read())
+    except FileNotFoundError:
+        out['problem'] = 'key file %s does not exist' % key_file
+        return out
+    except (OSError, UnicodeDecodeError) as exc:
+        out['problem'] = 'key file %s is unreadable (%s)' % (key_file, exc)
+        return out
+    if not out['key_ok']:
+        out['problem'] = 'key file %s does not hold the private key of the certificate' % key_file
+    return out
+
+
+def _san_sets(cert):
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return set(san.get_values_for_type(x509.DNSName)), {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def find_leaf_issuer(cert, issuers):
+    """The issuer (from :func:`issuer_certificates`) whose certificate signed ``cert``: ``(id, info)`` or ``(None, None)``."""
+    for issuer_id, info in issuers.items():
+        if not info.get('certificate'):
+            continue
+        ca = load_cert(info['certificate'])
+        if ca.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except Exception:  # pylint: disable=broad-except
+            continue
+        return issuer_id, info
+    return None, None
+
+
+def leaf_renewal_reasons(cert, *, common_name, alt_names=(), ip_sans=(), renew_before=('fraction', 1 / 3.0), now,
+                         issuer=None, issuers=None, issuer_ref=None, renew_if_not_default=True, schedule=None):
+    """Why an existing, readable leaf ``cert`` must be re-issued (empty list: keep it).
+
+    ``issuer``: ``(issuer_id, info)`` that signed it (None when not found on the mount);
+    ``issuers``: all issuers of the mount (:func:`issuer_certificates`), for the default.
+    """
+    reasons = []
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now >= not_after:
+        reasons.append('the certificate expired at %s' % isoformat(not_after))
+    elif now >= renewal_threshold(renew_before, not_before, not_after):
+        reasons.append('the certificate expires at %s, within the renewal window' % isoformat(not_after))
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cn or cn[0].value != common_name:
+        reasons.append('the common name is %r, not %r' % (cn[0].value if cn else None, common_name))
+    dns, ips = _san_sets(cert)
+    missing = sorted(set(alt_names) - dns) + sorted({str(ip) for ip in ip_sans} - ips)
+    if missing:
+        reasons.append('subject alternative names missing: %s' % ', '.join(missing))
+    if issuers is not None:
+        issuer_id, info = issuer or (None, None)
+        if issuer_id is None:
+            reasons.append('its issuing CA is no longer an issuer of the mount')
+        else:
+            name = info.get('issuer_name') or issuer_id
+            n = epoch_of(info.get('issuer_name'))
+            if issuer_ref:
+                if issuer_ref not in (issuer_id, info.get('issuer_name')):
+                    reasons.append('it was issued by %s, not by issuer_ref %s' % (name, issuer_ref))
+            elif renew_if_not_default and not info.get('is_default'):
+                default = next((i.get('issuer_name') or iid for iid, i in issuers.items() if i.get('is_default')), None)
+                reasons.append('it was issued by %s, which is no longer the default issuer (%s)' % (name, default))
+            if schedule is not None and n is not None and schedule.state(n, now) == 'expired':
+                reasons.append('its issuing epoch %d has expired' % n)
+    return reasons

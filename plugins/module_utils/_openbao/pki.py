@@ -1,0 +1,160 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2025, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reading the PKI mounts: issuers, keys, the root, and the state of each epoch issuer (private).
+
+OpenBao behaviour this code relies on (verified against OpenBao 2.7.2, see DESIGN section 10):
+reading an unknown issuer reference answers HTTP 500, so issuers are always found by LIST first;
+``LIST <mount>/issuers`` and ``GET <mount>/issuer/<ref>/json`` need no token.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_facts, normalize_pem
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _list, _request
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+
+UTC = datetime.timezone.utc
+
+KEY_TYPES = ('ec', 'rsa', 'ed25519')
+EPOCH_ISSUER_RE = re.compile(r'^epoch-(\d+)$')
+
+
+def _parse_iso(text):
+    return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=UTC)
+
+
+def list_issuers(client, mount):
+    """``{issuer_id: {issuer_name, key_id, is_default, serial_number}}`` of every issuer on ``mount``."""
+    return _list(client, '%s/issuers' % mount, 'listing issuers')
+
+
+def list_keys(client, mount):
+    """``{key_id: {key_name, ...}}`` of every key on ``mount``."""
+    return _list(client, '%s/keys' % mount, 'listing keys')
+
+
+def epoch_of(name):
+    """Epoch number of an issuer named ``epoch-<n>``, else None."""
+    match = EPOCH_ISSUER_RE.match(name or '')
+    return int(match.group(1)) if match else None
+
+
+def _key_epoch(key_name):
+    match = re.match(r'^epoch-(\d+)-[0-9a-z]+$', key_name or '')
+    return int(match.group(1)) if match else None
+
+
+def read_issuer(client, mount, issuer_ref):
+    """Full facts of one issuer (authenticated read of ``<mount>/issuer/<ref>``)."""
+    path = '%s/issuer/%s' % (mount, issuer_ref)
+    data = _data(_request(client, 'GET', path, 'reading issuer'))
+    facts = cert_facts(data['certificate'])
+    facts.update({
+        'issuer_id': data.get('issuer_id'),
+        'issuer_name': data.get('issuer_name') or '',
+        'key_id': data.get('key_id') or '',
+        'revoked': bool(data.get('revoked')),
+        'leaf_not_after_behavior': data.get('leaf_not_after_behavior'),
+        'usage': data.get('usage'),
+        'epoch': epoch_of(data.get('issuer_name')),
+    })
+    return facts
+
+
+def list_epoch_issuers(client, int_mount, issuers=None, keys=None):
+    """Every issuer named ``epoch-<n>`` on ``int_mount``, ascending by epoch.
+
+    Each entry: issuer_id, issuer_name, epoch, certificate (PEM), common_name, not_before,
+    not_after, serial, sha256, is_default, key_id, key_name, revoked, leaf_not_after_behavior.
+    """
+    issuers = list_issuers(client, int_mount) if issuers is None else issuers
+    keys = list_keys(client, int_mount) if keys is None else keys
+    out = []
+    for issuer_id, info in issuers.items():
+        if epoch_of(info.get('issuer_name')) is None:
+            continue
+        facts = read_issuer(client, int_mount, issuer_id)
+        facts['is_default'] = bool(info.get('is_default'))
+        facts['key_name'] = (keys.get(facts['key_id']) or {}).get('key_name') or ''
+        out.append(facts)
+    out.sort(key=lambda i: i['epoch'])
+    return out
+
+
+def default_issuer(client, int_mount):
+    """``(issuer_id, issuer_name)`` of the mount's default issuer, or ``(None, None)``."""
+    data = _data(_request(client, 'GET', '%s/config/issuers' % int_mount, 'reading the default issuer'))
+    issuer_id = data.get('default') or None
+    if not issuer_id:
+        return None, None
+    info = list_issuers(client, int_mount).get(issuer_id) or {}
+    return issuer_id, info.get('issuer_name') or None
+
+
+def root_certificate(client, root_mount, root_issuer='default'):
+    """PEM of the signing root (unauthenticated ``issuer/<ref>/json``)."""
+    path = '%s/issuer/%s/json' % (root_mount, root_issuer)
+    data = _data(_request(client, 'GET', path, 'reading the root certificate'))
+    if not data.get('certificate'):
+        raise OpenBaoError('No certificate for issuer %r on mount %r: is a root CA set up there (root_mount / root_issuer)?'
+                           % (root_issuer, root_mount), path=path)
+    return normalize_pem(data['certificate'])
+
+
+def issuer_state(issuer, schedule, now, default_epoch=None):
+    """``active`` (default issuer) | ``revoked`` | ``expired`` | ``prepared`` (newer than the active
+    epoch, waiting for activation) | ``valid`` (older or equal, still within its validity)."""
+    if issuer.get('is_default'):
+        return 'active'
+    if issuer.get('revoked'):
+        return 'revoked'
+    not_after = _parse_iso(issuer['not_after'])
+    if now >= not_after:
+        return 'expired'
+    reference = default_epoch if default_epoch is not None else _safe_epoch(schedule, now)
+    if reference is not None and issuer['epoch'] is not None and issuer['epoch'] > reference:
+        return 'prepared'
+    return 'valid'
+
+
+def _safe_epoch(schedule, now):
+    try:
+        return schedule.epoch(now)
+    except ValueError:
+        return None
+
+
+def epoch_state(schedule, epoch, now):
+    """``schedule.state(epoch, now)``, or None when the epoch is not one of the schedule's."""
+    try:
+        return schedule.state(epoch, now)
+    except ValueError:
+        return None
+
+
+def describe_issuers(issuers, schedule, now):
+    """Issuer facts (without PEM) plus ``state`` and ``epoch_state`` for reporting."""
+    default_epoch = next((i['epoch'] for i in issuers if i.get('is_default')), None)
+    out = []
+    for issuer in issuers:
+        entry = {k: v for k, v in issuer.items() if k != 'certificate'}
+        entry['state'] = issuer_state(issuer, schedule, now, default_epoch)
+        entry['epoch_state'] = epoch_state(schedule, issuer['epoch'], now)
+        out.append(entry)
+    return out
+
+
+def issuer_certificates(client, mount):
+    """``{issuer_id: {issuer_name, is_default, certificate}}`` through the unauthenticated endpoints
+    (LIST issuers + issuer/<id>/json), for callers whose token may only issue leaves."""
+    out = {}
+    for issuer_id, info in list_issuers(client, mount).items():
+        data = _data(_request(client, 'GET', '%s/issuer/%s/json' % (mount, issuer_id), 'reading issuer certificate'))
+        out[issuer_id] = {'issuer_name': info.get('issuer_name') or '', 'is_default': bool(info.get('is_default')),
+                          'certificate': data.get('certificate'),
+                          'ca_chain': [normalize_pem(c) for c in data.get('ca_chain') or [] if c and c.strip()]}
+    return out
