@@ -91,6 +91,8 @@ class AuditError(CaRotationError):
     """A failed audit operation. ``kind``: ``config``, ``chain`` (the stored chain is broken or out of
     order), ``conflict`` (other writers kept winning), ``stream`` or ``error``."""
 
+    DETAILS = ('kind', 'option')
+
     def __init__(self, message, kind='error'):
         super().__init__(message)
         self.kind = kind

@@ -82,6 +82,8 @@ class MessageError(CaRotationError, ValueError):
     Also a ValueError (as it always was), so ``except ValueError`` keeps catching it.
     """
 
+    DETAILS = ('field', 'option')
+
     def __init__(self, message, field=None):
         super().__init__(message)
         self.field = field

@@ -177,8 +177,9 @@ attempts:
   type: int
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._audit import (
     DEFAULT_STREAM,
     DEFAULT_SUBJECT,
@@ -193,16 +194,15 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._audit
     sign_record,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochError, parse_time
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import MessageError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import parse_time
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.client import close, connect, run
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.jetstream import Deadline
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR, NatsError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import (
     OPENBAO_ARG_SPEC,
     connect as openbao_connect,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer
 
 
@@ -268,7 +268,7 @@ def main():
     )
     argument_spec.update(NATS_ARG_SPEC)
     argument_spec.update(OPENBAO_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = CaRotationModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     for lib, error in (('nats-py', NATS_IMPORT_ERROR), ('hvac', HVAC_IMPORT_ERROR), ('cryptography', CRYPTOGRAPHY_IMPORT_ERROR)):
         if error:
@@ -280,22 +280,11 @@ def main():
     if any(c in p['stream'] for c in ' \t.*>/\\'):
         module.fail_json(msg='stream %r is not a valid stream name (no spaces, dots, *, >, / or \\)' % p['stream'], option='stream')
 
-    try:
+    with module.failures():
         fields = _fields(p)
         bao = openbao_connect(p)
         signer = transit_signer(bao, p['transit_mount'], p['transit_key'])
         result = run(_run(module, fields, signer))
-    except AuditError as err:
-        module.fail_json(msg=str(err), kind=err.kind)
-    except NatsError as err:
-        module.fail_json(msg=str(err), kind=err.kind, **({'failures': err.failures} if err.failures else {}))
-    except MessageError as err:
-        module.fail_json(msg=str(err))
-    except OpenBaoError as err:
-        module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-
     changed = result.pop('changed') or result['stream_action'] == 'created'
     module.exit_json(changed=changed, stream=p['stream'], **result)
 

@@ -376,9 +376,7 @@ pruned:
   type: dict
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import (
     DEFAULT_MAX_CERTIFICATES,
@@ -397,14 +395,14 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     DEFAULT_LIVE_SECRET_NAME,
     DEFAULT_LIVE_SECRET_NAMESPACE,
     copy_result,
-    deliver_file,
-    deliver_kv,
     expand,
     kv_record,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.prune import DEFAULT_KEEP_EPOCHS, prune
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC,
     EpochError,
@@ -419,20 +417,21 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.c
     core_api,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.secrets import (
-    ANNOTATION_TS,
     DEFAULT_SECRET_ATTEMPTS,
-    deliver_secret,
-    epoch_secret_labels,
-    live_secret_annotations,
     valid_secret_key,
     valid_secret_name,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.store import (
+    ORDER,
+    DeliveryError,
+    plan_delivery,
+    write_planned,
+)
 
 #: Delivery order: the records first, the live trust store last.
-ORDER = ('kv', 'epoch_secret', 'file', 'live_secret')
 
 
 def argument_spec():
@@ -484,10 +483,12 @@ def argument_spec():
     return spec
 
 
-class _Fail(Exception):
+class _Fail(CaRotationError):
+    """A failure with extra result keys (``result``: option, destinations already written, ...)."""
+
     def __init__(self, msg, **extra):
         super().__init__(msg)
-        self.extra = extra
+        self.result = extra
 
 
 def _check_params(params):
@@ -570,26 +571,13 @@ class _Clients:
             self._openbao = connect(self.params)
         return self._openbao
 
-    def core(self):
+    def core(self, kubernetes=None):  # pylint: disable=unused-argument  # one connection: the module's kubernetes option
         if self._core is None:
             missing = k8s_check_imports()
             if missing:
                 raise _Fail(missing_required_lib(missing[0]), exception=missing[1])
             self._core = core_api(self.params['kubernetes'])
         return self._core
-
-
-def _deliver(name, dest, bundle, epoch, kv_data, ts, clients, check_mode, attempts):
-    if name == 'file':
-        return deliver_file(dest['path'], bundle['pem'], mode=dest['mode'], owner=dest['owner'], group=dest['group'],
-                            backup=dest['backup'], check_mode=check_mode)
-    if name == 'kv':
-        return deliver_kv(clients.openbao(), dest['mount'], expand(dest['path'], epoch), kv_data, check_mode=check_mode)
-    annotations = live_secret_annotations(epoch, bundle['sha256'])
-    labels = epoch_secret_labels(epoch) if name == 'epoch_secret' else {}
-    return deliver_secret(clients.core(), dest['namespace'], expand(dest['name'], epoch), dest['key'], bundle['pem'],
-                          labels=labels, annotations=annotations, check_mode=check_mode, ts_annotation=ANNOTATION_TS,
-                          ts=ts, attempts=attempts)
 
 
 def _diff(name, result):
@@ -625,10 +613,8 @@ def _run(module, params):
     kv_data = kv_record(bundle, epoch, schedule, created_at=utcnow()) if 'kv' in dests else None
 
     # 2. Read every destination (and what prune would delete) before the first write.
-    plan = {}
-    for name in ORDER:
-        if name in dests:
-            plan[name] = _deliver(name, dests[name], bundle, epoch, kv_data, ts, clients, True, params['secret_attempts'])
+    attempts = params['secret_attempts']
+    plan = plan_delivery([(name, dests[name]) for name in ORDER if name in dests], bundle, epoch, kv_data, clients, attempts, ts)
     prune_args = None
     if params['prune'] is not None:
         prune_args = dict(
@@ -640,34 +626,22 @@ def _run(module, params):
             kv_path=dests['kv']['path'] if 'kv' in dests else None)
         pruned = prune(schedule, now, check_mode=True, **prune_args)
 
-    # 3. Write (nothing to do in check mode: the plan is the prediction).
-    results = plan
-    if not check_mode:
-        results = {}
-        for name in ORDER:
-            if name not in dests:
-                continue
-            if not plan[name]['changed']:
-                results[name] = plan[name]
-                continue
-            try:
-                results[name] = _deliver(name, dests[name], bundle, epoch, kv_data, ts, clients, False,
-                                         params['secret_attempts'])
-            except (BundleError, OpenBaoError, K8sError) as err:
-                done = [n for n in results if results[n]['changed']]
-                raise _Fail('Delivering the CA bundle to %s failed: %s. %s' % (
-                    name, err, ('Already written: %s; re-run to converge.' % ', '.join(done)) if done
-                    else 'No destination was changed.'),
-                    destinations={k: copy_result(v, params['return_content']) for k, v in results.items()},
-                    failed_destination=name) from None
-        if prune_args is not None:
-            try:
-                pruned = prune(schedule, now, check_mode=False, **prune_args)
-            except (BundleError, OpenBaoError, K8sError) as err:
-                raise _Fail('The CA bundle was delivered (%s) but pruning the expired per-epoch copies failed: %s'
-                            % (', '.join(n for n in results if results[n]['changed']) or 'nothing to change', err),
-                            destinations={k: copy_result(v, params['return_content']) for k, v in results.items()},
-                            failed_destination='prune') from None
+    # 3. Write what differs (nothing in check mode: the plan is the prediction).
+    try:
+        written = write_planned(plan, bundle, epoch, kv_data, clients, check_mode, attempts, ts)
+    except DeliveryError as err:
+        done = dict(zip([name for name, _d, _p in plan], err.results))
+        raise _Fail(str(err), destinations={k: copy_result(v, params['return_content']) for k, v in done.items()},
+                    failed_destination=err.destination) from None
+    results = dict(zip([name for name, _d, _p in plan], written))
+    if prune_args is not None and not check_mode:
+        try:
+            pruned = prune(schedule, now, check_mode=False, **prune_args)
+        except (BundleError, OpenBaoError, K8sError) as err:
+            raise _Fail('The CA bundle was delivered (%s) but pruning the expired per-epoch copies failed: %s'
+                        % (', '.join(n for n in results if results[n]['changed']) or 'nothing to change', err),
+                        destinations={k: copy_result(v, params['return_content']) for k, v in results.items()},
+                        failed_destination='prune') from None
 
     out = {
         'changed': any(r['changed'] for r in results.values()),
@@ -694,27 +668,12 @@ def _run(module, params):
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[('pem', 'intermediates')])
+    module = CaRotationModule(argument_spec=argument_spec(), supports_check_mode=True,
+                              mutually_exclusive=[('pem', 'intermediates')])
+    module.doing = 'building or delivering the CA bundle'
     if CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-    try:
-        result = _run(module, module.params)
-    except _Fail as err:
-        module.fail_json(msg=str(err), **err.extra)
-    except BundleError as err:
-        extra = {'option': err.option} if err.option else {}
-        module.fail_json(msg=str(err), **extra)
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-    except OpenBaoError as err:
-        module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
-    except K8sError as err:
-        module.fail_json(msg=str(err), **({'status': err.status} if err.status else {}))
-    except Exception as err:  # pylint: disable=broad-except
-        module.fail_json(msg='Unexpected error building or delivering the CA bundle: %s' % err,
-                         exception=traceback.format_exc())
-    module.exit_json(**result)
+    module.run(_run, module, module.params)
 
 
 if __name__ == '__main__':

@@ -209,11 +209,9 @@ epoch:
     valid: true
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC,
-    EpochError,
     schedule_from_module_params,
 )
 
@@ -221,17 +219,14 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
 def main():
     argument_spec = dict(EPOCH_ARG_SPEC)
     argument_spec['epoch'] = dict(type='int')
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = CaRotationModule(argument_spec=argument_spec, supports_check_mode=True)
 
-    try:
+    with module.failures():
         schedule, now = schedule_from_module_params(module.params)
         result = schedule.plan(now)
         epoch = module.params['epoch']
         result['epoch'] = schedule.describe(result['current_epoch'] if epoch is None else epoch, now)
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-    else:
-        module.exit_json(changed=False, **result)
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == '__main__':

@@ -353,42 +353,33 @@ attempts:
 
 import hashlib
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochError, isoformat, utcnow
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import (
     SCHEMA,
     MessageError,
     build_announcement,
     canonical_json,
     msg_id as announcement_msg_id,
-    parse_signature,
-    sign_announcement,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.client import close, connect, run
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.headers import check_headers, check_size
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.client import run
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.headers import check_headers
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.jetstream import (
     DEFAULT_SUBJECT,
-    HEADER_EXPECTED_STREAM,
     HEADER_MSG_ID,
     STREAM_OPTION_SPEC,
-    Deadline,
-    config_to_options,
-    ensure_stream,
-    last_message,
-    publish,
-    stream_info,
     stream_options,
-    subject_matches,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR, NatsError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import (
     OPENBAO_ARG_SPEC,
     connect as openbao_connect,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer, verify_with_transit
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import publish_async, sign_and_verify
 
 ANNOUNCEMENT_SPEC = dict(
     epoch=dict(type='int', required=True),
@@ -422,11 +413,7 @@ def _message(module):
     if sign:
         if message is None:
             raise MessageError('sign: true needs an announcement - set announcement, or give a payload with schema %s' % SCHEMA, 'sign')
-        client = openbao_connect(p)
-        message = sign_announcement(message, transit_signer(client, p['transit_mount'], p['transit_key']))
-        # Verify exactly as clients will, against the published public keys, before anything is sent.
-        verify_with_transit(client, p['transit_mount'], p['transit_key'], message)
-        version = parse_signature(message['signature'])[0]
+        message, version = sign_and_verify(openbao_connect(p), message, p['transit_mount'], p['transit_key'])
     if message is not None:
         return canonical_json(message), message, version
     payload = p['payload']
@@ -435,48 +422,36 @@ def _message(module):
     return canonical_json(payload), None, None
 
 
-async def _run(module, payload, name, wanted, headers, msg_id):
+def _run(module):
     p = module.params
-    check = module.check_mode
-    deadline = Deadline(p['timeout'])
-    client = await connect(p)
-    try:
-        result = {'max_payload': client.max_payload}
-        if p['ensure_stream']:
-            state = await ensure_stream(client, name, wanted, deadline, check_mode=check)
-        else:
-            info = await stream_info(client, name, deadline)
-            if info is None:
-                raise NatsError('Stream %s does not exist (ensure_stream is false); create it or set ensure_stream: true' % name, 'stream')
-            config = config_to_options(info['config'])
-            state = {'action': 'unchanged', 'changes': {}, 'before': config, 'config': config}
-        config = state['config']
-        result.update(stream=name, stream_action=state['action'], stream_changes=state['changes'], stream_config=config)
-        if not any(subject_matches(pattern, p['subject']) for pattern in config['subjects'] or []):
-            raise NatsError('Subject %s is not captured by stream %s (subjects: %s); add it to stream.subjects'
-                            % (p['subject'], name, ', '.join(config['subjects'] or [])), 'stream', option='subject')
-        send_headers = dict(headers)
-        if msg_id:
-            send_headers[HEADER_MSG_ID] = msg_id
-        send_headers[HEADER_EXPECTED_STREAM] = name
-        server = client.connected_url.geturl() if client.connected_url else None
-        result['size'] = check_size(payload, send_headers, client.max_payload, config.get('max_msg_size'), server)
-
-        last = None
-        if msg_id and p['skip_if_unchanged'] and state['action'] != 'created':
-            last = await last_message(client, name, p['subject'], deadline)
-        if last is not None and last['headers'].get(HEADER_MSG_ID) == msg_id:
-            result.update(seq=last['seq'], duplicate=True, published=False, would_publish=False)
-            return result
-        if check:
-            result.update(seq=None, duplicate=False, published=False, would_publish=True)
-            return result
-        ack = await publish(client, p['subject'], payload, deadline, headers=headers, msg_id=msg_id, stream=name)
-        result.update(stream=ack['stream'] or name, seq=ack['seq'], duplicate=ack['duplicate'], published=not ack['duplicate'],
-                      would_publish=True, attempts=ack['attempts'])
-        return result
-    finally:
-        await close(client)
+    headers = check_headers(p['headers'])
+    name, wanted = stream_options(p['stream'], p['subject'])
+    payload, message, version = _message(module)
+    msg_id = p['msg_id'] or headers.pop(HEADER_MSG_ID, None) or (announcement_msg_id(message) if message else None)
+    if p['msg_id'] and headers.get(HEADER_MSG_ID, p['msg_id']) != p['msg_id']:
+        raise NatsError('msg_id %r and headers.%s %r differ; give the id once' % (p['msg_id'], HEADER_MSG_ID, headers[HEADER_MSG_ID]),
+                        'config', option='msg_id')
+    headers.pop(HEADER_MSG_ID, None)
+    result = run(publish_async(p, payload, name, wanted, p['subject'], headers, msg_id, module.check_mode, p['timeout'],
+                               p['ensure_stream'], p['skip_if_unchanged']))
+    result.update(subject=p['subject'], msg_id=msg_id, payload_sha256=hashlib.sha256(payload).hexdigest())
+    if message is not None:
+        result['announcement'] = {k: v for k, v in message.items() if k not in ('bundle_pem', 'certificates')}
+        config = result['stream_config']
+        if (config.get('duplicate_window') or 0) < 120:
+            module.warn('Stream %s has a duplicate window of %ss; keep it at 2 minutes or more for CA-bundle announcements '
+                        '(stream.duplicate_window)' % (result['stream'], config.get('duplicate_window')))
+        if (config.get('max_msgs_per_subject') or -1) < 0:
+            module.warn('Stream %s keeps every announcement for ever (max_msgs_per_subject -1); bound it with '
+                        'stream.max_msgs_per_subject' % result['stream'])
+    if version is not None:
+        result['signature_key_version'] = version
+    result['changed'] = result['stream_action'] != 'unchanged' or (
+        result['would_publish'] if module.check_mode else result['published'])
+    if module._diff and result['stream_action'] != 'unchanged':  # pylint: disable=protected-access
+        result['diff'] = {'before': state_text(result, 'before'), 'after': state_text(result, 'after'),
+                          'before_header': 'stream %s' % result['stream'], 'after_header': 'stream %s' % result['stream']}
+    return result
 
 
 def main():
@@ -496,12 +471,13 @@ def main():
     )
     argument_spec.update(NATS_ARG_SPEC)
     argument_spec.update(OPENBAO_ARG_SPEC)
-    module = AnsibleModule(
+    module = CaRotationModule(
         argument_spec=argument_spec,
         mutually_exclusive=[('payload', 'announcement')],
         required_one_of=[('payload', 'announcement')],
         supports_check_mode=True,
     )
+    module.doing = 'publishing on JetStream'
     p = module.params
     if NATS_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('nats-py'), exception=NATS_IMPORT_ERROR)
@@ -512,45 +488,7 @@ def main():
         module.fail_json(msg=missing_required_lib('hvac'), exception=HVAC_IMPORT_ERROR)
     if p['timeout'] <= 0:
         module.fail_json(msg='timeout must be a positive number of seconds, got %d' % p['timeout'], option='timeout')
-
-    try:
-        headers = check_headers(p['headers'])
-        name, wanted = stream_options(p['stream'], p['subject'])
-        payload, message, version = _message(module)
-        msg_id = p['msg_id'] or headers.pop(HEADER_MSG_ID, None) or (announcement_msg_id(message) if message else None)
-        if p['msg_id'] and headers.get(HEADER_MSG_ID, p['msg_id']) != p['msg_id']:
-            raise NatsError('msg_id %r and headers.%s %r differ; give the id once' % (p['msg_id'], HEADER_MSG_ID, headers[HEADER_MSG_ID]),
-                            'config', option='msg_id')
-        headers.pop(HEADER_MSG_ID, None)
-        result = run(_run(module, payload, name, wanted, headers, msg_id))
-    except NatsError as err:
-        module.fail_json(msg=str(err), kind=err.kind, **({'failures': err.failures} if err.failures else {}),
-                         **({'option': err.option} if err.option else {}))
-    except MessageError as err:
-        module.fail_json(msg=str(err), **({'field': err.field} if err.field else {}))
-    except OpenBaoError as err:
-        module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-
-    result.update(subject=p['subject'], msg_id=msg_id, payload_sha256=hashlib.sha256(payload).hexdigest())
-    if message is not None:
-        result['announcement'] = {k: v for k, v in message.items() if k not in ('bundle_pem', 'certificates')}
-    if version is not None:
-        result['signature_key_version'] = version
-    if message is not None:
-        config = result['stream_config']
-        if (config.get('duplicate_window') or 0) < 120:
-            module.warn('Stream %s has a duplicate window of %ss; keep it at 2 minutes or more for CA-bundle announcements '
-                        '(stream.duplicate_window)' % (result['stream'], config.get('duplicate_window')))
-        if (config.get('max_msgs_per_subject') or -1) < 0:
-            module.warn('Stream %s keeps every announcement for ever (max_msgs_per_subject -1); bound it with '
-                        'stream.max_msgs_per_subject' % result['stream'])
-    changed = result['stream_action'] != 'unchanged' or (result['would_publish'] if module.check_mode else result['published'])
-    if module._diff and result['stream_action'] != 'unchanged':
-        result['diff'] = {'before': state_text(result, 'before'), 'after': state_text(result, 'after'),
-                          'before_header': 'stream %s' % result['stream'], 'after_header': 'stream %s' % result['stream']}
-    module.exit_json(changed=changed, **result)
+    module.run(_run, module)
 
 
 def state_text(result, side):

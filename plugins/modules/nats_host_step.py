@@ -133,16 +133,13 @@ installed:
   elements: str
 '''
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import host
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import LocalSteps
 
 
 def main():
-    module = AnsibleModule(
+    module = CaRotationModule(
         argument_spec=dict(
             step=dict(type='str', required=True, choices=['deliver_reload', 'leaf_requests', 'install_leaves']),
             targets=dict(type='list', elements='dict', required=True),
@@ -166,7 +163,7 @@ def main():
     )
     p, check = module.params, module.check_mode
     steps = LocalSteps()
-    try:
+    with module.failures():
         if p['step'] == 'deliver_reload':
             out = steps.deliver_reload(pem=p['pem'], targets=p['targets'], transport=p['transport'], file_mode=p['file_mode'],
                                        reload=p['reload'], expect_sha256=p['expect_sha256'],
@@ -182,10 +179,6 @@ def main():
                                                       check_mode=check),
                    'installed': sorted(p['certificates'])}
             changed = bool(p['certificates'])
-    except host.HostStepError as err:
-        module.fail_json(msg=str(err))
-    except Exception as err:  # pylint: disable=broad-except
-        module.fail_json(msg='%s failed on this host: %s' % (p['step'], err), exception=traceback.format_exc())
     module.exit_json(changed=changed, **out)
 
 

@@ -327,14 +327,14 @@ transport:
   type: str
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import (
     K8S_ARG_SPEC,
     check_imports as k8s_check_imports,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import TRANSPORTS, reload_servers
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import (
     DEFAULT_RELOAD_COMMAND,
@@ -402,26 +402,24 @@ def main():
     )
     argument_spec.update(K8S_ARG_SPEC)
     argument_spec.update(NATS_ARG_SPEC)
-    module = AnsibleModule(
+    module = CaRotationModule(
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_if=[('transport', 'signal', ('targets',)), ('transport', 'command', ('targets',))],
     )
+    module.doing = 'reloading the NATS servers'
+    module.run(_run, module)
+
+
+def _run(module):
     p = module.params
-    transport = None
+    transport = build_transport(module)
     try:
-        transport = build_transport(module)
-        result = reload_servers(
+        return reload_servers(
             transport, expect_sha256=p['expect_sha256'], propagation_timeout=p['propagation_timeout'],
             reload_timeout=p['reload_timeout'], probe=p['probe'], min_success=p['min_success'], check_mode=module.check_mode)
-    except ReloadError as err:
-        module.fail_json(msg=str(err), option=err.option, changed=False)
     finally:
-        if transport is not None:
-            transport.close()
-    if result.pop('failed'):
-        module.fail_json(**result)
-    module.exit_json(**result)
+        transport.close()
 
 
 if __name__ == '__main__':

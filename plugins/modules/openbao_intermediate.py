@@ -287,9 +287,10 @@ issuers:
       epoch_state: current
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
     EPOCH_ARG_SPEC,
     EpochError,
@@ -356,14 +357,15 @@ def main():
     )
     argument_spec.update(OPENBAO_ARG_SPEC)
     argument_spec.update(EPOCH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = CaRotationModule(argument_spec=argument_spec, supports_check_mode=True)
+    module.doing = 'managing the epoch intermediate'
     params = module.params
     if HVAC_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('hvac'), exception=HVAC_IMPORT_ERROR)
     if CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
 
-    try:
+    with module.failures():
         schedule, now = schedule_from_module_params(params)
         grace = parse_duration(params['prune_grace'], 'prune_grace', allow_zero=True)
         epoch = params['epoch']
@@ -372,8 +374,6 @@ def main():
             epoch = prepared if prepared is not None else schedule.epoch(now)
         elif epoch < 0:
             raise EpochError('epoch must not be negative, got %d' % epoch, option='epoch')
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
     if params['state'] == 'absent' and params['default']:
         module.fail_json(msg='state=absent and default=true contradict each other: an absent issuer cannot be the default',
                          option='default')
@@ -383,7 +383,7 @@ def main():
     name = 'epoch-%d' % epoch
     out = {'epoch': epoch, 'activated': False, 'orphan_keys_deleted': [], 'pruned': [], 'prune_kept': []}
     changed = False
-    try:
+    with module.failures():
         client = connect(params)
         before = list_epoch_issuers(client, int_mount)
         prev = next(({'issuer_id': i['issuer_id'], 'issuer_name': i['issuer_name']} for i in before if i['is_default']),
@@ -438,10 +438,6 @@ def main():
             after = list_epoch_issuers(client, int_mount)
         else:
             after = before
-    except OpenBaoError as err:
-        module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
 
     none = {'issuer_id': None, 'issuer_name': None}
     out['default_issuer'] = next(({'issuer_id': i['issuer_id'], 'issuer_name': i['issuer_name']} for i in after

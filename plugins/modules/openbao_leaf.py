@@ -251,38 +251,29 @@ private_key:
   type: str
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    cert_facts,
-    load_cert,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import FileError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import (
-    atomic_write,
-    file_needs_write,
-    parse_mode,
-    set_attributes,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
-    EPOCH_ARG_SPEC,
-    EpochError,
-    isoformat,
-    schedule_from_module_params,
-)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import parse_mode
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EPOCH_ARG_SPEC, schedule_from_module_params
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR, OpenBaoError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import (
-    find_leaf_issuer,
-    issue_leaf,
-    leaf_renewal_reasons,
-    parse_renew_before,
-    read_leaf_files,
-    renewal_threshold,
-)
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import KEY_TYPES, epoch_of, issuer_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import ensure_leaf, parse_renew_before
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import KEY_TYPES
+
+
+def _run(module):
+    p = module.params
+    schedule, now = schedule_from_module_params(p)
+    return ensure_leaf(
+        connect(p), int_mount=p['int_mount'], role=p['role'], common_name=p['common_name'], cert_file=p['cert_file'],
+        key_file=p['key_file'], schedule=schedule, now=now, renew_before=parse_renew_before(p['renew_before']),
+        alt_names=p['alt_names'], ip_sans=p['ip_sans'], ttl=p['ttl'], issuer_ref=p['issuer_ref'], key_source=p['key_source'],
+        key_type=p['key_type'], key_bits=p['key_bits'], chain_file=p['chain_file'], full_chain=p['full_chain'],
+        mode=parse_mode(p['mode'], 'mode'), key_mode=parse_mode(p['key_mode'], 'key_mode'), owner=p['owner'],
+        group=p['group'], renew_if_not_default=p['renew_if_not_default'], force=p['force'], check_mode=module.check_mode,
+        return_content=p['return_content'])
 
 
 def main():
@@ -312,110 +303,13 @@ def main():
     )
     argument_spec.update(OPENBAO_ARG_SPEC)
     argument_spec.update(EPOCH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    p = module.params
+    module = CaRotationModule(argument_spec=argument_spec, supports_check_mode=True)
+    module.doing = 'issuing or renewing the leaf certificate'
     if HVAC_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('hvac'), exception=HVAC_IMPORT_ERROR)
     if CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
-
-    try:
-        schedule, now = schedule_from_module_params(p)
-        renew_before = parse_renew_before(p['renew_before'])
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-    try:
-        mode = parse_mode(p['mode'], 'mode')
-        key_mode = parse_mode(p['key_mode'], 'key_mode')
-    except FileError as err:
-        module.fail_json(msg=str(err))
-    owner, group = p['owner'], p['group']
-
-    check = module.check_mode
-    result = {'reasons': [], 'issued': False, 'files_written': []}
-    try:
-        client = connect(p)
-        issuers = issuer_certificates(client, p['int_mount'])
-        if p['issuer_ref'] and not any(p['issuer_ref'] in (iid, info['issuer_name']) for iid, info in issuers.items()):
-            raise OpenBaoError('issuer_ref %r is not an issuer of mount %r (issuers: %s)' % (
-                p['issuer_ref'], p['int_mount'], ', '.join(sorted(i['issuer_name'] or iid for iid, i in issuers.items()))
-                or 'none'))
-        disk = read_leaf_files(p['cert_file'], p['key_file'])
-        reasons = []
-        if p['force']:
-            reasons.append('force is set')
-        issuer = (None, None)
-        if disk['problem']:
-            reasons.append(disk['problem'])
-        else:
-            issuer = find_leaf_issuer(disk['cert'], issuers)
-            reasons.extend(leaf_renewal_reasons(
-                disk['cert'], common_name=p['common_name'], alt_names=p['alt_names'], ip_sans=p['ip_sans'],
-                renew_before=renew_before, now=now, issuer=issuer, issuers=issuers, issuer_ref=p['issuer_ref'],
-                renew_if_not_default=p['renew_if_not_default'], schedule=schedule))
-        result['reasons'] = reasons
-
-        files = [(p['cert_file'], mode), (p['key_file'], key_mode)] + ([(p['chain_file'], mode)] if p['chain_file'] else [])
-        if reasons:
-            result['issued'] = True
-            result['files_written'] = [f for f, _m in files]
-            if check:
-                result.update(certificate=None, serial=None, common_name=p['common_name'], sha256=None,
-                              not_before=None, not_after=None, renew_at=None, issuer_id=None, issuer_name=None,
-                              epoch=None, ca_chain=[])
-                module.exit_json(changed=True, **result)
-            leaf = issue_leaf(client, int_mount=p['int_mount'], role=p['role'], common_name=p['common_name'],
-                              alt_names=p['alt_names'], ip_sans=p['ip_sans'], ttl=p['ttl'], issuer_ref=p['issuer_ref'],
-                              key_type=p['key_type'], key_bits=p['key_bits'], local_key=p['key_source'] == 'local')
-            cert_text = leaf['certificate'] + (leaf['issuing_ca'] if p['full_chain'] and leaf['issuing_ca'].strip() else '')
-            contents = {p['cert_file']: cert_text, p['key_file']: leaf['private_key'].strip() + '\n'}
-            if p['chain_file']:
-                contents[p['chain_file']] = ''.join(leaf['ca_chain'])
-            # Key first: a crash between the writes leaves a mismatching pair, which the next run re-issues.
-            for path, file_mode in [files[1], files[0]] + files[2:]:
-                atomic_write(path, contents[path], file_mode, owner, group)
-            if p['return_content']:
-                result['private_key'] = contents[p['key_file']]
-            facts = {k: leaf[k] for k in ('certificate', 'serial', 'common_name', 'sha256', 'not_before', 'not_after',
-                                          'issuer_id', 'issuer_name', 'epoch', 'ca_chain')}
-            cert = load_cert(leaf['certificate'])
-        else:
-            cert = disk['cert']
-            issuer_id, info = issuer
-            leaf_pem = pem_certificates(disk['cert_text'])[0]
-            issuing_ca = (info or {}).get('certificate') or ''
-            ca_chain = (info or {}).get('ca_chain') or []
-            expected = {p['cert_file']: leaf_pem + (issuing_ca.strip() + '\n' if p['full_chain'] and issuing_ca else '')}
-            if p['chain_file']:
-                expected[p['chain_file']] = ''.join(ca_chain)
-            changed_attrs = False
-            for path, file_mode in files:
-                if path in expected:
-                    differs, attrs = file_needs_write(path, expected[path], file_mode, owner, group)
-                else:
-                    differs, attrs = False, file_needs_write(path, '', file_mode, owner, group)[1]
-                if differs:
-                    result['files_written'].append(path)
-                    result['reasons'].append('%s is out of date' % path)
-                    if not check:
-                        atomic_write(path, expected[path], file_mode, owner, group)
-                elif attrs:
-                    changed_attrs = True
-                    result['reasons'].append('mode or owner of %s differ' % path)
-                    if not check:
-                        set_attributes(path, file_mode, owner, group)
-            facts = cert_facts(leaf_pem)
-            facts.update(issuer_id=issuer_id, issuer_name=(info or {}).get('issuer_name') or None, ca_chain=ca_chain)
-            facts['epoch'] = epoch_of(facts['issuer_name'])
-            facts['_changed'] = bool(result['files_written']) or changed_attrs
-        changed = result['issued'] or facts.pop('_changed', False)
-        result.update(facts)
-        result['renew_at'] = isoformat(renewal_threshold(renew_before, cert.not_valid_before_utc, cert.not_valid_after_utc))
-    except (OpenBaoError, FileError) as err:
-        module.fail_json(msg=str(err), **{k: v for k, v in (('path', err.path), ('status', err.status)) if v is not None})
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-    module.exit_json(changed=changed, **result)
+    module.run(_run, module)
 
 
 if __name__ == '__main__':

@@ -142,14 +142,13 @@ bundle:
   type: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
-    EpochError, isoformat, now_from_params, parse_duration,
+    isoformat, now_from_params, parse_duration,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 
 REQUIRED = {
     'acquire': ['holder'], 'release': ['holder'], 'record': ['holder', 'epoch', 'sha256', 'generation'],
@@ -177,20 +176,17 @@ def main():
         now=dict(type='raw'),
     )
     argument_spec.update(OPENBAO_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = CaRotationModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     action = params['action']
     missing = [name for name in REQUIRED.get(action, []) if params.get(name) in (None, '')]
     if missing:
         module.fail_json(msg='action=%s needs %s' % (action, ', '.join(missing)), option=missing[0])
-    try:
+    with module.failures():
         now = now_from_params(params)
         ttl = parse_duration(params['lock_ttl'], 'lock_ttl')
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-
     mount, path, check = params['kv_mount'], params['path'], module.check_mode
-    try:
+    with module.failures():
         client = connect(params)
         if action == 'read':
             state, version = _state.read_state(client, mount, path)
@@ -221,8 +217,6 @@ def main():
             if params['epoch'] is not None:
                 data['epoch'] = params['epoch']
             result = _state.record_cluster(client, params['cluster'], data, mount, path, check)
-    except (OpenBaoError, _state.StateError) as err:
-        module.fail_json(msg=str(err))
     module.exit_json(**result)
 
 

@@ -326,11 +326,12 @@ report:
   type: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
-    EPOCH_ARG_SPEC, EpochError, schedule_from_module_params,
+    EPOCH_ARG_SPEC, schedule_from_module_params,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import (
     K8S_ARG_SPEC,
@@ -346,7 +347,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reloa
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.checks import build_report
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import gather_cluster
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import StatusError, gather_authority
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import gather_authority
 
 
 def _need_k8s(module):
@@ -467,7 +468,7 @@ def main():
     argument_spec.update(OPENBAO_ARG_SPEC)
     argument_spec.update(NATS_ARG_SPEC)
     argument_spec.update(K8S_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = CaRotationModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     if CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
@@ -479,17 +480,13 @@ def main():
         module.exit_json(changed=False, ok=report['ok'], mismatch_count=report['mismatch_count'], warning_count=report['warning_count'],
                          findings=report['findings'], table=report['table'], report=report)
 
-    try:
+    with module.failures():
         schedule, now = schedule_from_module_params(p)
-    except EpochError as err:
-        module.fail_json(msg=str(err), option=err.option)
-    try:
+    with module.failures():
         if p['scope'] == 'authority':
             facts = _authority(module, schedule, now)
         else:
             facts = _cluster(module, schedule)
-    except StatusError as err:
-        module.fail_json(msg=str(err), option=err.option)
     module.exit_json(changed=False, facts=facts)
 
 

@@ -19,11 +19,23 @@ class CaRotationError(Exception):
     ``status``: an HTTP-like status of the failed call. Each is None when it does not apply.
     """
 
+    #: attributes a module returns next to ``msg`` when they are set (subclasses add their own)
+    DETAILS = ('option', 'path', 'status')
+
     def __init__(self, message, option=None, path=None, status=None):
         super().__init__(message)
         self.option = option
         self.path = path
         self.status = status
+
+    def details(self):
+        """The set attributes of :data:`DETAILS`, for ``fail_json``."""
+        out = {}
+        for name in self.DETAILS:
+            value = getattr(self, name, None)
+            if value not in (None, [], {}):
+                out[name] = value
+        return out
 
 
 class FileError(CaRotationError):

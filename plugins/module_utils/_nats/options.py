@@ -63,6 +63,8 @@ class NatsError(CaRotationError):
     connect. ``option`` names the offending option when there is one.
     """
 
+    DETAILS = ('kind', 'failures', 'option')
+
     def __init__(self, message, kind='error', failures=None, option=None):
         super().__init__(message, option=option)
         self.kind = kind

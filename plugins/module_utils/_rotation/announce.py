@@ -32,19 +32,23 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import transit_signer, verify_with_transit
 
 
+def sign_and_verify(bao_client, message, transit_mount, transit_key):
+    """``(signed message, key_version)``: signed with OpenBao transit, then verified exactly as clients will, against
+    the published public keys, before anything is sent."""
+    message = sign_announcement(message, transit_signer(bao_client, transit_mount, transit_key))
+    verify_with_transit(bao_client, transit_mount, transit_key, message)
+    return message, parse_signature(message['signature'])[0]
+
+
 def signed_announcement(bao_client, fields, transit_mount, transit_key):
     """``(message, key_version)``: the v1 announcement of ``fields``, signed and verified against transit."""
     fields = dict(fields)
     if fields.get('created_at') is None:
         fields['created_at'] = isoformat(utcnow())
-    message = build_announcement(**fields)
-    message = sign_announcement(message, transit_signer(bao_client, transit_mount, transit_key))
-    # verify exactly as clients will, against the published public keys, before anything is sent
-    verify_with_transit(bao_client, transit_mount, transit_key, message)
-    return message, parse_signature(message['signature'])[0]
+    return sign_and_verify(bao_client, build_announcement(**fields), transit_mount, transit_key)
 
 
-async def _publish(nats_params, payload, name, wanted, subject, headers, msg_id, check_mode, timeout, ensure, skip_if_unchanged):
+async def publish_async(nats_params, payload, name, wanted, subject, headers, msg_id, check_mode, timeout, ensure, skip_if_unchanged):
     deadline = Deadline(timeout)
     client = await connect(nats_params)
     try:
@@ -89,7 +93,7 @@ def publish_payload(nats_params, payload, stream, subject, headers=None, msg_id=
                     ensure=True, skip_if_unchanged=True):
     """Ensure ``stream`` (option dict) and publish ``payload`` (bytes) on ``subject`` once per ``msg_id``."""
     name, wanted = stream_options(stream, subject)
-    result = run(_publish(nats_params, payload, name, wanted, subject, dict(headers or {}), msg_id, check_mode, timeout,
+    result = run(publish_async(nats_params, payload, name, wanted, subject, dict(headers or {}), msg_id, check_mode, timeout,
                           ensure, skip_if_unchanged))
     changed = result['stream_action'] != 'unchanged' or (result['would_publish'] if check_mode else result['published'])
     result['changed'] = bool(changed)

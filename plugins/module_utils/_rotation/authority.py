@@ -27,11 +27,10 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     prune_epoch_issuers,
     set_default_issuer,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import parse_renew_before
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import ensure_leaf, parse_renew_before
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates, root_certificate
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.leaf import ensure_leaf
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
     authority_stopped,
     authority_went_ahead,

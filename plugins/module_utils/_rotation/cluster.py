@@ -14,6 +14,7 @@ import shutil
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import issue_leaf
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import host_port
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import reload_servers, summarize
@@ -23,7 +24,6 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reloa
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import LocalSteps
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.leaf import sign_csr
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.store import deliver
 
@@ -218,9 +218,10 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
             certificates = {}
             if renewed and not check_mode:
                 for target in renewed:
-                    certificates[target['name']] = sign_csr(client, int_mount=cfg.pki['int_mount'], role=cfg.pki['role'],
-                                                            csr=due[target['name']]['csr'], common_name=target['name'],
-                                                            alt_names=target['alt_names'], ip_sans=target['ip_sans'])
+                    # only the CSR goes to OpenBao: the key stays where the server runs
+                    leaf = issue_leaf(client, int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=target['name'],
+                                      alt_names=target['alt_names'], ip_sans=target['ip_sans'], csr=due[target['name']]['csr'])
+                    certificates[target['name']] = leaf['certificate'] + leaf['issuing_ca']
         if renewed:
             with timings.step('renew_reload'):
                 out = steps.install_and_reload(targets=renewed, certificates=certificates, transport=cc.transport,

@@ -57,10 +57,22 @@ def deliver(destinations, bundle, epoch, kv_data, clients, check_mode, attempts=
     was already written when a write fails.
     """
     ts = ts or isoformat(utcnow())
-    plan = [(name, dest, deliver_one(name, dest, bundle, epoch, kv_data, ts, clients, True, attempts))
+    return write_planned(plan_delivery(destinations, bundle, epoch, kv_data, clients, attempts, ts), bundle, epoch, kv_data,
+                         clients, check_mode, attempts, ts)
+
+
+def plan_delivery(destinations, bundle, epoch, kv_data, clients, attempts=5, ts=None):
+    """Read every destination (a check-mode delivery): ``[(name, dest, predicted result)]``."""
+    ts = ts or isoformat(utcnow())
+    return [(name, dest, deliver_one(name, dest, bundle, epoch, kv_data, ts, clients, True, attempts))
             for name, dest in destinations]
+
+
+def write_planned(plan, bundle, epoch, kv_data, clients, check_mode, attempts=5, ts=None):
+    """Write the destinations of :func:`plan_delivery` that differ (none in check mode: the plan is the prediction)."""
     if check_mode:
         return [result for _name, _dest, result in plan]
+    ts = ts or isoformat(utcnow())
     results = []
     for name, dest, planned in plan:
         if not planned['changed']:
@@ -69,9 +81,9 @@ def deliver(destinations, bundle, epoch, kv_data, clients, check_mode, attempts=
         try:
             results.append(deliver_one(name, dest, bundle, epoch, kv_data, ts, clients, False, attempts))
         except (BundleError, OpenBaoError, K8sError) as err:
-            done = [where(n, d) for (n, d, _p), r in zip(plan, results) if r['changed']]
+            done = [n for (n, _d, _p), r in zip(plan, results) if r['changed']]
             raise DeliveryError('Delivering the CA bundle to %s failed: %s. %s' % (
-                where(name, dest), err, ('Already written: %s; re-run to converge.' % ', '.join(done)) if done
+                name, err, ('Already written: %s; re-run to converge.' % ', '.join(done)) if done
                 else 'No destination was changed.'), name, results) from None
     return results
 

@@ -60,8 +60,8 @@ def signed(monkeypatch):
 
     def fake_sign(client, **kw):
         calls.append((kw['csr'], kw['common_name'], kw['alt_names'], kw['ip_sans']))
-        return 'CERT-' + kw['common_name']
-    monkeypatch.setattr(cluster, 'sign_csr', fake_sign)
+        return {'certificate': 'CERT-' + kw['common_name'], 'issuing_ca': 'CA'}
+    monkeypatch.setattr(cluster, 'issue_leaf', fake_sign)
     return calls
 
 
