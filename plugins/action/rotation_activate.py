@@ -8,7 +8,6 @@ from __future__ import annotations
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import finish
 from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engine_action import (
     AUTHORITY_FACT,
-    CLUSTER_FACT,
     EngineAction,
 )
 
@@ -28,7 +27,7 @@ class ActionModule(EngineAction):
     def run_step(self, args, cfg, task_vars):
         auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False}
         hosts = self.cluster_hosts(task_vars, cfg)
-        clusters = [c for c in (self.fact_of(task_vars, h, CLUSTER_FACT) for h in hosts) if c]
+        clusters = self.cluster_facts(task_vars, cfg, auth)
         if not auth.get('go'):
             return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
                     'ansible_facts': {ACTIVATION_FACT: {'changed': False, 'epoch': None}}}

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import (
     MODULE,
     LocalSteps,
@@ -26,13 +26,22 @@ class ActionModule(EngineAction):
 
     def _steps(self, cc, task_vars):
         """In the controller, or on the inventory host (one module call per step) for servers on other machines."""
-        run_on = cc.run_on if cc.run_on != 'auto' else ('controller' if self._connection.transport in ('local', 'ansible.builtin.local') else 'host')
-        if run_on == 'controller' or not cluster.uses_host_steps(cc):
+        local = self._connection.transport in ('local', 'ansible.builtin.local')
+        run_on = cc.run_on if cc.run_on != 'auto' else ('controller' if local else 'host')
+        if run_on == 'controller':
             return LocalSteps()
+        if not cluster.uses_host_steps(cc):
+            if cc.delivery == 'file':
+                raise ConfigError('cluster %s: file delivery with transport %s would write the CA files on the controller, '
+                                  'not on the host; use transport signal or command (the files are written where the servers '
+                                  'run) or delivery secret' % (cc.name, cc.transport), 'ca_rotation_nats_reload_transport')
+            return LocalSteps()  # Kubernetes and $SYS are reached from the controller
 
         def execute(args):
             return self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
-        return RemoteSteps(execute)
+        # a loopback url names the machine itself: reach it at its own address (on this machine, loopback is right)
+        probe_host = None if local else (self.template_var(task_vars, 'ansible_host') or task_vars.get('inventory_hostname'))
+        return RemoteSteps(execute, probe_host=probe_host)
 
     def on_config_error(self, err, args):
         if not self.authority_went_ahead():
@@ -43,7 +52,7 @@ class ActionModule(EngineAction):
         msg = '%s. Nothing was changed on this cluster.' % err
         self.say('Cluster %s FAILED: %s' % (name, msg))
         return {'changed': False, 'msg': msg, 'option': err.option,
-                'ansible_facts': {CLUSTER_FACT: cluster_result(name, {}, False, error=msg).to_fact()}}
+                'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg).to_fact()}}
 
     def run_step(self, args, cfg, task_vars):
         host = task_vars.get('inventory_hostname')
@@ -59,6 +68,8 @@ class ActionModule(EngineAction):
         try:
             if args['phase'] == 'renew':
                 previous = self.template_var(task_vars, CLUSTER_FACT)
+                if (previous or {}).get('holder') != auth.get('holder'):
+                    previous = None  # an earlier run's result, from a fact cache
                 res = cluster.renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=self._task.check_mode,
                                            steps=steps)
                 changed = bool(res.get('renewed'))

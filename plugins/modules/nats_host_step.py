@@ -79,6 +79,11 @@ options:
     description: Renew a leaf when this much of its lifetime is left (percent or duration).
     type: raw
     default: 50%
+  key_type:
+    description: Key type of new server leaves (the PKI role must allow it).
+    type: str
+    choices: [ec, rsa, ed25519]
+    default: ec
   now:
     description: The time of the run (ISO 8601), so that the host decides exactly as the controller.
     type: str
@@ -153,6 +158,7 @@ def main():
             min_success=dict(type='int'),
             issuers=dict(type='dict'),
             renew_before=dict(type='raw', default='50%'),
+            key_type=dict(type='str', default='ec', choices=['ec', 'rsa', 'ed25519']),
             now=dict(type='str'),
             schedule=dict(type='dict'),
             certificates=dict(type='dict'),
@@ -172,7 +178,7 @@ def main():
             changed = out['delivered'] or bool(out['reload'] and out['reload']['changed'])
         elif p['step'] == 'leaf_requests':
             out = {'leaves': steps.leaf_requests(p['targets'], p['issuers'], p['renew_before'], p['now'], p['schedule'],
-                                                 check_mode=check)}
+                                                 key_type=p['key_type'], check_mode=check)}
             changed = any(leaf['csr'] for leaf in out['leaves'])
         else:
             out = {'reload': steps.install_and_reload(p['targets'], p['certificates'], p['transport'], p['reload_timeout'],

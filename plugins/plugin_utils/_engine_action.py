@@ -21,7 +21,7 @@ from ansible.utils.display import Display
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import config as _config
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.clients import Clients
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import Timings
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import Timings, this_runs_clusters
 
 display = Display()
 
@@ -154,13 +154,19 @@ class EngineAction(ActionBase):
         if msg:
             display.display(msg)
 
-    def authority_went_ahead(self):
-        """Whether this run's authority step went ahead (read from its fact, without this host's configuration)."""
+    def authority_fact(self):
+        """This run's authority result (read from its fact, without this host's configuration), or ``{}``."""
         task_vars = self._task_vars
         hosts = (task_vars.get('groups') or {}).get(self.template_var(task_vars, 'ca_rotation_authority_group',
                                                                       _config.DEFAULTS['authority_group'])) or []
-        auth = self.fact_of(task_vars, hosts[0], AUTHORITY_FACT) if hosts else None
-        return bool((auth or {}).get('go'))
+        return (self.fact_of(task_vars, hosts[0], AUTHORITY_FACT) if hosts else None) or {}
+
+    def authority_went_ahead(self):
+        return bool(self.authority_fact().get('go'))
+
+    def cluster_facts(self, task_vars, cfg, auth):
+        """The cluster results of this run, one per host of the cluster group that reported."""
+        return this_runs_clusters([self.fact_of(task_vars, h, CLUSTER_FACT) for h in self.cluster_hosts(task_vars, cfg)], auth)
 
     def on_config_error(self, err, args):
         """The result for a configuration error found before anything was changed."""

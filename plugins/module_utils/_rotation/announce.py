@@ -93,8 +93,8 @@ def publish_payload(nats_params, payload, stream, subject, headers=None, msg_id=
                     ensure=True, skip_if_unchanged=True):
     """Ensure ``stream`` (option dict) and publish ``payload`` (bytes) on ``subject`` once per ``msg_id``."""
     name, wanted = stream_options(stream, subject)
-    result = run(publish_async(nats_params, payload, name, wanted, subject, dict(headers or {}), msg_id, check_mode, timeout,
-                          ensure, skip_if_unchanged))
+    result = run(publish_async(nats_params, payload, name, wanted, subject, dict(headers or {}), msg_id, check_mode,
+                               timeout, ensure, skip_if_unchanged))
     changed = result['stream_action'] != 'unchanged' or (result['would_publish'] if check_mode else result['published'])
     result['changed'] = bool(changed)
     return result

@@ -22,6 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     kv_record,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
     ensure_epoch_intermediate,
     prune_epoch_issuers,
@@ -104,7 +105,8 @@ def _plan_and_lock(cfg, clients, holder, timings, check_mode):
     with timings.step('plan'):
         plan = cfg.schedule.plan(cfg.now)
     with timings.step('lock'):
-        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, cfg.now, cfg.pki['kv_mount'], cfg.state_path,
+        # the lock and the state's timestamps follow the real clock, also when the plan is pinned (ca_rotation_now)
+        lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, utcnow(), cfg.pki['kv_mount'], cfg.state_path,
                                    check_mode)
     return plan, lock
 
@@ -119,11 +121,15 @@ def _release(clients, cfg, holder):
 def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
     """The authority step of ``rotate.yml``; returns an AuthorityResult."""
     pki, kind = cfg.pki, 'rotation'
-    plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
+    try:
+        plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
+    except Exception as err:  # pylint: disable=broad-except  # OpenBao unreachable, login refused: nothing was changed
+        msg = 'The rotation could not start: %s. Nothing was changed.' % err
+        return authority_stopped(started_at, kind, msg, error=msg, timings=timings.as_dict())
     if not lock['acquired']:
         return authority_stopped(started_at, kind, lock['msg'], locked_out=True, plan=plan, timings=timings.as_dict())
     state = lock['state']
-    step = 'plan'
+    step, changed = 'plan', False
     try:
         decisions.check_clock(plan, state)
         hold, hold_expired = decisions.hold_decision(state.get('hold'), cfg.release_hold, plan['current_epoch'], cfg.schedule)
@@ -133,7 +139,6 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
                          'resume rotation' % (hold.get('since'), hold['epoch']))
         elif hold_expired:
             notes.append('Rollback hold released; rotation resumes')
-        changed = False
         step = 'issue'
         with timings.step('issue'):
             issued = []
@@ -186,12 +191,12 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
         with timings.step('state'):
             if new_bundle and announce_error is None:
                 _state.record(clients.openbao(), holder, epoch=epoch, sha256=bundle['sha256'], generation=generation,
-                              kind=kind, now=cfg.now, mount=pki['kv_mount'], path=cfg.state_path, check_mode=check_mode)
+                              kind=kind, now=utcnow(), mount=pki['kv_mount'], path=cfg.state_path, check_mode=check_mode)
             if hold_expired:
                 _state.set_hold(clients.openbao(), holder, None, pki['kv_mount'], cfg.state_path, check_mode)
         step = 'probe leaf'
         with timings.step('probe_leaf'):
-            _probe_leaf(cfg, clients, epoch, probe, check_mode)
+            changed = _probe_leaf(cfg, clients, epoch, probe, check_mode)['changed'] or changed
         if cfg.prune:
             step = 'prune'
             with timings.step('prune'):
@@ -206,7 +211,7 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
         else:
             msg = ("The authority step failed at '%s': %s. The lock was released; nothing after that step was changed and "
                    "the next run converges." % (step, err))
-        return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict())
+        return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict(), changed=changed)
     result = authority_went_ahead(
         started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle, generation=generation,
         new_bundle=new_bundle, hold=hold, include_root=cfg.include_root, announce_error=announce_error, probe=probe,
@@ -223,7 +228,11 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     lose trust.
     """
     pki, kind = cfg.pki, 'rollback'
-    plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
+    try:
+        plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
+    except Exception as err:  # pylint: disable=broad-except  # OpenBao unreachable, login refused: nothing was changed
+        msg = 'The rollback could not start: %s. Nothing was changed.' % err
+        return authority_stopped(started_at, kind, msg, error=msg, timings=timings.as_dict())
     if not lock['acquired']:
         msg = '%s. Re-run the rollback when it is released.' % lock['msg']
         return authority_stopped(started_at, kind, msg, locked_out=True, plan=plan, error=msg, timings=timings.as_dict())
@@ -253,9 +262,9 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             _probe_leaf(cfg, clients, bundle['epoch'], probe, check_mode, issuers=issuers)
         step = 'point the default issuer back'
         with timings.step('activate'):
-            act = set_default_issuer(clients.openbao(), pki['int_mount'],
-                                     'epoch-%d' % decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch']),
-                                     check_mode=check_mode, now=cfg.now)
+            default_epoch = decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch'])
+            act = set_default_issuer(clients.openbao(), pki['int_mount'], 'epoch-%d' % default_epoch, check_mode=check_mode,
+                                     now=cfg.now)
         if cfg.renew_client_leaf and cfg.announce:
             step = 'renew the announcer leaf'
             with timings.step('renew'):
@@ -270,12 +279,14 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
                    % (step, err))
         return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict())
     new_bundle = bundle['sha256'] != state.get('bundle_sha256')
-    return authority_went_ahead(
+    result = authority_went_ahead(
         started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle,
         generation=int(state.get('generation') or 0) + 1, new_bundle=new_bundle, hold={'epoch': bundle['epoch']},
         include_root=cfg.include_root, announce_error=None, probe=probe, pki=pki,
         changed=new_bundle or act['changed'] or any(r['changed'] for r in stored_probe), timings=timings.as_dict(),
         logins=clients.logins)
+    result.activated_epoch = default_epoch if act['changed'] else None
+    return result
 
 
 def announcer_leaf(cfg, clients, check_mode, renew_before):

@@ -13,7 +13,7 @@ import ipaddress
 import shutil
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import issue_leaf
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import host_port
@@ -77,7 +77,19 @@ def uses_host_steps(cc):
     return cc.delivery == 'file' and cc.transport in ('signal', 'command')
 
 
-def probe_after(summary, cc, auth, min_success):
+LOCAL_NAMES = ('localhost', '0.0.0.0', '::', '::1')
+
+
+def probe_address(target, probe_host=None):
+    """Where the controller reaches a server on another machine: its ``url``, with a loopback or wildcard host (or
+    no url at all) replaced by the machine's own address (``probe_host``: ansible_host or the inventory name)."""
+    host, port = host_port(target['url']) if target.get('url') else (None, 4222)
+    if probe_host and (not host or host in LOCAL_NAMES or host.startswith('127.')):
+        host = probe_host
+    return host, port
+
+
+def probe_after(summary, cc, auth, min_success, probe_host=None):
     """The trust probe from the controller, after servers reloaded elsewhere (on their VM)."""
     probe = probe_options(auth)
     ctx = probe_context(probe)
@@ -85,11 +97,10 @@ def probe_after(summary, cc, auth, min_success):
     for res in summary['targets']:
         if not res['ok']:
             continue
-        url = (by_name.get(res['target']) or {}).get('url')
-        if not url:
+        host, port = probe_address(by_name.get(res['target']) or {}, probe_host)
+        if not host:
             res.update(ok=False, error='no url in the target to probe the new trust from the controller')
             continue
-        host, port = host_port(url)
         ok, detail = tls_probe(host, port, ctx, probe.get('server_name'), 10.0)
         res.update(probe_ok=ok, probe_detail=detail)
         if not ok:
@@ -111,6 +122,8 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
             record = _state.read_cluster(clients.openbao(), cc.name, kv_mount, cfg.state_path)
         unproven = decisions.cluster_needs_reload(False, record, auth['sha256'])
         probe = probe_options(auth) if cc.probe else None
+        if probe is not None and not check_mode:
+            probe_context(probe)  # unreadable probe files stop here, before anything is written
         if uses_host_steps(cc):
             # verified by the authority in this run (against the root, which an intermediates-only bundle lacks);
             # delivered here byte for byte
@@ -123,7 +136,7 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
             previous_pem, delivered, out = res['previous_pem'], res['delivered'], res['reload']
             if out is not None and probe is not None and not steps.local and not check_mode and not out['failed']:
                 with timings.step('prove'):
-                    out = probe_after(out, cc, auth, min_success)
+                    out = probe_after(out, cc, auth, min_success, getattr(steps, 'probe_host', None))
         else:
             with timings.step('deliver'):
                 results = deliver(_destinations(cc), _bundle(None, auth), auth['epoch'], None, clients, check_mode)
@@ -141,7 +154,7 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
             with timings.step('record'):
                 _state.record_cluster(clients.openbao(), cc.name,
                                       {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
-                                       'proven_at': isoformat(cfg.now), 'epoch': auth['epoch']},
+                                       'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
                                       kv_mount, cfg.state_path, check_mode)
         return cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, changed=delivered or reloaded,
                               timings=timings.as_dict())
@@ -196,7 +209,7 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
     deliver-phase result (a failed cluster is left alone). Returns the updated result.
     """
     steps = steps or LocalSteps()
-    result = dict(previous or {'ok': True, 'cluster': cc.name, 'reloaded': False, 'servers': []})
+    result = dict(previous or {'ok': True, 'cluster': cc.name, 'reloaded': False, 'servers': [], 'holder': auth.get('holder')})
     if not (cc.renew_leaves and result.get('ok', True)):
         return result
     wanted = []
@@ -212,7 +225,8 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
             client = clients.openbao()
             issuers = issuer_certificates(client, cfg.pki['int_mount'])
             requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
-                                           now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), check_mode=check_mode)
+                                           now=isoformat(cfg.now), schedule=cfg.schedule.to_params(),
+                                           key_type=cfg.pki['key_type'], check_mode=check_mode)
             due = {r['name']: r for r in requests if r['csr']}
             renewed = [t for t in wanted if t['name'] in due]
             certificates = {}

@@ -277,7 +277,11 @@ class ClusterConfig:
         self.live_secret = v['nats_reload_live_secret']
         self.secret_key = v['nats_reload_secret_key']
         self.pod_ca_file = v['nats_reload_pod_ca_file']
-        self.command = list(v['nats_reload_command'] or [])
+        command = v['nats_reload_command'] or []
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise ConfigError('%snats_reload_command must be a list of strings (argv), for example [kill, -HUP, "1"]; got %r'
+                              % (PREFIX, command), PREFIX + 'nats_reload_command')
+        self.command = list(command)
         self.file_mode = v['nats_reload_file_mode']
         self.probe = _bool(v['nats_reload_probe'], 'nats_reload_probe')
         self.min_success = _int(v['nats_reload_min_success'], 'nats_reload_min_success', 0)

@@ -66,7 +66,7 @@ def complete_rollback(cfg, auth, clusters, expected_clusters, clients, timings, 
     if not auth.get('go'):
         out['timings'] = timings.as_dict()
         return out
-    if len(clusters) != expected_clusters or any(not c.get('ok') for c in clusters):
+    if not decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256']):
         out['msg'] = 'The rollback is not complete: not every cluster is back on bundle %s' % auth['sha256'][:16]
         out['timings'] = timings.as_dict()
         return out
@@ -77,9 +77,9 @@ def complete_rollback(cfg, auth, clusters, expected_clusters, clients, timings, 
             announce_bundle(cfg, clients, fields, check_mode)
     with timings.step('state'):
         _state.record(clients.openbao(), auth['holder'], epoch=auth['epoch'], sha256=auth['sha256'],
-                      generation=int(auth['generation']), kind='rollback', now=cfg.now, mount=pki['kv_mount'],
+                      generation=int(auth['generation']), kind='rollback', now=utcnow(), mount=pki['kv_mount'],
                       path=cfg.state_path, check_mode=check_mode)
-        hold = {'epoch': auth['epoch'], 'sha256': auth['sha256'], 'since': isoformat(cfg.now),
+        hold = {'epoch': auth['epoch'], 'sha256': auth['sha256'], 'since': isoformat(utcnow()),
                 'reason': cfg.rollback_reason or 'rollback', 'pem': auth['pem'], 'generation': int(auth['generation'])}
         _state.set_hold(clients.openbao(), auth['holder'], hold, pki['kv_mount'], cfg.state_path, check_mode)
     out['changed'] = True

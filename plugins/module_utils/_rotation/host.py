@@ -25,6 +25,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     leaf_renewal_reasons,
     read_leaf_files,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import reload_servers
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
 
@@ -59,6 +60,8 @@ def deliver_reload(pem, targets, transport='signal', file_mode='0644', reload='a
     ``reload``: ``auto`` (when a file changed), ``always`` or ``never``. Returns ``{destinations, delivered,
     previous_pem, reload}`` (``reload`` is the reload summary, or None when no reload was due).
     """
+    # the targets are checked (pid or pid file, monitor_url, nats-server for command) before anything is written
+    LocalTransport(transport, _reload_targets(targets), nats_server_path=nats_server_path).close()
     plan = [deliver_file(t['ca_file'], pem, mode=file_mode, check_mode=True) for t in targets]
     results = plan if check_mode else [
         deliver_file(t['ca_file'], pem, mode=file_mode, check_mode=False) if p['changed'] else p
@@ -69,9 +72,12 @@ def deliver_reload(pem, targets, transport='signal', file_mode='0644', reload='a
                              'after_sha256': r['after_sha256']} for t, r in zip(targets, results)],
            'delivered': delivered, 'previous_pem': previous, 'reload': None}
     if reload == 'always' or (reload == 'auto' and delivered):
-        out['reload'] = reload_local(targets, transport, expect_sha256=expect_sha256, propagation_timeout=propagation_timeout,
-                                     reload_timeout=reload_timeout, probe=probe, min_success=min_success,
-                                     check_mode=check_mode, nats_server_path=nats_server_path)
+        try:
+            out['reload'] = reload_local(targets, transport, expect_sha256=expect_sha256,
+                                         propagation_timeout=propagation_timeout, reload_timeout=reload_timeout, probe=probe,
+                                         min_success=min_success, check_mode=check_mode, nats_server_path=nats_server_path)
+        except ReloadError as err:  # written already: the caller must be able to put the previous bundle back
+            out['reload'] = {'failed': True, 'changed': False, 'msg': str(err), 'targets': [], 'transport': transport}
     return out
 
 

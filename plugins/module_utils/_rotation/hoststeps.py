@@ -26,9 +26,10 @@ class LocalSteps:
         return host.deliver_reload(nats_server_path=path, **kw)
 
     @staticmethod
-    def leaf_requests(targets, issuers, renew_before, now, schedule, check_mode=False):
+    def leaf_requests(targets, issuers, renew_before, now, schedule, key_type='ec', check_mode=False):
         return host.leaf_requests(targets, issuers, parse_renew_before(renew_before, 'ca_rotation_nats_reload_leaf_renew_before'),
-                                  parse_time(now, 'now'), EpochSchedule.from_params(schedule), check_mode=check_mode)
+                                  parse_time(now, 'now'), EpochSchedule.from_params(schedule), key_type=key_type,
+                                  check_mode=check_mode)
 
     @staticmethod
     def install_and_reload(targets, certificates, transport, reload_timeout, check_mode=False):
@@ -44,9 +45,11 @@ class RemoteSteps:
 
     local = False
 
-    def __init__(self, execute):
+    def __init__(self, execute, probe_host=None):
         self._execute = execute
         self.calls = 0
+        #: the machine's address, for probing servers whose url names a loopback address
+        self.probe_host = probe_host
 
     def _call(self, step, **args):
         self.calls += 1
@@ -60,9 +63,9 @@ class RemoteSteps:
         kw.pop('check_mode', None)  # the module runs in the task's check mode
         return self._call('deliver_reload', **kw)
 
-    def leaf_requests(self, targets, issuers, renew_before, now, schedule, check_mode=False):
+    def leaf_requests(self, targets, issuers, renew_before, now, schedule, key_type='ec', check_mode=False):
         return self._call('leaf_requests', targets=targets, issuers=issuers, renew_before=str(renew_before), now=now,
-                          schedule=schedule)['leaves']
+                          schedule=schedule, key_type=key_type)['leaves']
 
     def install_and_reload(self, targets, certificates, transport, reload_timeout, check_mode=False):
         return self._call('install_leaves', targets=targets, certificates=certificates, transport=transport,

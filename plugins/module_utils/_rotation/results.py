@@ -65,15 +65,18 @@ class AuthorityResult:
     changed: bool = False
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
     logins: int = 0
+    #: a rollback points the default issuer back at this epoch (None when it already was)
+    activated_epoch: Optional[int] = None
 
     def to_fact(self):
         return dataclasses.asdict(self)
 
 
-def authority_stopped(started_at, kind, msg, locked_out=False, plan=None, error=None, timings=None):
-    """The result of an authority step that did not go ahead (locked out, refused or failed)."""
+def authority_stopped(started_at, kind, msg, locked_out=False, plan=None, error=None, timings=None, changed=False):
+    """The result of an authority step that did not go ahead (locked out, refused or failed; ``changed``: what it
+    had written before it failed)."""
     return AuthorityResult(go=False, started_at=started_at, kind=kind, locked_out=locked_out, msg=msg, error=error,
-                           plan=plan, timings=dict(timings or {}))
+                           plan=plan, timings=dict(timings or {}), changed=bool(changed))
 
 
 def authority_went_ahead(*, started_at, kind, holder, plan, bundle, generation, new_bundle, hold, include_root,
@@ -99,6 +102,8 @@ class ClusterResult:
     renewed: List[str] = dataclasses.field(default_factory=list)
     changed: bool = False
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the run (lock holder) this result belongs to: a result left in a fact cache by an earlier run never counts
+    holder: Optional[str] = None
 
     def to_fact(self):
         out = dataclasses.asdict(self)
@@ -113,7 +118,13 @@ def cluster_result(name, auth, ok, reloaded=False, servers=None, error=None, rol
     """One cluster's outcome of the deliver phase."""
     return ClusterResult(ok=bool(ok), cluster=name, reloaded=bool(reloaded), sha256=auth.get('sha256') if ok else None,
                          epoch=auth.get('epoch') if ok else None, servers=list(servers or []), error=error,
-                         rolled_back=bool(rolled_back), changed=bool(changed), timings=dict(timings or {}))
+                         rolled_back=bool(rolled_back), changed=bool(changed), timings=dict(timings or {}),
+                         holder=auth.get('holder'))
+
+
+def this_runs_clusters(results, auth):
+    """The cluster results of this run only (same lock holder as the authority step's)."""
+    return [c for c in results if c and c.get('holder') == (auth or {}).get('holder')]
 
 
 def _first(values):
@@ -127,6 +138,8 @@ def run_report(auth, clusters, activation, finished_at):
     certs = auth.get('certificates') or []
     failed = [c for c in clusters if not c.get('ok')]
     activated = activation.get('epoch') if activation.get('changed') else None
+    if auth.get('kind') == 'rollback':
+        activated = auth.get('activated_epoch')
     return {
         'started_at': auth.get('started_at'),
         'finished_at': finished_at,

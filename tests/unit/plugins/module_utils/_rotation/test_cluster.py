@@ -44,7 +44,7 @@ class FakeSteps:
     def __init__(self, fail_reload=False):
         self.requests, self.installs, self.fail_reload = [], [], fail_reload
 
-    def leaf_requests(self, targets, issuers, renew_before, now, schedule, check_mode=False):
+    def leaf_requests(self, targets, issuers, renew_before, now, schedule, key_type='ec', check_mode=False):
         self.requests.append([(t['name'], t['alt_names'], t['ip_sans']) for t in targets])
         return [{'name': t['name'], 'reasons': ['due'], 'csr': 'CSR-' + t['name']} for t in targets]
 
@@ -89,3 +89,11 @@ def test_a_failed_renewal_fails_the_cluster_with_its_reason(cc, signed):
     out = cluster.renew_leaves(cfg, ccfg, {'go': True}, {'ok': True, 'cluster': 'edge'}, FakeClients(), Timings(),
                                steps=FakeSteps(fail_reload=True))
     assert out['ok'] is False and out['error'] == 'leaf renewal: edge-2: no'
+
+
+def test_probe_address_of_a_server_on_another_machine():
+    assert cluster.probe_address({'url': 'tls://10.0.0.6:4222'}, 'vm-1') == ('10.0.0.6', 4222)
+    assert cluster.probe_address({'url': 'tls://127.0.0.1:4333'}, 'vm-1.example.com') == ('vm-1.example.com', 4333)
+    assert cluster.probe_address({'url': 'nats://0.0.0.0:4222'}, '192.0.2.7') == ('192.0.2.7', 4222)
+    assert cluster.probe_address({}, 'vm-1') == ('vm-1', 4222)
+    assert cluster.probe_address({}, None) == (None, 4222)

@@ -64,6 +64,8 @@ def test_bad_values_name_the_variable(values, option):
     ({'nats_reload_targets': 'a'}, 'ca_rotation_nats_reload_targets'),
     ({'nats_reload_transport': 'kubernetes', 'nats_reload_delivery': 'scp'}, 'ca_rotation_nats_reload_delivery'),
     ({'nats_reload_transport': 'kubernetes', 'nats_reload_reload_timeout': 0}, 'ca_rotation_nats_reload_reload_timeout'),
+    ({'nats_reload_transport': 'kubernetes', 'nats_reload_command': 'kill -HUP 1'}, 'ca_rotation_nats_reload_command'),
+    ({'nats_reload_transport': 'kubernetes', 'nats_reload_run_on': 'vm'}, 'ca_rotation_nats_reload_run_on'),
 ])
 def test_bad_cluster_values_name_the_variable(values, option):
     with pytest.raises(c.ConfigError) as err:

@@ -111,3 +111,19 @@ def test_check_mode_makes_no_key(targets):
     reqs = host.leaf_requests(targets[:1], {}, ('fraction', 0.5), datetime.datetime.now(datetime.timezone.utc), check_mode=True)
     assert reqs[0]['csr'] == 'predicted'
     assert not os.path.exists(targets[0]['key_file'] + host.PENDING_SUFFIX)
+
+
+def test_a_target_that_cannot_be_reloaded_is_refused_before_any_file_is_written(targets, reloads):
+    broken = [dict(targets[0]), dict(targets[1], monitor_url=None)]
+    with pytest.raises(host.ReloadError, match='monitor_url'):
+        host.deliver_reload(PEM_B, broken)
+    assert all(open(t['ca_file']).read() == PEM_A for t in targets) and reloads == []
+
+
+def test_a_reload_that_cannot_start_after_the_write_still_gives_the_previous_bundle(targets, monkeypatch):
+    def refuse(*_a, **_k):
+        raise host.ReloadError('the probe files are unreadable')
+    monkeypatch.setattr(host, 'reload_local', refuse)
+    out = host.deliver_reload(PEM_B, targets)
+    assert out['delivered'] and out['previous_pem'] == PEM_A
+    assert out['reload']['failed'] and 'unreadable' in out['reload']['msg']
