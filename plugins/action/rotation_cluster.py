@@ -22,7 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engin
 
 class ActionModule(EngineAction):
 
-    ARGUMENT_SPEC = {'phase': {'type': 'str', 'default': 'deliver', 'choices': ['deliver', 'renew']}}
+    ARGUMENT_SPEC = {'phase': {'type': 'str', 'default': 'deliver', 'choices': ['deliver', 'renew', 'restore']}}
 
     def _steps(self, cc, task_vars):
         """In the controller, or on the inventory host (one module call per step) for servers on other machines."""
@@ -73,6 +73,18 @@ class ActionModule(EngineAction):
                 res = cluster.renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=self._task.check_mode,
                                            steps=steps)
                 changed = bool(res.get('renewed'))
+            elif args['phase'] == 'restore':
+                # rollback: server leaves from the restored epoch first (trusted by the bundle still in place), then the
+                # restored bundle
+                renewed = cluster.renew_leaves(cfg, cc, auth, None, clients, timings, check_mode=self._task.check_mode,
+                                               steps=steps)
+                obj = cluster.deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=self._task.check_mode,
+                                                steps=steps)
+                res = obj.to_fact()
+                res['renewed'] = renewed.get('renewed', [])
+                if not renewed.get('ok', True):
+                    res.update(ok=False, error='; '.join(e for e in (renewed.get('error'), res.get('error')) if e))
+                changed = obj.changed or bool(res['renewed'])
             else:
                 obj = cluster.deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=self._task.check_mode,
                                                 steps=steps)

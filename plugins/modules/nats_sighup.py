@@ -335,6 +335,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.c
     check_imports as k8s_check_imports,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NATS_ARG_SPEC, NATS_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import TARGET_OPTION_SPEC
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import TRANSPORTS, reload_servers
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import (
     DEFAULT_RELOAD_COMMAND,
@@ -369,16 +370,7 @@ def build_transport(module):
 def main():
     argument_spec = dict(
         transport=dict(type='str', required=True, choices=list(TRANSPORTS)),
-        targets=dict(type='list', elements='dict', options=dict(
-            name=dict(type='str'),
-            pid=dict(type='int'),
-            pid_file=dict(type='path'),
-            ca_file=dict(type='path'),
-            monitor_url=dict(type='str'),
-            server_id=dict(type='str'),
-            log_file=dict(type='path'),
-            url=dict(type='str'),
-        )),
+        targets=dict(type='list', elements='dict', options=TARGET_OPTION_SPEC),
         expect_sha256=dict(type='str'),
         propagation_timeout=dict(type='int', default=180),
         reload_timeout=dict(type='int', default=30),

@@ -33,9 +33,11 @@ extends_documentation_fragment:
   - securetransport.ca_rotation.engine
 options:
   phase:
-    description: C(deliver) (after the authority step) or C(renew) (after activation).
+    description:
+      - C(deliver) (after the authority step), C(renew) (after activation), or C(restore) (rollback - server leaves from
+        the restored epoch, then the restored bundle).
     type: str
-    choices: [deliver, renew]
+    choices: [deliver, renew, restore]
     default: deliver
 requirements:
   - hvac

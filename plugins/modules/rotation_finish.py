@@ -20,7 +20,14 @@ author:
   - SecureTransport platform team (@securetransport)
 extends_documentation_fragment:
   - securetransport.ca_rotation.engine
-options: {}
+options:
+  mode:
+    description:
+      - C(rotate), or C(rollback) to first complete a rollback - announce C(kind=rollback) with the new generation, record
+        it and set the hold, once every cluster proved the restored bundle.
+    type: str
+    choices: [rotate, rollback]
+    default: rotate
 requirements:
   - hvac
 '''
@@ -28,6 +35,10 @@ requirements:
 EXAMPLES = r'''
 - name: Release the lock, report, fail loudly on any failure
   securetransport.ca_rotation.rotation_finish:
+
+- name: Complete a rollback, then finish
+  securetransport.ca_rotation.rotation_finish:
+    mode: rollback
 '''
 
 RETURN = r'''

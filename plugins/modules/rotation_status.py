@@ -341,6 +341,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import TARGET_OPTION_SPEC
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import TRANSPORTS
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import KubernetesTransport
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
@@ -434,16 +435,7 @@ def main():
         )),
         cluster=dict(type='str'),
         transport=dict(type='str', default='signal', choices=list(TRANSPORTS)),
-        targets=dict(type='list', elements='dict', options=dict(
-            name=dict(type='str'),
-            pid=dict(type='int'),
-            pid_file=dict(type='path'),
-            ca_file=dict(type='path'),
-            monitor_url=dict(type='str'),
-            server_id=dict(type='str'),
-            log_file=dict(type='path'),
-            url=dict(type='str'),
-        )),
+        targets=dict(type='list', elements='dict', options=TARGET_OPTION_SPEC),
         namespace=dict(type='str', default='nats'),
         label_selector=dict(type='str', default='app=nats'),
         container=dict(type='str', default='nats'),

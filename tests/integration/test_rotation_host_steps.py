@@ -34,11 +34,23 @@ def _public(path):
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def test_check_mode_on_the_host_writes_nothing(rs):
-    before = rs.ca_file_sha256s()
+def _openbao_state(rs):
+    client = rs.bao()
+    issuers = sorted(client.list(f"{rs.info['pki']['int_mount']}/issuers")["data"]["keys"])
+    try:
+        kv = sorted(client.secrets.kv.v2.list_secrets(path="", mount_point="secret")["data"]["keys"])
+    except Exception:  # noqa: BLE001 - nothing stored yet
+        kv = []
+    return issuers, kv
+
+
+def test_check_mode_predicts_the_rotation_and_writes_nothing(rs):
+    before_files, before_bao = rs.ca_file_sha256s(), _openbao_state(rs)
     run = rs.playbook("rotate.yml", extra_vars=ON_HOST, check=True)
     assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-2000:]
-    assert rs.ca_file_sha256s() == before
+    assert "changed: [authority]" in run["stdout"], "the authority step predicts its changes"
+    assert rs.ca_file_sha256s() == before_files, "no CA file written"
+    assert _openbao_state(rs) == before_bao, "no issuer, KV bundle, state document or lock written"
 
 
 def test_deliver_reload_and_prove_on_the_host(rs):

@@ -29,6 +29,19 @@ _RELOAD_FAILED = 'Failed to reload server configuration'
 LOG_TAIL_BYTES = 256 * 1024
 
 
+#: a server as the modules take it (``targets`` option of nats_sighup and rotation_status)
+TARGET_OPTION_SPEC = dict(
+    name=dict(type='str'),
+    pid=dict(type='int'),
+    pid_file=dict(type='path'),
+    ca_file=dict(type='path'),
+    monitor_url=dict(type='str'),
+    server_id=dict(type='str'),
+    log_file=dict(type='path'),
+    url=dict(type='str'),
+)
+
+
 class ReloadError(CaRotationError):
     """The run cannot start (bad options, discovery failed): no server was touched."""
 

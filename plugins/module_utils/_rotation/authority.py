@@ -111,6 +111,13 @@ def _plan_and_lock(cfg, clients, holder, timings, check_mode):
     return plan, lock
 
 
+def _stop(cfg, clients, holder, check_mode, err, failed_msg):
+    """Release the lock after a refusal or a failure; the message (the refusal's own, or ``failed_msg``)."""
+    if not check_mode:
+        _release(clients, cfg, holder)
+    return str(err) if isinstance(err, decisions.Refusal) else failed_msg
+
+
 def _release(clients, cfg, holder):
     try:
         _state.release_lock(clients.openbao(), holder, cfg.pki['kv_mount'], cfg.state_path)
@@ -204,13 +211,8 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
                                          check_mode=check_mode)
                 changed = changed or pr['changed']
     except Exception as err:  # pylint: disable=broad-except
-        if not check_mode:
-            _release(clients, cfg, holder)
-        if isinstance(err, decisions.Refusal):
-            msg = str(err)
-        else:
-            msg = ("The authority step failed at '%s': %s. The lock was released; nothing after that step was changed and "
-                   "the next run converges." % (step, err))
+        msg = _stop(cfg, clients, holder, check_mode, err, "The authority step failed at '%s': %s. The lock was released; "
+                    "nothing after that step was changed and the next run converges." % (step, err))
         return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict(), changed=changed)
     result = authority_went_ahead(
         started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle, generation=generation,
@@ -270,13 +272,8 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             with timings.step('renew'):
                 announcer_leaf(cfg, clients, check_mode, renew_before=None)
     except Exception as err:  # pylint: disable=broad-except
-        if not check_mode:
-            _release(clients, cfg, holder)
-        if isinstance(err, decisions.Refusal):
-            msg = str(err)
-        else:
-            msg = ("Rollback failed at '%s': %s. Nothing was changed on the NATS servers; the lock was released."
-                   % (step, err))
+        msg = _stop(cfg, clients, holder, check_mode, err, "Rollback failed at '%s': %s. Nothing was changed on the NATS "
+                    "servers; the lock was released." % (step, err))
         return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict())
     new_bundle = bundle['sha256'] != state.get('bundle_sha256')
     result = authority_went_ahead(
