@@ -40,6 +40,12 @@ TARGET_OPTION_SPEC = dict(
     log_file=dict(type='path'),
     url=dict(type='str'),
 )
+TARGET_KEYS = tuple(TARGET_OPTION_SPEC)
+
+
+def reload_specs(targets):
+    """Targets with only the keys the reload transports know (the rest - cert_file, names - are for leaves)."""
+    return [{k: t[k] for k in TARGET_KEYS if t.get(k) is not None} for t in targets]
 
 
 class ReloadError(CaRotationError):

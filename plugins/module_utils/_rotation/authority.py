@@ -100,8 +100,17 @@ def _epoch_secret_dest(cfg):
             'key': DEFAULT_EPOCH_SECRET_KEY, 'kubernetes': cfg.authority_kubernetes}
 
 
-def _plan_and_lock(cfg, clients, holder, timings, check_mode):
-    """The epoch plan for now, and the single-flight lock (``acquired`` false while another run holds it)."""
+def _plan_and_lock(cfg, clients, holder, started_at, kind, timings, check_mode):
+    """``(plan, lock, stopped)``: the epoch plan for now and the single-flight lock (``acquired`` false while another
+    run holds it); ``stopped`` is the result to return when OpenBao could not be reached (nothing was changed)."""
+    try:
+        return _plan_and_lock_once(cfg, clients, holder, timings, check_mode) + (None,)
+    except Exception as err:  # pylint: disable=broad-except  # OpenBao unreachable, login refused
+        msg = 'The %s could not start: %s. Nothing was changed.' % (kind, err)
+        return None, None, authority_stopped(started_at, kind, msg, error=msg, timings=timings.as_dict())
+
+
+def _plan_and_lock_once(cfg, clients, holder, timings, check_mode):
     with timings.step('plan'):
         plan = cfg.schedule.plan(cfg.now)
     with timings.step('lock'):
@@ -128,11 +137,9 @@ def _release(clients, cfg, holder):
 def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
     """The authority step of ``rotate.yml``; returns an AuthorityResult."""
     pki, kind = cfg.pki, 'rotation'
-    try:
-        plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
-    except Exception as err:  # pylint: disable=broad-except  # OpenBao unreachable, login refused: nothing was changed
-        msg = 'The rotation could not start: %s. Nothing was changed.' % err
-        return authority_stopped(started_at, kind, msg, error=msg, timings=timings.as_dict())
+    plan, lock, stopped = _plan_and_lock(cfg, clients, holder, started_at, kind, timings, check_mode)
+    if stopped is not None:
+        return stopped
     if not lock['acquired']:
         return authority_stopped(started_at, kind, lock['msg'], locked_out=True, plan=plan, timings=timings.as_dict())
     state = lock['state']
@@ -230,11 +237,9 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     lose trust.
     """
     pki, kind = cfg.pki, 'rollback'
-    try:
-        plan, lock = _plan_and_lock(cfg, clients, holder, timings, check_mode)
-    except Exception as err:  # pylint: disable=broad-except  # OpenBao unreachable, login refused: nothing was changed
-        msg = 'The rollback could not start: %s. Nothing was changed.' % err
-        return authority_stopped(started_at, kind, msg, error=msg, timings=timings.as_dict())
+    plan, lock, stopped = _plan_and_lock(cfg, clients, holder, started_at, kind, timings, check_mode)
+    if stopped is not None:
+        return stopped
     if not lock['acquired']:
         msg = '%s. Re-run the rollback when it is released.' % lock['msg']
         return authority_stopped(started_at, kind, msg, locked_out=True, plan=plan, error=msg, timings=timings.as_dict())

@@ -8,11 +8,11 @@ phase of the same step (after activation, so that leaves come from the new defau
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import shutil
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import issue_leaf
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates
@@ -61,9 +61,8 @@ def _destinations(cc):
                              'kubernetes': cc.kubernetes})]
 
 
-def _bundle(pem, auth):
-    return {'pem': pem, 'sha256': hashlib.sha256(pem.encode('utf-8')).hexdigest()} if auth is None else \
-        {'pem': auth['pem'], 'sha256': auth['sha256']}
+def _bundle(pem):
+    return {'pem': pem, 'sha256': sha256_hex(pem)}
 
 
 def probe_options(auth):
@@ -139,7 +138,7 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                     out = probe_after(out, cc, auth, min_success, getattr(steps, 'probe_host', None))
         else:
             with timings.step('deliver'):
-                results = deliver(_destinations(cc), _bundle(None, auth), auth['epoch'], None, clients, check_mode)
+                results = deliver(_destinations(cc), {'pem': auth['pem'], 'sha256': auth['sha256']}, auth['epoch'], None, clients, check_mode)
             previous_pem = next((r.get('previous_pem') for r in results if r.get('previous_pem')), None)
             delivered = any(r['changed'] for r in results)
             out = None
@@ -172,7 +171,7 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
 
 def restore_previous(cc, previous_pem, clients, steps):
     """Automatic rollback: put back the bundle that was live before this run and reload; True when proven."""
-    bundle = _bundle(previous_pem, None)
+    bundle = _bundle(previous_pem)
     try:
         if uses_host_steps(cc):
             out = steps.deliver_reload(pem=previous_pem, targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,

@@ -18,6 +18,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
     now_from_params,
     parse_duration,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import reload_specs
 
 PREFIX = 'ca_rotation_'
 
@@ -104,8 +105,6 @@ DEFAULTS = {
 SCHEDULE_KEYS = ('epoch_zero', 'epoch_duration', 'validity', 'lead_time', 'skew_allowance')
 TRANSPORTS = ('signal', 'command', 'kubernetes', 'system')
 DELIVERIES = ('file', 'secret')
-#: keys of a target that the reload engine understands (the rest - cert_file, key_file, names - are for leaves)
-TARGET_KEYS = ('name', 'pid', 'pid_file', 'ca_file', 'monitor_url', 'server_id', 'log_file', 'url')
 
 
 class ConfigError(ValueError):
@@ -234,11 +233,6 @@ class Config:
     def probe_dir(self):
         return self._v['authority_probe_dir']
 
-    def epoch_params(self):
-        """The schedule as module options (for the modules' own code paths)."""
-        params = self.schedule.to_params()
-        return params
-
 
 class ClusterConfig:
     """The ``ca_rotation_nats_reload_*`` values of one cluster host, checked."""
@@ -297,7 +291,7 @@ class ClusterConfig:
 
     def reload_targets(self, targets=None):
         """Targets as the reload engine takes them (only the keys it knows)."""
-        return [{k: t[k] for k in TARGET_KEYS if t.get(k) is not None} for t in (self.targets if targets is None else targets)]
+        return reload_specs(self.targets if targets is None else targets)
 
 
 def from_vars(lookup, host=None):

@@ -119,7 +119,3 @@ def rollback_target(requested, history):
 def rollback_default_epoch(bundle_epoch, current_epoch):
     """After a rollback new leaves come from the restored epoch, never from one that has not started."""
     return min(int(bundle_epoch), int(current_epoch))
-
-
-def report_ok(clusters, announce_error):
-    return not announce_error and all(c.get('ok') for c in clusters)

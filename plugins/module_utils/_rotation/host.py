@@ -10,7 +10,6 @@ host) for servers on other machines. Nothing here talks to OpenBao.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.deliver import deliver_file
@@ -25,11 +24,10 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     leaf_renewal_reasons,
     read_leaf_files,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError, reload_specs
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.engine import reload_servers
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.local import LocalTransport
 
-TARGET_KEYS = ('name', 'pid', 'pid_file', 'ca_file', 'monitor_url', 'server_id', 'log_file', 'url')
 PENDING_SUFFIX = '.pending'
 
 
@@ -37,14 +35,10 @@ class HostStepError(Exception):
     """A host-local step could not run; the message names the server and the file."""
 
 
-def _reload_targets(targets):
-    return [{k: t[k] for k in TARGET_KEYS if t.get(k) is not None} for t in targets]
-
-
 def reload_local(targets, transport='signal', expect_sha256=None, propagation_timeout=180, reload_timeout=30, probe=None,
                  min_success=None, check_mode=False, nats_server_path=None):
     """Reload the servers of this host (signal or ``nats-server --signal reload``) and prove each reload."""
-    local = LocalTransport(transport, _reload_targets(targets), nats_server_path=nats_server_path)
+    local = LocalTransport(transport, reload_specs(targets), nats_server_path=nats_server_path)
     try:
         return reload_servers(local, expect_sha256=expect_sha256, propagation_timeout=propagation_timeout,
                               reload_timeout=reload_timeout, probe=probe, min_success=min_success, check_mode=check_mode)
@@ -61,7 +55,7 @@ def deliver_reload(pem, targets, transport='signal', file_mode='0644', reload='a
     previous_pem, reload}`` (``reload`` is the reload summary, or None when no reload was due).
     """
     # the targets are checked (pid or pid file, monitor_url, nats-server for command) before anything is written
-    LocalTransport(transport, _reload_targets(targets), nats_server_path=nats_server_path).close()
+    LocalTransport(transport, reload_specs(targets), nats_server_path=nats_server_path).close()
     plan = [deliver_file(t['ca_file'], pem, mode=file_mode, check_mode=True) for t in targets]
     results = plan if check_mode else [
         deliver_file(t['ca_file'], pem, mode=file_mode, check_mode=False) if p['changed'] else p
@@ -79,10 +73,6 @@ def deliver_reload(pem, targets, transport='signal', file_mode='0644', reload='a
         except ReloadError as err:  # written already: the caller must be able to put the previous bundle back
             out['reload'] = {'failed': True, 'changed': False, 'msg': str(err), 'targets': [], 'transport': transport}
     return out
-
-
-def sha256_text(text):
-    return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
 def leaf_requests(targets, issuers, renew_before, now, schedule=None, key_type='ec', key_bits=0, check_mode=False):

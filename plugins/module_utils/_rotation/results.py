@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 
 class Timings:
@@ -195,8 +195,3 @@ def summary_line(report):
     return 'epoch %s (current %s), generation %s, bundle %s with %d certificates; clusters: %s' % (
         report['epoch'], report['current_epoch'], report['generation'], (report['bundle_sha256'] or '')[:16],
         report['bundle_certificates'], clusters or 'none')
-
-
-def fact_value(obj: Any):
-    """A result object or dict, as the plain dict stored in facts."""
-    return obj.to_fact() if hasattr(obj, 'to_fact') else obj

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import host
 
 PEM_A = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'
@@ -47,10 +48,10 @@ def test_unchanged_files_are_not_written_and_not_reloaded(targets, reloads):
 
 
 def test_a_new_bundle_is_written_then_every_server_reloaded(targets, reloads):
-    out = host.deliver_reload(PEM_B, targets, expect_sha256=host.sha256_text(PEM_B))
+    out = host.deliver_reload(PEM_B, targets, expect_sha256=sha256_hex(PEM_B))
     assert out['delivered'] and out['previous_pem'] == PEM_A
     assert all(open(t['ca_file']).read() == PEM_B for t in targets)
-    assert reloads == [(['n1', 'n2'], host.sha256_text(PEM_B), False)]
+    assert reloads == [(['n1', 'n2'], sha256_hex(PEM_B), False)]
 
 
 def test_check_mode_predicts_and_writes_nothing(targets, reloads):
