@@ -32,6 +32,13 @@ def _poll(cond, timeout=60, interval=0.2):
     return False
 
 
+def _until_new_epoch_due(last_epoch, margin=0.5):
+    """Seconds until an epoch after ``last_epoch`` is due (prepared ``EPOCH // 4`` before it starts)."""
+    lead = EPOCH // 4
+    prepare_at = (last_epoch + 1) * EPOCH - lead
+    return max(0.0, prepare_at - time.time()) + margin
+
+
 def test_two_concurrent_runs_never_both_rotate(frs):
     runs = [None, None]
 
@@ -164,11 +171,11 @@ def test_nats_unavailable_during_announcement(frs):
                                           "ca_file": frs.info["nats_auth"]["ca_file"], "cert_file": frs.info["nats_auth"]["client_cert_file"],
                                           "key_file": frs.info["nats_auth"]["client_key_file"], "user": "app",
                                           "password_file": frs.info["nats_auth"]["app_password_file"]}}
-    # wait for the next phase (preparation of the next epoch, or its start): its bundle is new, so there is
-    # something to announce (the wait is derived from the schedule: 20 s epochs, lead time 5 s)
+    # run when the bundle has something new to announce: the preparation of an epoch newer than the last one
+    # announced (derived from the schedule, 20 s epochs with a 5 s lead, and from the recorded state: an
+    # earlier case of this module may already have prepared the next epoch)
     gen = before_state["generation"]
-    into = time.time() % EPOCH
-    time.sleep(min(t for t in (EPOCH - EPOCH // 4 - into, EPOCH - into) if t > 0) + 0.5)
+    time.sleep(_until_new_epoch_due(int(before_state["last_epoch"])))
     run = frs.playbook("rotate.yml", extra_vars=bad)
     assert run["rc"] != 0 and "The announcement failed" in run["stdout"], run["stdout"][-2000:]
     state, _unused = read_state(frs)
