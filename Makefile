@@ -53,7 +53,7 @@ install: build
 DEMO_EPOCH  ?= 20s
 DEMO_EPOCHS ?= 3
 demo: install
-	$(BIN)/python scripts/localstack up --epoch-duration $(DEMO_EPOCH)
+	$(BIN)/python scripts/localstack up --rebuild --epoch-duration $(DEMO_EPOCH)
 	$(BIN)/python scripts/ca-rotation-demo --epochs $(DEMO_EPOCHS) --collections $(INSTALLED) $(DEMO_ARGS)
 
 demo-down: venv

@@ -40,6 +40,7 @@ ensure_collection_importable()
 
 # pylint: disable=wrong-import-position
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _epoch  # noqa: E402
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import STREAM_DEFAULTS  # noqa: E402
 
 DEFAULT_STATE_DIR = COLLECTION_ROOT / ".localstack"
 DEFAULT_INVENTORY_DIR = COLLECTION_ROOT / "inventories" / "local"
@@ -53,6 +54,8 @@ TRANSIT_KEY = "ca-bundle-signer"
 KV_MOUNT = "secret"
 CN_PREFIX = "NATS Intermediate CA"
 MEMBER_KEYS = ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")
+MAX_SERVERS = 7
+
 # the names every server certificate carries (servers listen on 127.0.0.1); the inventory gives them to leaf renewal
 SERVER_ALT_NAMES = ["localhost"]
 SERVER_IP_SANS = ["127.0.0.1"]
@@ -180,11 +183,33 @@ def process_alive(pid: int | None, marker: str | None = None) -> bool:
                 _reap(pid)
                 return False
         if marker is not None:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                return marker.encode() in handle.read()
+            return marker.encode() in _cmdline(pid)
     except FileNotFoundError:
         return False
     return True
+
+
+def _cmdline(pid: int, settle: float = 2.0) -> bytes:
+    """The command line of ``pid``. Right after fork, while the exec is still in progress, the kernel shows an empty
+    command line (seen with nats-server: comm already set, cmdline empty for ~0.1 ms); poll it until it is set."""
+    deadline = time.monotonic() + settle
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            data = handle.read()
+        if data or time.monotonic() >= deadline:
+            return data
+        time.sleep(0.001)
+
+
+def log_tail(path: str | Path | None, lines: int = 8) -> str:
+    """The last ``lines`` lines of a process log, indented, for an error message ('' when unreadable)."""
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "".join(f"\n    {line}" for line in text)
 
 
 def _reap(pid: int) -> None:
@@ -266,6 +291,10 @@ class LocalStack:
     ) -> None:
         self.state_dir = Path(state_dir or os.environ.get("CA_ROTATION_STACK_DIR") or DEFAULT_STATE_DIR).resolve()
         self.clusters = [(str(name), int(size)) for name, size in clusters]
+        for name, size in self.clusters:
+            if not 1 <= size <= MAX_SERVERS:
+                raise StackError(f"cluster {name}: {size} servers asked for (--servers); a local cluster has 1 to {MAX_SERVERS} "
+                                 f"servers (3 by default, the JetStream R3 the announcement stream uses)")
         self.schedule = _epoch.EpochSchedule.from_params(
             {
                 "epoch_zero": epoch_zero,
@@ -320,9 +349,15 @@ class LocalStack:
         }
 
     # ---------------------------------------------------------------- up
-    def up(self) -> dict:
-        """Start the stack; a no-op (``info['changed'] = False``) when everything already runs."""
+    def up(self, rebuild: bool = False) -> dict:
+        """Start the stack; a no-op (``info['changed'] = False``) when everything already runs.
+
+        A recorded stack whose OpenBao no longer runs has lost its in-memory PKI: starting again means a new root CA,
+        a new transit key and new ports. That is refused unless ``rebuild`` is set; ``info['rebuilt']`` then says what
+        was replaced.
+        """
         started = time.monotonic()
+        rebuilt = None
         if self.info:
             procs = self.processes()
             if procs and all(p["running"] for p in procs):
@@ -338,8 +373,20 @@ class LocalStack:
                             self._start_nats(server)
                 self._wait_nats()
                 self.info["changed"] = True
+                self.info["restarted"] = [p["name"] for p in procs if not p["running"]]
                 self._save()
                 return self.info
+            running = [p["name"] for p in procs if p["running"]]
+            lost = (f"OpenBao (pid {bao['pid']}) is not running, so the stack's in-memory PKI is lost" if bao
+                    else "the recorded stack has no OpenBao")
+            if not rebuild:
+                raise StackError(
+                    f"{lost}; still running: {', '.join(running) or 'nothing'}. Starting again creates a new root CA, a new "
+                    f"transit signing key and new ports (clients and servers then trust only the new root). Nothing was "
+                    f"changed; run 'localstack up --rebuild' to rebuild it, or 'localstack down' to remove it")
+            rebuilt = {"reason": lost, "stopped": running,
+                       "replaced": ["root CA", "epoch intermediates", "transit signing key", "server and client certificates",
+                                    "passwords", "ports"]}
             self.down()
         for attempt in range(3):
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -366,6 +413,8 @@ class LocalStack:
                 self.down(purge=False)
                 raise
         self.info["changed"] = True
+        if rebuilt:
+            self.info["rebuilt"] = rebuilt
         self.info["up_seconds"] = round(time.monotonic() - started, 3)
         self._save()
         self._write_inventory()
@@ -424,7 +473,8 @@ class LocalStack:
 
         def healthy() -> bool:
             if proc.poll() is not None:
-                raise StackError(f"OpenBao exited with {proc.returncode}; see {bao_dir / 'openbao.log'}")
+                raise StackError(f"OpenBao exited with {proc.returncode}; see {bao_dir / 'openbao.log'}; its last lines:"
+                                 f"{log_tail(bao_dir / 'openbao.log')}")
             if ca_cert and not os.path.exists(ca_cert):
                 return False
             return http_json(f"{addr}/v1/sys/health", cafile=ca_cert)[0] == 200
@@ -554,6 +604,10 @@ class LocalStack:
             if self.jetstream else ""
         )
         app_js = "jetstream: enabled, " if self.jetstream else ""
+        cluster = (
+            f"cluster {{\n  name: \"{cluster_name}\"\n  listen: \"127.0.0.1:{server['cluster_port']}\"\n"
+            f"  routes: [{routes}]\n  tls {tls}\n}}\n"
+        ) if len(servers) > 1 else ""  # one server: standalone (a JetStream cluster needs routes)
         return (
             "# generated by scripts/localstack - do not edit\n"
             f'server_name: "{server["name"]}"\n'
@@ -562,8 +616,7 @@ class LocalStack:
             f'pid_file: "{server["pid_file"]}"\n'
             f"tls {tls}\n"
             f"{jetstream}"
-            f"cluster {{\n  name: \"{cluster_name}\"\n  listen: \"127.0.0.1:{server['cluster_port']}\"\n"
-            f"  routes: [{routes}]\n  tls {tls}\n}}\n"
+            f"{cluster}"
             "accounts {\n"
             f'  SYS {{ users: [ {{ user: "sys", password: "{sys_password}" }} ] }}\n'
             f'  APP {{ {app_js}users: [ {{ user: "app", password: "{app_password}" }} ] }}\n'
@@ -578,7 +631,8 @@ class LocalStack:
     def _wait_nats(self) -> None:
         def ready(server: dict, peers: int) -> bool:
             if not process_alive(server["pid"], server["config_file"]):
-                raise StackError(f"nats-server {server['name']} exited; see {server['log_file']}")
+                raise StackError(f"nats-server {server['name']} (pid {server['pid']}) exited; see {server['log_file']}; "
+                                 f"its last lines:{log_tail(server['log_file'])}")
             if http_json(f"{server['monitor_url']}/healthz")[0] != 200:
                 return False
             routez = http_json(f"{server['monitor_url']}/routez")[1]
@@ -645,7 +699,15 @@ class LocalStack:
                 "user": auth["app_user"], "password_file": auth["app_password_file"],
             },
             "ca_rotation_nats_system": {"user": auth["sys_user"], "password_file": auth["sys_password_file"]},
+            **self._stream_vars(),
         }
+
+    def _stream_vars(self) -> dict:
+        """With fewer than 3 servers in a cluster the announcement stream cannot have 3 replicas: say how many it has."""
+        smallest = min(len(c["servers"]) for c in self.info["clusters"])
+        if smallest >= STREAM_DEFAULTS["replicas"]:
+            return {}
+        return {"ca_rotation_authority_stream": dict(STREAM_DEFAULTS, replicas=smallest)}
 
     def _write_inventory(self) -> None:
         if not self.inventory_dir or not self.info:
@@ -686,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--servers", type=int, default=3, help="NATS servers per cluster")
     up.add_argument("--cluster", action="append", default=None, help="cluster name (repeatable)")
     up.add_argument("--openbao-tls", action="store_true", help="serve OpenBao over TLS (-dev-tls)")
+    up.add_argument("--rebuild", action="store_true",
+                    help="when a recorded stack's OpenBao no longer runs, rebuild everything (new root CA, keys, ports)")
     up.add_argument("--json", action="store_true")
     sub.add_parser("down", help="stop the stack's processes and remove its state")
     st = sub.add_parser("status", help="what runs")
@@ -706,10 +770,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = LocalStack(state_dir, **kwargs)
         if args.command == "up":
-            info = stack.up()
+            info = stack.up(rebuild=args.rebuild)
             if args.json:
                 print(json.dumps(info, indent=2, sort_keys=True))
             elif info.get("changed"):
+                if info.get("rebuilt"):
+                    rebuilt = info["rebuilt"]
+                    print(f"rebuilt the stack: {rebuilt['reason']}; stopped {', '.join(rebuilt['stopped']) or 'nothing'}; "
+                          f"new: {', '.join(rebuilt['replaced'])}")
+                elif info.get("restarted"):
+                    print(f"restarted {', '.join(info['restarted'])} (OpenBao and the PKI were kept)")
                 print(f"local stack up in {info.get('up_seconds', 0):.1f}s (state dir {stack.state_dir})")
                 _print_status(stack, False)
             else:

@@ -111,3 +111,126 @@ def test_commands_on_a_stack_that_is_not_running(tmp_path, args):
         assert result.returncode == 0 and "not running" in result.stdout
     else:
         assert result.returncode == 1 and "not running" in result.stderr
+
+
+def test_a_server_just_spawned_counts_as_running(tmp_path):
+    """Right after fork the kernel shows an empty command line until the exec completes: a check at that moment must
+    not call a healthy, starting server dead (the stack then stopped it: 'nats-server nats-0 exited')."""
+    import signal
+
+    from catools.localstack import find_binary, spawn
+
+    config = tmp_path / "n.conf"
+    config.write_text("listen: 127.0.0.1:-1\n")
+    dead = 0
+    for _attempt in range(300):
+        proc = spawn([find_binary("nats-server"), "-c", str(config)], tmp_path / "n.log")
+        try:
+            dead += not process_alive(proc.pid, str(config))
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+    assert dead == 0
+
+
+def test_cmdline_read_during_exec_is_retried(monkeypatch, tmp_path):
+    from catools import localstack
+
+    reads = iter([b"", b"", b"nats-server\0-c\0/x.conf\0"])
+    real_open = open
+
+    class Fake:
+        def __init__(self, data):
+            self.data = data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.data
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith("/cmdline"):
+            return Fake(next(reads))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert localstack.process_alive(os.getpid(), "/x.conf") is True
+
+
+def test_a_server_that_exits_is_reported_with_its_last_log_lines(tmp_path):
+    from catools.localstack import StackError, log_tail
+
+    log = tmp_path / "nats.log"
+    log.write_text("".join(f"line {n}\n" for n in range(20)) + "[FTL] listen tcp 127.0.0.1:4222: bind: address already in use\n")
+    tail = log_tail(log)
+    assert "address already in use" in tail and "line 13" in tail and "line 12" not in tail
+    assert log_tail(tmp_path / "missing.log") == ""
+    assert issubclass(StackError, Exception)
+
+
+def test_a_stack_whose_openbao_died_is_rebuilt_only_when_asked(tmp_path):
+    from catools.localstack import stop_process
+
+    state = tmp_path / "state"
+    env = dict(os.environ, CA_ROTATION_STACK_DIR=str(state))
+    first = _cli("up", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    try:
+        root = Path(info["pki"]["root_pem_file"]).read_text()
+        stop_process(info["openbao"]["pid"], info["openbao"]["marker"])
+        refused = _cli("up", env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "--rebuild" in refused.stderr and "in-memory PKI is lost" in refused.stderr
+        assert "nats-0" in refused.stderr  # what still runs is named
+        # nothing was changed: the servers still run with the same PKI and ports
+        servers = info["clusters"][0]["servers"]
+        assert all(process_alive(s["pid"], s["config_file"]) for s in servers)
+        assert Path(info["pki"]["root_pem_file"]).read_text() == root
+
+        rebuilt = _cli("up", "--rebuild", env=env)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert "rebuilt the stack" in rebuilt.stdout and "root CA" in rebuilt.stdout
+        again = json.loads(Path(state, "stack.json").read_text())
+        assert again["rebuilt"]["stopped"] == [s["name"] for s in servers]
+        assert Path(again["pki"]["root_pem_file"]).read_text() != root
+        assert not any(process_alive(s["pid"], s["config_file"]) for s in servers)
+    finally:
+        _cli("down", env=env)
+
+
+def test_one_server_stack_runs_standalone_jetstream_and_rotates(tmp_path):
+    import shutil
+
+    from helpers import ansible_env
+
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    shutil.copy(REPO / "inventories" / "local" / "hosts.yml", inventory / "hosts.yml")
+    shutil.copy(REPO / "inventories" / "local" / "group_vars" / "all" / "main.yml", inventory / "group_vars" / "all" / "main.yml")
+    stack = LocalStack(tmp_path / "s", clusters=(("local", 1),), inventory_dir=inventory, epoch_duration="1m")
+    try:
+        info = stack.up()
+        server = info["clusters"][0]["servers"][0]
+        assert "cluster {" not in Path(server["config_file"]).read_text()
+        status, jsz = http_json(f"{server['monitor_url']}/jsz")
+        assert status == 200 and jsz.get("config", {}).get("store_dir")
+        assert stack.inventory_vars()["ca_rotation_authority_stream"]["replicas"] == 1
+        run = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+                              str(REPO / "playbooks" / "rotate.yml")], capture_output=True, text=True, timeout=300,
+                             env=ansible_env(), check=False)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+        assert "local=ok" in run.stdout
+    finally:
+        stack.down()
+
+
+@pytest.mark.parametrize("servers", ["0", "8"])
+def test_server_count_out_of_range_is_refused(tmp_path, servers):
+    result = _cli("--state-dir", str(tmp_path / "x"), "up", "--servers", servers)
+    assert result.returncode == 2 and "--servers" in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()
