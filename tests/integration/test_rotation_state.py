@@ -74,3 +74,10 @@ def test_cluster_records_and_bad_input(run_module, state_args, bao_client):
     assert bad["failed"] and "holder" in bad["msg"]
     bad_ttl = run_module("rotation_state", dict(state_args, action="acquire", holder="x", lock_ttl="soon"))
     assert bad_ttl["failed"] and "lock_ttl" in bad_ttl["msg"]
+
+
+def test_a_wrong_kv_mount_names_the_kv_engine(run_module, state_args):
+    bad = run_module("rotation_state", dict(state_args, action="read", kv_mount="no-such-kv"))
+    assert bad["failed"], bad
+    assert "nothing is mounted at 'no-such-kv/'" in bad["msg"], bad["msg"]
+    assert "bao secrets enable -path=no-such-kv kv-v2" in bad["msg"], bad["msg"]

@@ -73,6 +73,19 @@ def _translate(client, exc, method, path, operation, login=False):
     return OpenBaoError('%s on %r at %s failed: %s' % (operation, path, url, exc), operation=operation, path=path)
 
 
+#: the first path segment after the mount -> the secrets engine that serves it
+_ENGINE_SEGMENTS = {
+    'data': 'kv-v2', 'metadata': 'kv-v2', 'delete': 'kv-v2', 'undelete': 'kv-v2', 'destroy': 'kv-v2', 'config': 'kv-v2',
+    'keys': 'transit', 'sign': 'transit', 'verify': 'transit', 'encrypt': 'transit', 'decrypt': 'transit',
+}
+
+
+def engine_for_path(path):
+    """The secrets engine a request path is meant for (``kv-v2``, ``transit`` or ``pki``), for 'enable it' hints."""
+    parts = path.strip('/').split('/')
+    return _ENGINE_SEGMENTS.get(parts[1] if len(parts) > 1 else '', 'pki')
+
+
 def _short(exc):
     text = str(exc)
     match = re.search(r"\((Caused by .*)\)$", text)
@@ -93,7 +106,7 @@ def _status_error(client, status, errors, method, path, operation, login=False):
         mount = path.split('/', 1)[0]
         if 'no handler for route' in detail:
             msg = ("%s failed: nothing is mounted at %r (%r does not exist). Check the mount option "
-                   "(enable it with 'bao secrets enable -path=%s pki')" % (operation, mount + '/', path, mount))
+                   "(enable it with 'bao secrets enable -path=%s %s')" % (operation, mount + '/', path, mount, engine_for_path(path)))
         else:
             msg = '%s failed: %r not found (%s)' % (operation, path, detail)
     elif status in (502, 503, 504):

@@ -151,6 +151,13 @@ def test_status_messages():
     err = bao_errors._status_error(_Client(), 404, ['no handler for route "nope/issuers/". route entry not found.'], "LIST",
                                    "nope/issuers", "listing issuers")
     assert "nothing is mounted at 'nope/'" in str(err) and "bao secrets enable -path=nope pki" in str(err)
+    # the hint names the engine the path is for: a KV v2 document or a transit key is not served by pki
+    err = bao_errors._status_error(_Client(), 404, ['no handler for route "kvx/data/ca-rotation/state". route entry not found.'],
+                                   "GET", "kvx/data/ca-rotation/state", "reading the rotation state")
+    assert "bao secrets enable -path=kvx kv-v2" in str(err) and " pki" not in str(err)
+    err = bao_errors._status_error(_Client(), 404, ['no handler for route "tr/sign/k". route entry not found.'], "POST",
+                                   "tr/sign/k", "signing")
+    assert "bao secrets enable -path=tr transit" in str(err)
     err = bao_errors._status_error(_Client(), 503, ["Vault is sealed"], "GET", "pki/x", "reading")
     assert "unavailable (HTTP 503" in str(err) and "sealed" in str(err)
     err = bao_errors._status_error(_Client(), 400, ["bad thing"], "POST", "pki/x", "doing", login=False)
