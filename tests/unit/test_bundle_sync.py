@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from catools import bundle_sync as bs
+from catools.sync import files as sync_files
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest
 
@@ -269,7 +270,7 @@ def test_write_failure_is_transient(env, sign, bundles, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise OSError(28, 'No space left on device')
 
-    monkeypatch.setattr(bs, 'atomic_write', refuse)
+    monkeypatch.setattr(sync_files, 'atomic_write', refuse)
     outcome = process(syncer, announce(sign, bundles['e1'], 1, 1))
     assert (outcome.kind, outcome.reason) == ('retry', 'write') and 'No space left' in outcome.text
     assert not reloads(paths)
@@ -516,3 +517,20 @@ def test_the_client_bundle_role_installs_exactly_the_import_closure():
     assert sorted(re.findall(r"'([^']+\.py)'", plain)) == _closure('plain')
     assert sorted(re.findall(r"'([^']+\.py)'", transit)) == _closure('transit')
     assert not any(path.startswith('_openbao') for path in _closure('plain'))
+
+
+_SCRIPT_CLOSURE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import catools.bundle_sync  # noqa: F401
+for name in sorted(m for m in sys.modules if m == 'catools' or m.startswith('catools.')):
+    print(sys.modules[name].__file__.split('/scripts/', 1)[1])
+"""
+
+
+def test_the_client_bundle_role_installs_every_part_of_the_script():
+    """The script's own modules (scripts/catools/...) are installed by the role: exactly those bundle_sync imports."""
+    root = Path(bs.__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, '-c', _SCRIPT_CLOSURE, str(root / 'scripts')], capture_output=True, text=True, check=True).stdout
+    installed = re.findall(r'\{name: (catools/[^,]+\.py),', (root / 'roles/client_bundle/tasks/sync.yml').read_text())
+    assert sorted(installed) == sorted(out.split())
