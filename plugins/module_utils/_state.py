@@ -134,26 +134,35 @@ def release_lock(client, holder, mount=DEFAULT_MOUNT, path=DEFAULT_PATH, check_m
 
 
 def record(client, holder, *, epoch, sha256, generation, kind='rotation', now, hold=None, clear_hold=False,
-           mount=DEFAULT_MOUNT, path=DEFAULT_PATH, check_mode=False):
+           mount=DEFAULT_MOUNT, path=DEFAULT_PATH, check_mode=False, resync=None):
     """Record an announced bundle (generation must be exactly the next one, or the current one with
-    the same sha256 — a re-run after a crash). The caller must hold the lock."""
+    the same sha256 — a re-run after a crash). The caller must hold the lock.
+
+    ``resync`` (the last signed announcement, ``{generation, bundle_sha256, seq}``) lets a state that is behind the
+    stream continue from the announcement's generation instead of its own."""
     def change(state):
         lock = state.get('lock')
         # in check mode the lock was only predicted, never written
         if holder and not check_mode and (not lock or lock.get('holder') != holder):
             raise StateError('cannot record generation %s: this run (%s) does not hold the rotation lock (held by %s)'
                              % (generation, holder, (lock or {}).get('holder') or 'nobody'))
-        current = int(state.get('generation') or 0)
-        if generation == current and state.get('bundle_sha256') == sha256:
+        current, recorded = int(state.get('generation') or 0), state.get('bundle_sha256')
+        resynced = resync is not None and int(resync['generation']) > current
+        if resynced:
+            current, recorded = int(resync['generation']), resync.get('bundle_sha256')
+        if generation == current and recorded == sha256 and not resynced:
             new = dict(state)
-        elif generation == current + 1:
+        elif generation == current + 1 or (resynced and generation == current and recorded == sha256):
             new = dict(state)
             new['generation'] = generation
             new['bundle_sha256'] = sha256
             if kind == 'rotation':
                 new['last_epoch'] = max(int(state.get('last_epoch') or epoch), int(epoch))
-            new['history'] = ([{'generation': generation, 'epoch': int(epoch), 'sha256': sha256, 'kind': kind,
-                                'at': isoformat(now)}] + list(state.get('history') or []))[:HISTORY_MAX]
+            entry = {'generation': generation, 'epoch': int(epoch), 'sha256': sha256, 'kind': kind, 'at': isoformat(now)}
+            if resynced:
+                entry['resynced_from'] = {'generation': current, 'seq': resync.get('seq')}
+                new['resynced_at'] = isoformat(now)
+            new['history'] = ([entry] + list(state.get('history') or []))[:HISTORY_MAX]
             new['updated_at'] = isoformat(now)
         else:
             raise StateError('generation %s does not follow the recorded generation %s; another run announced in between. '

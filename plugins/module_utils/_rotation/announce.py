@@ -6,6 +6,8 @@ would, ensure the stream, publish once (``Nats-Msg-Id``). Used by the engine and
 
 from __future__ import annotations
 
+import json
+
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._message import (
     build_announcement,
@@ -98,6 +100,31 @@ def publish_payload(nats_params, payload, stream, subject, headers=None, msg_id=
     changed = result['stream_action'] != 'unchanged' or (result['would_publish'] if check_mode else result['published'])
     result['changed'] = bool(changed)
     return result
+
+
+async def _last_async(nats_params, name, subject, timeout):
+    client = await connect(nats_params)
+    try:
+        return await last_message(client, name, subject, Deadline(timeout))
+    finally:
+        await close(client)
+
+
+def last_announcement(bao_client, nats_params, stream, subject, transit_mount, transit_key, timeout=30):
+    """The newest announcement on ``subject`` whose signature verifies against transit, as
+    ``{seq, generation, bundle_sha256, epoch, kind}``; None when there is none (or the stream does not exist yet).
+    A message that does not parse or verify is not taken for the count: ``{'seq', 'invalid': reason}``."""
+    name, _wanted = stream_options(stream, subject)
+    last = run(_last_async(nats_params, name, subject, timeout))
+    if last is None:
+        return None
+    try:
+        message = json.loads(last['data'].decode('utf-8'))
+        verify_with_transit(bao_client, transit_mount, transit_key, message)
+    except Exception as err:  # pylint: disable=broad-except
+        return {'seq': last['seq'], 'invalid': str(err) or type(err).__name__}
+    return {'seq': last['seq'], 'generation': int(message['generation']), 'bundle_sha256': message.get('bundle_sha256'),
+            'epoch': message.get('epoch'), 'kind': message.get('kind')}
 
 
 def announce(bao_client, nats_params, stream, subject, fields, transit_mount, transit_key, check_mode=False, timeout=30):

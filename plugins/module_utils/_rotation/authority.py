@@ -31,7 +31,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import ensure_leaf, parse_renew_before
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates, root_certificate
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce, last_announcement
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
     authority_stopped,
     authority_went_ahead,
@@ -68,6 +68,25 @@ def announcement_fields(cfg, auth_like, kind, live_secrets):
         'kv_location': '%s/%s' % (cfg.pki['kv_mount'], DEFAULT_KV_PATH.format(epoch=epoch)),
         'secret_locations': locations,
     }
+
+
+def _continue_count(cfg, clients, state, sha256, notes):
+    """``(new_bundle, generation, resync)``: the next generation, continued from the last signed announcement on the
+    stream when the state document is behind it (lost or restored from an old copy); ``resync`` is that announcement."""
+    last = last_announcement(clients.openbao(), cfg.authority_nats, cfg.stream, cfg.authority_subject,
+                             cfg.pki['transit_mount'], cfg.pki['transit_key'])
+    if last is not None and last.get('invalid'):
+        notes.append('The last message on %s (seq %s) does not verify and was not counted: %s'
+                     % (cfg.authority_subject, last['seq'], last['invalid']))
+        last = None
+    new_bundle, generation, behind = decisions.reconcile_generation(state, sha256, last)
+    if not behind:
+        return new_bundle, generation, None
+    notes.append('The rotation state (generation %d, %s) is behind the last signed announcement (generation %d, seq %s): '
+                 'the count continues from the announcement, so clients keep applying new bundles'
+                 % (int(state.get('generation') or 0), 'lost' if not state.get('bundle_sha256') else 'an older copy',
+                    last['generation'], last['seq']))
+    return new_bundle, generation, last
 
 
 def announce_bundle(cfg, clients, fields, check_mode):
@@ -190,22 +209,28 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
                                       epoch_secret=_epoch_secret_dest(cfg) if cfg.epoch_secret else None)
                 changed = changed or pruned['changed']
         new_bundle, generation = decisions.generation(state, bundle['sha256'])
-        auth_like = {'epoch': epoch, 'generation': generation, 'certificates': bundle['certificates'], 'pem': bundle['pem']}
-        announce_error = None
+        announce_error = resync = None
         if cfg.announce and new_bundle:
             step = 'announce'
             with timings.step('announce'):
                 # a failed announcement must not keep the servers from the new bundle: it is recorded, the generation
                 # is not, activation waits, and the run fails at the end; the next run announces again
                 try:
-                    announce_bundle(cfg, clients, announcement_fields(cfg, auth_like, kind, cfg.live_secret_locations), check_mode)
+                    new_bundle, generation, resync = _continue_count(cfg, clients, state, bundle['sha256'], notes)
+                    auth_like = {'epoch': epoch, 'generation': generation, 'certificates': bundle['certificates'],
+                                 'pem': bundle['pem']}
+                    if new_bundle:
+                        announce_bundle(cfg, clients, announcement_fields(cfg, auth_like, kind, cfg.live_secret_locations),
+                                        check_mode)
                 except Exception as err:  # pylint: disable=broad-except
                     announce_error = str(err) or type(err).__name__
         step = 'state'
         with timings.step('state'):
-            if new_bundle and announce_error is None:
+            if (new_bundle or resync) and announce_error is None:
                 _state.record(clients.openbao(), holder, epoch=epoch, sha256=bundle['sha256'], generation=generation,
-                              kind=kind, now=utcnow(), mount=pki['kv_mount'], path=cfg.state_path, check_mode=check_mode)
+                              kind=kind, now=utcnow(), mount=pki['kv_mount'], path=cfg.state_path, check_mode=check_mode,
+                              resync=resync)
+                changed = changed or bool(resync)
             if hold_expired:
                 _state.set_hold(clients.openbao(), holder, None, pki['kv_mount'], cfg.state_path, check_mode)
         step = 'probe leaf'

@@ -65,6 +65,25 @@ def generation(state, bundle_sha256):
     return False, current
 
 
+def reconcile_generation(state, bundle_sha256, announced):
+    """``(new_bundle, generation, resync)`` with the last signed announcement on the stream taken into account.
+
+    The generation clients compare is the one they last saw on the stream. When the state document is behind it
+    (deleted, or restored from an old copy) the state alone would restart the count and clients would skip every
+    announcement until it passed theirs: the count continues from the stream instead (``resync``). An announcement
+    of the same bundle is not repeated; the state just takes its generation back.
+    """
+    new_bundle, gen = generation(state, bundle_sha256)
+    if not announced or announced.get('generation') is None:
+        return new_bundle, gen, False
+    last = int(announced['generation'])
+    if last <= int(state.get('generation') or 0):
+        return new_bundle, gen, False
+    if announced.get('bundle_sha256') == bundle_sha256:
+        return False, last, True
+    return True, last + 1, True
+
+
 def cluster_needs_reload(delivered, record, bundle_sha256):
     """A cluster reloads when the bundle was (re)written, or when it has not proven this bundle yet."""
     return bool(delivered) or (record or {}).get('sha256') != bundle_sha256

@@ -182,7 +182,13 @@ def _check_announcement(f, auth, state, now):
     elif ann.get('signature_ok') is None:
         f.warning('announcement_unverified', where, ann.get('signature_error') or 'the signature was not checked')
     if state:
-        if ann.get('generation') != state.get('generation'):
+        if isinstance(ann.get('generation'), int) and ann['generation'] > int(state.get('generation') or 0):
+            f.mismatch('state_behind_announcement', where,
+                       'the rotation state %s records generation %s but the last signed announcement (seq %s) has generation '
+                       '%s: the state was lost or restored from an older copy. The next rotate.yml run continues the count '
+                       'from the announcement; run it now' % (state.get('location'), state.get('generation'), ann.get('seq'),
+                                                              ann['generation']))
+        elif ann.get('generation') != state.get('generation'):
             f.mismatch('announcement_generation', where, 'the last announcement has generation %s, the state %s'
                        % (ann.get('generation'), state.get('generation')))
         if state.get('bundle_sha256') and ann.get('bundle_sha256') != state['bundle_sha256']:

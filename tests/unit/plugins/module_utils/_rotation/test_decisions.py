@@ -56,6 +56,22 @@ def test_generation_only_moves_for_a_new_bundle():
     assert d.generation({'generation': 0, 'bundle_sha256': None}, 'a') == (True, 1)
 
 
+def test_generation_continues_from_the_stream_when_the_state_is_behind():
+    lost = {'generation': 0, 'bundle_sha256': None}
+    # the same bundle as the last announcement: nothing to announce, the state takes its generation back
+    assert d.reconcile_generation(lost, 'a', {'generation': 17, 'bundle_sha256': 'a'}) == (False, 17, True)
+    # a new bundle: the generation after the announced one, never a restarted count
+    assert d.reconcile_generation(lost, 'b', {'generation': 17, 'bundle_sha256': 'a'}) == (True, 18, True)
+    old_copy = {'generation': 9, 'bundle_sha256': 'x'}
+    assert d.reconcile_generation(old_copy, 'b', {'generation': 17, 'bundle_sha256': 'a'}) == (True, 18, True)
+    # a state at or ahead of the stream (or no announcement yet) decides alone
+    current = {'generation': 17, 'bundle_sha256': 'a'}
+    assert d.reconcile_generation(current, 'b', {'generation': 17, 'bundle_sha256': 'a'}) == (True, 18, False)
+    assert d.reconcile_generation(current, 'a', {'generation': 16, 'bundle_sha256': 'z'}) == (False, 17, False)
+    assert d.reconcile_generation(current, 'b', None) == (True, 18, False)
+    assert d.reconcile_generation(lost, 'b', {'generation': None}) == (True, 1, False)
+
+
 @given(st.integers(min_value=0, max_value=10 ** 6), st.lists(st.sampled_from('abc'), min_size=1, max_size=30))
 def test_coalescing_one_generation_per_distinct_bundle(start, bundles):
     """However the runs fall, each run adds at most one generation, and only when the bundle changed."""
