@@ -94,7 +94,6 @@ class ActionModule(EngineAction):
             clients.close()
         res['module_calls'] = int(res.get('module_calls') or 0) + getattr(steps, 'calls', 0)
         if not res.get('ok'):
-            self.say('Cluster %s FAILED: %s. %s' % (cc.name, res.get('error'), 'The previous bundle was put back and the servers '
-                     'reloaded.' if res.get('rolled_back') else 'No rollback was done.'))
+            self.say('Cluster %s FAILED: %s.%s' % (cc.name, res.get('error'), '' if res.get('rollback') else ' No rollback was done.'))
         return {'changed': changed, 'msg': 'cluster %s %s' % (cc.name, 'ok' if res.get('ok') else 'FAILED'),
                 'ansible_facts': {CLUSTER_FACT: res}}

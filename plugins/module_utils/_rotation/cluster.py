@@ -155,35 +155,77 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                                       {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
                                        'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
                                       kv_mount, cfg.state_path, check_mode)
-        return cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, changed=delivered or reloaded,
-                              timings=timings.as_dict())
+        result = cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers,
+                                changed=delivered or reloaded or bool(repaired), timings=timings.as_dict())
+        result.renewed = repaired
+        return result
     except Exception as err:  # pylint: disable=broad-except
         where = 'Reload every server and prove it trusts the new bundle' if isinstance(err, ClusterFailure) else 'Deliver the bundle'
         error = '%s: %s' % (where, err)
-        failed_servers = getattr(err, 'servers', []) or servers
-        rolled_back = False
+        failed_servers = [dict(s) for s in (getattr(err, 'servers', []) or servers)]
+        for server in failed_servers:  # what each server loaded in this run's reload
+            server['loaded'] = 'new bundle' if server.get('changed') else 'unchanged (the reload did not happen)'
+        rollback = None
         if cc.rollback and previous_pem is not None and not check_mode:
             with timings.step('rollback'):
-                rolled_back = restore_previous(cc, previous_pem, clients, steps)
-        return cluster_result(cc.name, auth, False, servers=failed_servers, error=error, rolled_back=rolled_back,
+                rollback = restore_previous(cc, previous_pem, clients, steps)
+            reloaded_back = set(rollback['reloaded'])
+            for server in failed_servers:
+                if server['target'] in reloaded_back:
+                    server['loaded'] = 'previous bundle (rolled back)'
+            error += '. ' + rollback_summary(rollback, auth)
+        elif previous_pem is None and delivered:
+            error += '. No previous bundle was found to put back'
+        return cluster_result(cc.name, auth, False, servers=failed_servers, error=error,
+                              rolled_back=bool(rollback and rollback['complete']), rollback=rollback,
                               changed=delivered, timings=timings.as_dict())
 
 
 def restore_previous(cc, previous_pem, clients, steps):
-    """Automatic rollback: put back the bundle that was live before this run and reload; True when proven."""
+    """Automatic rollback: put back the bundle that was live before this run and reload every server.
+
+    Returns what was done, server by server: ``{sha256, restored, reloaded: [names], not_reloaded: [{name, error}],
+    complete, error}`` (``complete``: every server reloaded the previous bundle and proved it).
+    """
     bundle = _bundle(previous_pem)
+    out = {'sha256': bundle['sha256'], 'restored': False, 'reloaded': [], 'not_reloaded': [], 'complete': False, 'error': None}
     try:
         if uses_host_steps(cc):
-            out = steps.deliver_reload(pem=previous_pem, targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,
+            res = steps.deliver_reload(pem=previous_pem, targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,
                                        reload='always', expect_sha256=bundle['sha256'],
                                        propagation_timeout=cc.propagation_timeout, reload_timeout=cc.reload_timeout,
-                                       min_success=None, probe=None, check_mode=False)['reload']
+                                       min_success=None, probe=None, check_mode=False)
+            out['restored'] = all(d['after_sha256'] == bundle['sha256'] for d in res['destinations'])
+            summary = res['reload']
         else:
             deliver(_destinations(cc), bundle, None, None, clients, False)
-            out = _reload(cc, bundle['sha256'], None, False)
-    except Exception:  # pylint: disable=broad-except  # the run fails loudly either way
-        return False
-    return not out['failed']
+            out['restored'] = True
+            summary = _reload(cc, bundle['sha256'], None, False)
+    except Exception as err:  # pylint: disable=broad-except  # the run fails loudly either way
+        out['error'] = str(err) or type(err).__name__
+        return out
+    out['reloaded'] = [t['target'] for t in summary['targets'] if t['ok']]
+    out['not_reloaded'] = [{'name': t['target'], 'error': t['error']} for t in summary['targets'] if not t['ok']]
+    if summary['failed'] and not summary['targets']:
+        out['error'] = summary['msg']
+    out['complete'] = out['restored'] and not summary['failed']
+    return out
+
+
+def rollback_summary(rollback, auth):
+    """What the automatic rollback did, in one sentence for the run's failure message."""
+    prev = rollback['sha256'][:16]
+    if rollback['error'] and not rollback['restored']:
+        return 'Putting the previous bundle %s back failed: %s; the servers may hold bundle %s' % (
+            prev, rollback['error'], (auth.get('sha256') or '')[:16])
+    parts = ['The previous bundle %s was put back%s' % (prev, '' if rollback['restored'] else ' (not everywhere)')]
+    if rollback['reloaded']:
+        parts.append('reloaded with it: %s' % ', '.join(rollback['reloaded']))
+    if rollback['not_reloaded']:
+        parts.append('NOT reloaded: %s' % '; '.join('%s (%s)' % (n['name'], n['error']) for n in rollback['not_reloaded']))
+    if rollback['error']:
+        parts.append(rollback['error'])
+    return '; '.join(parts)
 
 
 def leaf_names(target):

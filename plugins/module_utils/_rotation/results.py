@@ -99,6 +99,8 @@ class ClusterResult:
     servers: List[dict] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
     rolled_back: bool = False
+    #: what the automatic rollback did (``restore_previous``), None when none was tried
+    rollback: Optional[dict] = None
     renewed: List[str] = dataclasses.field(default_factory=list)
     changed: bool = False
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -109,16 +111,18 @@ class ClusterResult:
         out = dataclasses.asdict(self)
         if self.ok:
             out.pop('rolled_back')
+            out.pop('rollback')
             if out['error'] is None:
                 out.pop('error')
         return out
 
 
-def cluster_result(name, auth, ok, reloaded=False, servers=None, error=None, rolled_back=False, changed=False, timings=None):
+def cluster_result(name, auth, ok, reloaded=False, servers=None, error=None, rolled_back=False, changed=False, timings=None,
+                   rollback=None):
     """One cluster's outcome of the deliver phase."""
     return ClusterResult(ok=bool(ok), cluster=name, reloaded=bool(reloaded), sha256=auth.get('sha256') if ok else None,
                          epoch=auth.get('epoch') if ok else None, servers=list(servers or []), error=error,
-                         rolled_back=bool(rolled_back), changed=bool(changed), timings=dict(timings or {}),
+                         rolled_back=bool(rolled_back), rollback=rollback, changed=bool(changed), timings=dict(timings or {}),
                          holder=auth.get('holder'))
 
 
