@@ -22,7 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     kv_record,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import utcnow
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
     ensure_epoch_intermediate,
     prune_epoch_issuers,
@@ -165,7 +165,8 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
     step, changed = 'plan', False
     try:
         decisions.check_clock(plan, state)
-        hold, hold_expired = decisions.hold_decision(state.get('hold'), cfg.release_hold, plan['current_epoch'], cfg.schedule)
+        hold, hold_expired = decisions.hold_decision(state.get('hold'), cfg.release_hold, plan['current_epoch'], cfg.schedule,
+                                                     now=cfg.now, min_validity=cfg.rollback_min_validity)
         notes = []
         if hold:
             notes.append('Rollback hold since %s keeps the bundle of epoch %s; run with -e ca_rotation_release_hold=true to '
@@ -283,6 +284,10 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             # with the root in or out as configured, so that rotation under the hold rebuilds the very same bytes
             bundle = bundle_from_pem(stored['ca-bundle.pem'], cfg.schedule, cfg.now, root_pem=root_pem,
                                      include_root=cfg.include_root, max_certificates=cfg.max_certificates, drop_expired=True)
+        step = 'check the safety margin'
+        default_epoch = decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch'])
+        # before anything is written: the leaves the rollback issues come from this epoch and cannot outlive it
+        left = decisions.check_rollback_margin(cfg.schedule, default_epoch, cfg.now, cfg.rollback_min_validity)
         probe = probe_paths(_probe_dir(cfg, check_mode))
         step = 'store'
         with timings.step('store'):
@@ -294,7 +299,6 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             _probe_leaf(cfg, clients, bundle['epoch'], probe, check_mode, issuers=issuers)
         step = 'point the default issuer back'
         with timings.step('activate'):
-            default_epoch = decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch'])
             act = set_default_issuer(clients.openbao(), pki['int_mount'], 'epoch-%d' % default_epoch, check_mode=check_mode,
                                      now=cfg.now)
         if cfg.renew_client_leaf and cfg.announce:
@@ -313,6 +317,9 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
         changed=new_bundle or act['changed'] or any(r['changed'] for r in stored_probe), timings=timings.as_dict(),
         logins=clients.logins)
     result.activated_epoch = default_epoch if act['changed'] else None
+    result.msg = ('Leaves come from epoch-%d, valid until %s (%s left; the margin is %s)'
+                  % (default_epoch, isoformat(cfg.schedule.expiry(default_epoch)), decisions.span(left),
+                     decisions.span(cfg.rollback_min_validity)))
     return result
 
 

@@ -155,10 +155,8 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                                       {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
                                        'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
                                       kv_mount, cfg.state_path, check_mode)
-        result = cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers,
-                                changed=delivered or reloaded or bool(repaired), timings=timings.as_dict())
-        result.renewed = repaired
-        return result
+        return cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, changed=delivered or reloaded,
+                              timings=timings.as_dict())
     except Exception as err:  # pylint: disable=broad-except
         where = 'Reload every server and prove it trusts the new bundle' if isinstance(err, ClusterFailure) else 'Deliver the bundle'
         error = '%s: %s' % (where, err)

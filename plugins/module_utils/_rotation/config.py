@@ -77,6 +77,8 @@ DEFAULTS = {
     # rollback
     'rollback_epoch': 0,
     'rollback_reason': 'rollback',
+    #: the validity a rollback must leave (None: two epoch durations); also when a rollback hold ends
+    'rollback_min_validity': None,
     # one NATS cluster (or VM group) per inventory host
     'cluster_name': None,  # the role default: inventory_hostname
     'nats_reload_transport': 'signal',
@@ -213,6 +215,14 @@ class Config:
         self.renew_client_leaf = _bool(merged['authority_renew_client_leaf'], 'authority_renew_client_leaf')
         self.activate_enabled = _bool(merged['activate_enabled'], 'activate_enabled')
         self.rollback_epoch = _int(merged['rollback_epoch'], 'rollback_epoch', 0)
+        if merged['rollback_min_validity'] in (None, ''):
+            self.rollback_min_validity = min(2 * self.schedule.duration, self.schedule.validity // 2)
+        else:
+            self.rollback_min_validity = self._duration('rollback_min_validity')
+        if self.rollback_min_validity >= self.schedule.validity:
+            raise ConfigError('%srollback_min_validity is %ds, not less than the validity of an epoch (%ds): no rollback could '
+                              'ever be made. Set it below schedule.validity (default: two epoch durations)'
+                              % (PREFIX, self.rollback_min_validity, self.schedule.validity), PREFIX + 'rollback_min_validity')
         self.stream = _dict(merged['authority_stream'], 'authority_stream')
         #: ``namespace/name`` of every cluster's live CA Secret, for the announcement (set by the caller)
         self.live_secret_locations = []

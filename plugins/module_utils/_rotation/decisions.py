@@ -9,6 +9,8 @@ cluster proved trust, which epoch to activate, and the rollback target.
 
 from __future__ import annotations
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+
 
 class Refusal(Exception):
     """The run must not go ahead; the message says why and what to do. Nothing was changed."""
@@ -38,18 +40,50 @@ def check_clock(plan, state):
                       'one that announced it. Nothing was changed; fix the clock (NTP).' % (due, int(last)))
 
 
-def hold_decision(hold, release_hold, current_epoch, schedule):
+def hold_decision(hold, release_hold, current_epoch, schedule, now=None, min_validity=None):
     """``(active_hold or None, expired)`` for the rollback hold recorded in the state.
 
-    A hold keeps the rolled-back bundle until it is released, or until its newest intermediate has
-    less than one full epoch of validity left after the current one (then rotation resumes, with time
-    to prove the new bundle). ``expired`` is true when a recorded hold no longer applies (it is cleared).
+    A hold keeps the rolled-back bundle until it is released, or until its newest intermediate has no
+    more than ``min_validity`` seconds of validity left at ``now`` (default: two epochs, counted at the
+    start of the current one), so that rotation resumes with time to prove the new bundle and renew
+    every leaf. ``expired`` is true when a recorded hold no longer applies (it is cleared).
     """
     if not hold:
         return None, False
-    validity_epochs = schedule.validity // schedule.duration
-    active = not release_hold and int(hold['epoch']) + validity_epochs - 2 > int(current_epoch)
+    if now is None or min_validity is None:
+        validity_epochs = schedule.validity // schedule.duration
+        active = int(hold['epoch']) + validity_epochs - 2 > int(current_epoch)
+    else:
+        active = validity_left(schedule, int(hold['epoch']), now) > min_validity
+    active = active and not release_hold
     return (hold, False) if active else (None, True)
+
+
+def validity_left(schedule, epoch, now):
+    """Seconds until the intermediate of ``epoch`` expires (negative once it has)."""
+    return (schedule.expiry(int(epoch)) - now).total_seconds()
+
+
+def check_rollback_margin(schedule, leaf_epoch, now, min_validity):
+    """Refuse a rollback whose restored issuer would leave the servers and the announcer with certificates about to
+    expire: every leaf a rollback issues comes from ``leaf_epoch``'s intermediate and cannot outlive it."""
+    left = validity_left(schedule, leaf_epoch, now)
+    if left < min_validity:
+        raise Refusal(
+            'Rolling back to epoch %d would leave the servers and the announcer with certificates from an intermediate that '
+            'expires at %s, %s from now: less than the safe margin of %s (ca_rotation_rollback_min_validity). Nothing was '
+            'changed. Roll back to a newer epoch (-e ca_rotation_rollback_epoch=<n>), or run rotate.yml.'
+            % (int(leaf_epoch), isoformat(schedule.expiry(int(leaf_epoch))), span(left), span(min_validity)))
+    return left
+
+
+def span(seconds):
+    seconds = int(seconds)
+    if seconds < 0:
+        return 'expired %s ago' % span(-seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return ' '.join('%d%s' % (v, u) for v, u in ((hours, 'h'), (minutes, 'm'), (secs, 's')) if v) or '0s'
 
 
 def generation(state, bundle_sha256):

@@ -48,6 +48,8 @@ def test_defaults_parse_the_schedule_once():
     ({'authority_lock_ttl': 'soon'}, 'ca_rotation_authority_lock_ttl'),
     ({'authority_max_certificates': 0}, 'ca_rotation_authority_max_certificates'),
     ({'release_hold': 'maybe'}, 'ca_rotation_release_hold'),
+    ({'rollback_min_validity': 'soon'}, 'ca_rotation_rollback_min_validity'),
+    ({'schedule': {'epoch_duration': '20s', 'validity': '80s'}, 'rollback_min_validity': '80s'}, 'ca_rotation_rollback_min_validity'),
     ({'openbao': 'http://x'}, 'ca_rotation_openbao'),
 ])
 def test_bad_values_name_the_variable(values, option):
@@ -80,3 +82,9 @@ def test_cluster_defaults():
         {'name': 'n1', 'pid_file': '/p', 'ca_file': '/ca', 'monitor_url': 'http://x', 'cert_file': '/c', 'key_file': '/k'}]}), 'h')
     assert cc.name == 'edge' and cc.delivery == 'file'
     assert cc.reload_targets() == [{'name': 'n1', 'pid_file': '/p', 'ca_file': '/ca', 'monitor_url': 'http://x'}]
+
+
+def test_the_rollback_margin_defaults_to_two_epochs_at_most_half_the_validity():
+    assert c.Config({'schedule': {'epoch_duration': '20s', 'validity': '80s'}}).rollback_min_validity == 40
+    assert c.Config({'schedule': {'epoch_duration': '20s', 'validity': '40s'}}).rollback_min_validity == 20
+    assert c.Config({'schedule': {'epoch_duration': '20s', 'validity': '80s'}, 'rollback_min_validity': '30s'}).rollback_min_validity == 30

@@ -140,3 +140,37 @@ def test_rollback_target_and_default_epoch():
 
 def test_schedule_is_timezone_aware():
     assert SCHEDULE.start(1) - SCHEDULE.start(0) == datetime.timedelta(seconds=20)
+
+def test_a_rollback_must_leave_the_safe_margin():
+    from datetime import timedelta
+
+    restored = 100
+    expiry = SCHEDULE.expiry(restored)
+    margin = 2 * SCHEDULE.duration
+    # enough left: the seconds left are returned
+    assert d.check_rollback_margin(SCHEDULE, restored, expiry - timedelta(seconds=margin + 1), margin) == margin + 1
+    with pytest.raises(d.Refusal) as err:
+        d.check_rollback_margin(SCHEDULE, restored, expiry - timedelta(seconds=margin - 60), margin)
+    text = str(err.value)
+    assert 'epoch 100' in text and 'ca_rotation_rollback_min_validity' in text and 'Nothing was changed' in text
+    assert d.span(margin - 60) in text
+    with pytest.raises(d.Refusal) as err:
+        d.check_rollback_margin(SCHEDULE, restored, expiry + timedelta(seconds=90), margin)
+    assert 'expired 1m 30s ago' in str(err.value)
+
+
+def test_a_hold_ends_at_the_safe_margin():
+    from datetime import timedelta
+
+    hold = {'epoch': 100}
+    expiry = SCHEDULE.expiry(100)
+    margin = 2 * SCHEDULE.duration
+    now = expiry - timedelta(seconds=margin + 1)
+    assert d.hold_decision(hold, False, SCHEDULE.epoch(now), SCHEDULE, now=now, min_validity=margin) == (hold, False)
+    now = expiry - timedelta(seconds=margin)
+    assert d.hold_decision(hold, False, SCHEDULE.epoch(now), SCHEDULE, now=now, min_validity=margin) == (None, True)
+    # a larger margin ends it earlier; a release ends it at once
+    now = expiry - timedelta(seconds=margin + 1)
+    assert d.hold_decision(hold, False, SCHEDULE.epoch(now), SCHEDULE, now=now, min_validity=3 * margin) == (None, True)
+    assert d.hold_decision(hold, True, SCHEDULE.epoch(now), SCHEDULE, now=now, min_validity=margin) == (None, True)
+
