@@ -22,6 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     kv_record,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
     ensure_epoch_intermediate,
@@ -89,6 +90,26 @@ def _continue_count(cfg, clients, state, sha256, notes):
     return new_bundle, generation, last
 
 
+def retry_announcement(cfg, clients, auth, check_mode):
+    """The announcement the authority step could not make - after an outage longer than the validity the servers'
+    leaves had expired, so no client could connect - made once every cluster proved the bundle (and the servers hold
+    renewed leaves), then recorded in the state like the authority step records it. Returns ``(generation, notes)``;
+    raises when the announcement fails again."""
+    notes = []
+    refresh_announcer_leaf(cfg, clients, check_mode)
+    state, _version = _state.read_state(clients.openbao(), cfg.pki['kv_mount'], cfg.state_path)
+    new_bundle, generation, resync = _continue_count(cfg, clients, state, auth['sha256'], notes)
+    if new_bundle:
+        fields = announcement_fields(cfg, dict(auth, generation=generation), auth.get('kind') or 'rotation',
+                                     cfg.live_secret_locations)
+        announce_bundle(cfg, clients, fields, check_mode)
+    if new_bundle or resync:
+        _state.record(clients.openbao(), auth['holder'], epoch=auth['epoch'], sha256=auth['sha256'], generation=generation,
+                      kind=auth.get('kind') or 'rotation', now=utcnow(), mount=cfg.pki['kv_mount'], path=cfg.state_path,
+                      check_mode=check_mode, resync=resync)
+    return generation, notes
+
+
 def announce_bundle(cfg, clients, fields, check_mode):
     return announce(clients.openbao(), cfg.authority_nats, cfg.stream, cfg.authority_subject, fields,
                     cfg.pki['transit_mount'], cfg.pki['transit_key'], check_mode=check_mode)
@@ -136,7 +157,41 @@ def _plan_and_lock_once(cfg, clients, holder, timings, check_mode):
         # the lock and the state's timestamps follow the real clock, also when the plan is pinned (ca_rotation_now)
         lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, utcnow(), cfg.pki['kv_mount'], cfg.state_path,
                                    check_mode)
+        stale = lock.get('lock') or {}
+        if not lock['acquired'] and decisions.lock_outlived(stale, utcnow(), cfg.schedule):
+            # taken longer ago than any run of this schedule may hold it (a run killed while holding a lock of a longer
+            # TTL): released by its holder's name (check-and-set: of two runs doing this, one gets the lock)
+            if not check_mode:
+                _state.release_lock(clients.openbao(), stale['holder'], cfg.pki['kv_mount'], cfg.state_path)
+            lock = _state.acquire_lock(clients.openbao(), holder, cfg.lock_ttl, utcnow(), cfg.pki['kv_mount'],
+                                       cfg.state_path, check_mode)
+            if lock['acquired']:
+                lock['outlived'] = ('The lock of %s (taken at %s, "until %s") was taken over: it is older than one epoch, '
+                                    'the longest a run may hold it' % (stale['holder'], stale.get('acquired_at'),
+                                                                       stale.get('expires_at')))
     return plan, lock
+
+
+def leaf_issuer_ref(cfg, issuers):
+    """None (leaves from the default issuer) while it is valid, else ``epoch-<current>`` (see decisions.leaf_issuer).
+
+    ``issuers``: ``_openbao.pki.issuer_certificates`` of the intermediate mount."""
+    default = next((i for i in issuers.values() if i.get('is_default') and i.get('certificate')), None)
+    not_after = load_cert(default['certificate']).not_valid_after_utc if default else None
+    return decisions.leaf_issuer(not_after, cfg.now, cfg.schedule.epoch(cfg.now))
+
+
+def refresh_announcer_leaf(cfg, clients, check_mode):
+    """After an outage longer than the validity (the default issuer expired): the announcer's leaf from the current
+    epoch's issuer, so that the announcement can be made once the servers hold leaves that have not expired either.
+    None when there is nothing to do (renewal off, or the default issuer is valid: activation renews it)."""
+    if not (cfg.renew_client_leaf and cfg.announce):
+        return None
+    issuers = issuer_certificates(clients.openbao(), cfg.pki['int_mount'])
+    ref = leaf_issuer_ref(cfg, issuers)
+    if ref is None or not any(i.get('issuer_name') == ref for i in issuers.values()):
+        return None
+    return announcer_leaf(cfg, clients, check_mode, renew_before=None, issuer_ref=ref, issuers=issuers)
 
 
 def _stop(cfg, clients, holder, check_mode, err, failed_msg):
@@ -167,7 +222,7 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
         decisions.check_clock(plan, state)
         hold, hold_expired = decisions.hold_decision(state.get('hold'), cfg.release_hold, plan['current_epoch'], cfg.schedule,
                                                      now=cfg.now, min_validity=cfg.rollback_min_validity)
-        notes = []
+        notes = [n for n in (cfg.lock_ttl_note, lock.get('outlived')) if n]
         if hold:
             notes.append('Rollback hold since %s keeps the bundle of epoch %s; run with -e ca_rotation_release_hold=true to '
                          'resume rotation' % (hold.get('since'), hold['epoch']))
@@ -216,6 +271,13 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
             with timings.step('announce'):
                 # a failed announcement must not keep the servers from the new bundle: it is recorded, the generation
                 # is not, activation waits, and the run fails at the end; the next run announces again
+                try:  # after an outage: the announcer's expired leaf from this epoch's issuer (the servers' follow)
+                    renewed = refresh_announcer_leaf(cfg, clients, check_mode)
+                    if renewed and renewed.get('changed'):
+                        notes.append('The announcer leaf was re-issued by epoch-%d: %s'
+                                     % (plan['current_epoch'], '; '.join(renewed['reasons'])))
+                except Exception as err:  # pylint: disable=broad-except  # the announcement fails and says why
+                    notes.append('Renewing the announcer leaf from epoch-%d failed: %s' % (plan['current_epoch'], err))
                 try:
                     new_bundle, generation, resync = _continue_count(cfg, clients, state, bundle['sha256'], notes)
                     auth_like = {'epoch': epoch, 'generation': generation, 'certificates': bundle['certificates'],
@@ -323,14 +385,20 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     return result
 
 
-def announcer_leaf(cfg, clients, check_mode, renew_before):
-    """Keep the announcing client's certificate current, from the default issuer."""
+def announcer_leaf(cfg, clients, check_mode, renew_before, issuer_ref=None, issuers=None):
+    """Keep the announcing client's certificate current, from the default issuer (``issuer_ref``: from that one;
+    None and the default issuer expired: from the current epoch's, see :func:`leaf_issuer_ref`)."""
     nats = cfg.authority_nats or {}
     if not nats.get('cert_file') or not nats.get('key_file'):
         raise decisions.Refusal('ca_rotation_authority_renew_client_leaf needs ca_rotation_authority_nats.cert_file and '
                                 '.key_file (the announcer certificate to keep current)')
+    if issuers is None:
+        issuers = issuer_certificates(clients.openbao(), cfg.pki['int_mount'])
+    if issuer_ref is None:
+        issuer_ref = leaf_issuer_ref(cfg, issuers)  # never from an expired default issuer (OpenBao refuses that leaf)
     return ensure_leaf(clients.openbao(), int_mount=cfg.pki['int_mount'], role=cfg.pki['role'],
                        common_name=cfg.authority_client_leaf_cn, cert_file=nats['cert_file'], key_file=nats['key_file'],
                        schedule=cfg.schedule, now=cfg.now,
                        renew_before=parse_renew_before(renew_before if renew_before is not None else PROBE_RENEW_BEFORE),
-                       renew_if_not_default=True, check_mode=check_mode)
+                       issuer_ref=issuer_ref, renew_if_not_default=issuer_ref is None, check_mode=check_mode,
+                       issuers=issuers)

@@ -23,6 +23,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reloa
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.probe import probe_context, tls_probe
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import leaf_issuer_ref
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import LocalSteps
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.store import deliver
@@ -123,6 +124,8 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
         probe = probe_options(auth) if cc.probe else None
         if probe is not None and not check_mode:
             probe_context(probe)  # unreadable probe files stop here, before anything is written
+        with timings.step('repair_leaves'):
+            repaired = repair_dead_leaves(cfg, cc, clients, check_mode, steps)
         if uses_host_steps(cc):
             # verified by the authority in this run (against the root, which an intermediates-only bundle lacks);
             # delivered here byte for byte
@@ -155,8 +158,10 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                                       {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
                                        'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
                                       kv_mount, cfg.state_path, check_mode)
-        return cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, changed=delivered or reloaded,
-                              timings=timings.as_dict())
+        result = cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers,
+                                changed=delivered or reloaded or bool(repaired), timings=timings.as_dict())
+        result.renewed = repaired
+        return result
     except Exception as err:  # pylint: disable=broad-except
         where = 'Reload every server and prove it trusts the new bundle' if isinstance(err, ClusterFailure) else 'Deliver the bundle'
         error = '%s: %s' % (where, err)
@@ -241,6 +246,68 @@ def leaf_names(target):
     return [], [host]
 
 
+def _leaf_targets(cc):
+    """The servers whose leaf the inventory names (cert_file and key_file), with the names their leaf carries."""
+    wanted = []
+    for target in cc.targets:
+        if target.get('cert_file') and target.get('key_file'):
+            alt_names, ip_sans = leaf_names(target)
+            wanted.append(dict(target, alt_names=alt_names, ip_sans=ip_sans))
+    return wanted
+
+
+def _sign_and_install(cfg, cc, client, targets, requests, issuer_ref, check_mode, steps):
+    """Sign the CSRs of ``targets`` (only the CSR goes to OpenBao: the key stays where the server runs), install the
+    leaves and reload those servers."""
+    certificates = {}
+    if not check_mode:
+        for target in targets:
+            leaf = issue_leaf(client, int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=target['name'],
+                              alt_names=target['alt_names'], ip_sans=target['ip_sans'], csr=requests[target['name']]['csr'],
+                              issuer_ref=issuer_ref)
+            certificates[target['name']] = leaf['certificate'] + leaf['issuing_ca']
+    out = steps.install_and_reload(targets=targets, certificates=certificates, transport=cc.transport,
+                                   reload_timeout=cc.reload_timeout, check_mode=check_mode)
+    if out['failed']:
+        raise ClusterFailure(out['msg'], out['targets'])
+
+
+def repair_dead_leaves(cfg, cc, clients, check_mode, steps):
+    """Before the bundle is delivered: server leaves nothing can connect with any more (expired, from an expired or
+    deleted issuer, unreadable) are re-issued first - from the default issuer, or from the current epoch's when that
+    has expired too (an outage longer than the validity) - and their servers reloaded, so that the reload with the
+    new bundle can be proven. Returns the names of the servers whose leaf was re-issued.
+
+    Leaves this collection does not issue (``ca_rotation_nats_reload_renew_leaves`` false) are not touched: the
+    cluster stops before anything is delivered, with the one instruction that gets it going again.
+    """
+    wanted = _leaf_targets(cc) if uses_host_steps(cc) else []
+    if not wanted:
+        return []
+    client = clients.openbao()
+    issuers = issuer_certificates(client, cfg.pki['int_mount'])
+    issuer_ref = leaf_issuer_ref(cfg, issuers)
+    requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
+                                   now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), key_type=cfg.pki['key_type'],
+                                   check_mode=check_mode or not cc.renew_leaves)
+    dead = {r['name']: r for r in requests if decisions.leaf_unusable(r['reasons'])}
+    if not dead:
+        return []
+    if not cc.renew_leaves:
+        issuer = issuer_ref or next((i['issuer_name'] for i in issuers.values() if i.get('is_default')), 'default')
+        why = '; '.join('%s: %s' % (n, ', '.join(r['reasons'])) for n, r in sorted(dead.items()))
+        raise ClusterFailure(
+            'the leaf of %s cannot be used any more (%s) and this collection does not issue it '
+            '(ca_rotation_nats_reload_renew_leaves is false), so nothing was delivered. Issue each of these servers a new '
+            'leaf from issuer %s, whose intermediate is in the bundle of this run (bao write %s/issuer/%s/issue/%s '
+            'common_name=<server> with its alt_names/ip_sans), install certificate + issuing CA as its cert_file and the '
+            'key as its key_file, then run rotate.yml again (or set ca_rotation_nats_reload_renew_leaves: true and '
+            'rotate.yml does it)' % (', '.join(sorted(dead)), why, issuer, cfg.pki['int_mount'], issuer, cfg.pki['role']))
+    targets = [t for t in wanted if t['name'] in dead]
+    _sign_and_install(cfg, cc, client, targets, dead, issuer_ref, check_mode, steps)
+    return [t['name'] for t in targets]
+
+
 def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, steps=None):
     """The leaf phase: renew each server's certificate from the default issuer when due, then reload those servers.
 
@@ -251,11 +318,7 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
     result = dict(previous or {'ok': True, 'cluster': cc.name, 'reloaded': False, 'servers': [], 'holder': auth.get('holder')})
     if not (cc.renew_leaves and result.get('ok', True)):
         return result
-    wanted = []
-    for target in cc.targets:
-        if target.get('cert_file') and target.get('key_file'):
-            alt_names, ip_sans = leaf_names(target)
-            wanted.append(dict(target, alt_names=alt_names, ip_sans=ip_sans))
+    wanted = _leaf_targets(cc)
     if not wanted:
         return result
     renewed = []
@@ -268,22 +331,13 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
                                            key_type=cfg.pki['key_type'], check_mode=check_mode)
             due = {r['name']: r for r in requests if r['csr']}
             renewed = [t for t in wanted if t['name'] in due]
-            certificates = {}
-            if renewed and not check_mode:
-                for target in renewed:
-                    # only the CSR goes to OpenBao: the key stays where the server runs
-                    leaf = issue_leaf(client, int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=target['name'],
-                                      alt_names=target['alt_names'], ip_sans=target['ip_sans'], csr=due[target['name']]['csr'])
-                    certificates[target['name']] = leaf['certificate'] + leaf['issuing_ca']
         if renewed:
             with timings.step('renew_reload'):
-                out = steps.install_and_reload(targets=renewed, certificates=certificates, transport=cc.transport,
-                                               reload_timeout=cc.reload_timeout, check_mode=check_mode)
-            if out['failed']:
-                raise ClusterFailure(out['msg'], out['targets'])
+                # never from an expired default issuer (activation did not happen): OpenBao refuses that leaf
+                _sign_and_install(cfg, cc, client, renewed, due, leaf_issuer_ref(cfg, issuers), check_mode, steps)
     except Exception as err:  # pylint: disable=broad-except
         result.update(ok=False, error='leaf renewal: %s' % err)
-    result['renewed'] = [t['name'] for t in renewed]
+    result['renewed'] = sorted(set(result.get('renewed') or []) | {t['name'] for t in renewed})
     result['changed'] = bool(result.get('changed')) or bool(renewed)
     timing = dict(result.get('timings') or {})
     timing.update(timings.as_dict())

@@ -19,6 +19,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
     parse_duration,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import reload_specs
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.decisions import capped_lock_ttl
 
 PREFIX = 'ca_rotation_'
 
@@ -204,7 +205,10 @@ class Config:
         self.pki = dict(PKI_DEFAULTS, **{k: v for k, v in pki.items() if v is not None})
         self.release_hold = _bool(merged['release_hold'], 'release_hold')
         self.state_path = str(merged['state_path'])
-        self.lock_ttl = self._duration('authority_lock_ttl')
+        #: capped at one epoch duration (decisions.max_lock_ttl); ``lock_ttl_note`` says when it was
+        self.lock_ttl, self.lock_ttl_note = capped_lock_ttl(self._duration('authority_lock_ttl'), self.schedule)
+        if self.lock_ttl_note and str(merged['authority_lock_ttl']) == DEFAULTS['authority_lock_ttl']:
+            self.lock_ttl_note = None  # the default on a schedule of short epochs: capped as documented, no news
         self.prune_grace = self._duration('authority_prune_grace', allow_zero=True)
         self.include_root = _bool(merged['authority_include_root'], 'authority_include_root')
         self.max_certificates = _int(merged['authority_max_certificates'], 'authority_max_certificates', 1)

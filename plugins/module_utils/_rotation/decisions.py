@@ -9,6 +9,8 @@ cluster proved trust, which epoch to activate, and the rollback target.
 
 from __future__ import annotations
 
+import datetime
+
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
 
 
@@ -172,3 +174,58 @@ def rollback_target(requested, history):
 def rollback_default_epoch(bundle_epoch, current_epoch):
     """After a rollback new leaves come from the restored epoch, never from one that has not started."""
     return min(int(bundle_epoch), int(current_epoch))
+
+
+#: renewal reasons (``_openbao.leaf.leaf_renewal_reasons``) of a leaf that still works: renewed after activation
+STILL_USABLE = ('the certificate expires at', 'the common name is', 'subject alternative names missing',
+                'it was issued by')
+
+
+def leaf_unusable(reasons):
+    """A leaf nothing can connect with any more: expired, from an expired or deleted issuer, unreadable or missing.
+
+    Any reason not known to leave the leaf working counts (a leaf is renewed once too often rather than never)."""
+    return any(not str(r).startswith(STILL_USABLE) for r in reasons or [])
+
+
+def leaf_issuer(default_not_after, now, current_epoch):
+    """The issuer new leaves come from: the default one (None) while it is valid at ``now``; when it has expired or
+    there is none (``default_not_after`` None) - after an outage longer than the validity - ``epoch-<current>``,
+    the intermediate this run issued and delivers in its bundle. Nothing can connect with the expired leaves, so
+    waiting for a proof of trust before issuing from it would wait forever (the proof itself needs a server leaf
+    that has not expired)."""
+    if default_not_after is not None and default_not_after > now:
+        return None
+    return 'epoch-%d' % int(current_epoch)
+
+
+def max_lock_ttl(schedule):
+    """The longest lock a crashed run may leave: one epoch duration.
+
+    A stale lock then delays the next rotation by at most one epoch, while the bundle still holds intermediates
+    valid for ``validity - duration`` and leaves renewed at half their life have ``validity / 2`` left (with the
+    default validity of 4 epochs: 3 and 2 epochs), so the run after the lock expired converges without an outage."""
+    return int(schedule.duration)
+
+
+def capped_lock_ttl(ttl_seconds, schedule):
+    """``(ttl, note)``: the lock TTL to use, capped at :func:`max_lock_ttl` (``note`` says so, None when not capped)."""
+    cap = max_lock_ttl(schedule)
+    if int(ttl_seconds) <= cap:
+        return int(ttl_seconds), None
+    return cap, ('ca_rotation_authority_lock_ttl (%ds) is longer than one epoch (%ds), longer than a crashed run may keep '
+                 'rotation locked: capped to %ds; set it to at most one epoch duration' % (int(ttl_seconds), cap, cap))
+
+
+def lock_outlived(lock, now, schedule):
+    """True for a lock taken more than :func:`max_lock_ttl` ago, whatever expiry it claims (a run of a configuration
+    without the cap, killed while holding it): no run of this schedule can still be holding it."""
+    if not lock or not lock.get('holder') or not lock.get('acquired_at'):
+        return False
+    try:
+        acquired = datetime.datetime.fromisoformat(str(lock['acquired_at']).replace('Z', '+00:00'))
+    except ValueError:
+        return False
+    if acquired.tzinfo is None:
+        acquired = acquired.replace(tzinfo=datetime.timezone.utc)
+    return (now - acquired).total_seconds() > max_lock_ttl(schedule)

@@ -18,6 +18,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
     announce_bundle,
     announcement_fields,
     announcer_leaf,
+    retry_announcement,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
     Timings,
@@ -30,21 +31,37 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mode=False):
     """Make the proven epoch OpenBao's default issuer once every cluster trusts it; renew the announcer's leaf.
 
-    Returns ``{changed, epoch, activated, msg, announcer, timings}``.
+    An announcement the authority step could not make (the servers' leaves had expired in an outage) is made here
+    first, once every cluster proved the bundle: activation needs it.
+
+    Returns ``{changed, epoch, activated, msg, announcer, announced, timings}`` (``announced``: the generation of
+    that late announcement, None when there was none).
     """
-    out = {'changed': False, 'epoch': None, 'activated': False, 'msg': None, 'announcer': None}
+    out = {'changed': False, 'epoch': None, 'activated': False, 'msg': None, 'announcer': None, 'announced': None}
     if not auth.get('go'):
         out['timings'] = timings.as_dict()
         return out
     epoch = decisions.activation_epoch(auth)
     out['epoch'] = epoch
     proven = decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256'])
+    if proven and auth.get('announce_error') and cfg.announce:
+        with timings.step('announce'):
+            try:
+                generation, notes = retry_announcement(cfg, clients, auth, check_mode)
+            except Exception as err:  # pylint: disable=broad-except  # activation waits; the run fails and says why
+                out['msg'] = 'The announcement failed again after every cluster proved the bundle: %s' % err
+            else:
+                auth = dict(auth, announce_error=None, generation=generation)
+                out.update(announced=generation, changed=True, msg='; '.join(notes) or None)
     ok, reason = decisions.may_activate(auth, proven, cfg.activate_enabled)
     with timings.step('activate'):
         if ok:
             act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], 'epoch-%d' % epoch, check_mode=check_mode,
                                      now=cfg.now)
-            out['changed'] = out['activated'] = act['changed']
+            out['activated'] = act['changed']
+            out['changed'] = out['changed'] or act['changed']
+        elif out['msg'] and auth.get('announce_error'):
+            pass  # the second failure of the announcement says it
         elif not proven:
             out['msg'] = ('Not activating epoch %d: %d of %d cluster(s) have not proven trust of bundle %s'
                           % (epoch, decisions.unproven_count(clusters, expected_clusters), expected_clusters,

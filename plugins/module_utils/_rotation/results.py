@@ -141,22 +141,24 @@ def run_report(auth, clusters, activation, finished_at):
     auth = auth or {}
     certs = auth.get('certificates') or []
     failed = [c for c in clusters if not c.get('ok')]
-    activated = activation.get('epoch') if activation.get('changed') else None
+    activated = activation.get('epoch') if activation.get('activated', activation.get('changed')) else None
     if auth.get('kind') == 'rollback':
         activated = auth.get('activated_epoch')
+    # an announcement that failed in the authority step and was made after the clusters' proof (activation) counts
+    announce_error = None if activation.get('announced') is not None else auth.get('announce_error')
     return {
         'started_at': auth.get('started_at'),
         'finished_at': finished_at,
-        'ok': not failed and auth.get('announce_error') is None and auth.get('error') is None and not activation.get('error'),
+        'ok': not failed and announce_error is None and auth.get('error') is None and not activation.get('error'),
         'activation_error': activation.get('error'),
-        'announce_error': auth.get('announce_error'),
+        'announce_error': announce_error,
         'error': auth.get('error'),
         'locked_out': bool(auth.get('locked_out')),
         'changed': bool(auth.get('new_bundle') or auth.get('changed') or any(c.get('reloaded') or c.get('changed') for c in clusters)
                         or activation.get('changed')),
         'epoch': auth.get('epoch'),
         'current_epoch': (auth.get('plan') or {}).get('current_epoch'),
-        'generation': auth.get('generation'),
+        'generation': activation['announced'] if activation.get('announced') is not None else auth.get('generation'),
         'bundle_sha256': auth.get('sha256'),
         'bundle_certificates': len(certs),
         'earliest_expiry': _first(c.get('not_after') for c in certs),

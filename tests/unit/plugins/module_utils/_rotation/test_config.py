@@ -38,7 +38,7 @@ def test_defaults_parse_the_schedule_once():
     cfg = c.Config({'schedule': {'epoch_duration': '20s', 'validity': '80s'}, 'now': 1000})
     assert cfg.schedule.duration == 20 and cfg.schedule.validity == 80
     assert cfg.schedule.epoch(cfg.now) == 50
-    assert cfg.pki['int_mount'] == 'pki_int' and cfg.lock_ttl == 900
+    assert cfg.pki['int_mount'] == 'pki_int' and cfg.lock_ttl == 20  # 15m, capped to one epoch
 
 
 @pytest.mark.parametrize('values, option', [
@@ -82,6 +82,16 @@ def test_cluster_defaults():
         {'name': 'n1', 'pid_file': '/p', 'ca_file': '/ca', 'monitor_url': 'http://x', 'cert_file': '/c', 'key_file': '/k'}]}), 'h')
     assert cc.name == 'edge' and cc.delivery == 'file'
     assert cc.reload_targets() == [{'name': 'n1', 'pid_file': '/p', 'ca_file': '/ca', 'monitor_url': 'http://x'}]
+
+
+def test_lock_ttl_longer_than_one_epoch_is_capped_and_said():
+    cfg = c.Config({'schedule': {'epoch_duration': '10m'}, 'authority_lock_ttl': '1h', 'now': 1000})
+    assert cfg.lock_ttl == 600
+    assert 'ca_rotation_authority_lock_ttl' in cfg.lock_ttl_note and 'capped to 600s' in cfg.lock_ttl_note
+    default = c.Config({'schedule': {'epoch_duration': '10m'}, 'now': 1000})
+    assert default.lock_ttl == 600 and default.lock_ttl_note is None  # the default, capped as documented
+    fits = c.Config({'schedule': {'epoch_duration': '6h'}, 'now': 1000})
+    assert fits.lock_ttl == 900 and fits.lock_ttl_note is None
 
 
 def test_the_rollback_margin_defaults_to_two_epochs_at_most_half_the_validity():

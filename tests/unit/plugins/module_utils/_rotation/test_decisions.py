@@ -141,6 +141,7 @@ def test_rollback_target_and_default_epoch():
 def test_schedule_is_timezone_aware():
     assert SCHEDULE.start(1) - SCHEDULE.start(0) == datetime.timedelta(seconds=20)
 
+
 def test_a_rollback_must_leave_the_safe_margin():
     from datetime import timedelta
 
@@ -174,3 +175,54 @@ def test_a_hold_ends_at_the_safe_margin():
     assert d.hold_decision(hold, False, SCHEDULE.epoch(now), SCHEDULE, now=now, min_validity=3 * margin) == (None, True)
     assert d.hold_decision(hold, True, SCHEDULE.epoch(now), SCHEDULE, now=now, min_validity=margin) == (None, True)
 
+
+# ---------------------------------------------------------------- recovery after an outage longer than the validity
+UTC = datetime.timezone.utc
+NOW = datetime.datetime(2026, 12, 2, 6, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize('reasons, unusable', [
+    ([], False),
+    (['the certificate expires at 2026-12-02T06:00:10Z, within the renewal window'], False),
+    (['it was issued by epoch-7, which is no longer the default issuer (epoch-8)'], False),
+    (['the common name is \'x\', not \'nats-0\'', 'subject alternative names missing: localhost'], False),
+    (['the certificate expired at 2026-12-02T05:59:00Z'], True),
+    (['it was issued by epoch-3, not by issuer_ref epoch-9', 'its issuing epoch 3 has expired'], True),
+    (['its issuing CA is no longer an issuer of the mount'], True),
+    (['/etc/nats/server.pem does not exist'], True),  # unreadable or missing: anything unknown counts
+])
+def test_leaf_unusable(reasons, unusable):
+    assert d.leaf_unusable(reasons) is unusable
+
+
+def test_leaf_issuer_is_the_default_while_it_is_valid_else_the_current_epoch():
+    assert d.leaf_issuer(NOW + datetime.timedelta(seconds=1), NOW, 42) is None
+    assert d.leaf_issuer(NOW, NOW, 42) == 'epoch-42'  # NotAfter is exclusive: expired at that instant
+    assert d.leaf_issuer(NOW - datetime.timedelta(hours=1), NOW, 42) == 'epoch-42'
+    assert d.leaf_issuer(None, NOW, 42) == 'epoch-42'  # no default issuer at all (pruned)
+
+
+@given(st.integers(min_value=1, max_value=10 ** 6), st.integers(min_value=1, max_value=86400))
+def test_lock_ttl_is_capped_at_one_epoch(ttl, duration):
+    schedule = EpochSchedule.from_params({'epoch_duration': duration, 'validity': 4 * duration})
+    capped, note = d.capped_lock_ttl(ttl, schedule)
+    assert capped == min(ttl, duration) == min(ttl, d.max_lock_ttl(schedule))
+    assert (note is None) == (ttl <= duration)
+    if note:
+        assert 'ca_rotation_authority_lock_ttl' in note and 'capped to %ds' % duration in note
+
+
+def _lock(acquired, expires='2099-01-01T00:00:00Z', holder='killed-run'):
+    return {'holder': holder, 'acquired_at': acquired, 'expires_at': expires}
+
+
+def test_lock_outlived_after_one_epoch_whatever_expiry_it_claims():
+    # SCHEDULE: 20 s epochs
+    assert not d.lock_outlived(_lock('2026-12-02T05:59:45Z'), NOW, SCHEDULE)
+    assert not d.lock_outlived(_lock('2026-12-02T05:59:40Z'), NOW, SCHEDULE)  # exactly one epoch: still a live run's
+    assert d.lock_outlived(_lock('2026-12-02T05:59:39Z'), NOW, SCHEDULE)
+    assert d.lock_outlived(_lock('2026-12-01T05:00:00+00:00'), NOW, SCHEDULE)
+    assert not d.lock_outlived(None, NOW, SCHEDULE)
+    assert not d.lock_outlived(_lock('2026-12-01T05:00:00Z', holder=None), NOW, SCHEDULE)  # released
+    assert not d.lock_outlived({'holder': 'x'}, NOW, SCHEDULE)  # no acquired_at: leave it to its expiry
+    assert not d.lock_outlived(_lock('yesterday'), NOW, SCHEDULE)
