@@ -19,10 +19,24 @@ class ActionModule(EngineAction):
     ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback']}}
 
     def on_config_error(self, err, args):
+        return self._failed('%s. Nothing was activated.' % err, err.option)
+
+    def on_error(self, err, args, trace):
+        return self._failed('%s failed: %s. Nothing was activated.' % (
+            'Completing the rollback' if args.get('mode') == 'rollback' else 'Activation', err))
+
+    def _failed(self, msg, option=None):
+        """Recorded in the activation result, never a failed task: the finish step must still release the lock, write
+        the report and fail the run with it."""
         if not self.authority_went_ahead():
             return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
                     'ansible_facts': {ACTIVATION_FACT: {'changed': False, 'epoch': None}}}
-        return super().on_config_error(err, args)
+        self.say(msg)
+        out = {'changed': False, 'msg': msg, 'ansible_facts': {
+            ACTIVATION_FACT: {'changed': False, 'epoch': None, 'activated': False, 'error': msg, 'timings': {}}}}
+        if option:
+            out['option'] = option
+        return out
 
     def run_step(self, args, cfg, task_vars):
         auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False}

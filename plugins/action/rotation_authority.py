@@ -16,11 +16,21 @@ class ActionModule(EngineAction):
 
     def on_config_error(self, err, args):
         # refused before the lock: the finish step writes the report and fails the run with this message
-        msg = '%s. Nothing was changed.' % err
+        return self._stopped('%s. Nothing was changed.' % err, args, option=err.option)
+
+    def on_error(self, err, args, trace):
+        # before the lock too (the engine's own failures after it are results): the finish step reports it
+        kind = 'rollback' if args.get('mode') == 'rollback' else 'rotation'
+        return self._stopped('The %s could not start: %s. Nothing was changed.' % (kind, err), args)
+
+    def _stopped(self, msg, args, option=None):
         res = authority_stopped(self.started_at(), 'rollback' if args.get('mode') == 'rollback' else 'rotation', msg,
                                 error=msg)
         self.say(msg)
-        return {'changed': False, 'msg': msg, 'option': err.option, 'ansible_facts': {AUTHORITY_FACT: res.to_fact()}}
+        out = {'changed': False, 'msg': msg, 'ansible_facts': {AUTHORITY_FACT: res.to_fact()}}
+        if option:
+            out['option'] = option
+        return out
 
     def run_step(self, args, cfg, task_vars):
         kind = 'rollback' if args['mode'] == 'rollback' else 'rotation'

@@ -44,15 +44,27 @@ class ActionModule(EngineAction):
         return RemoteSteps(execute, probe_host=probe_host)
 
     def on_config_error(self, err, args):
+        return self._failed('%s. Nothing was changed on this cluster.' % err, err.option)
+
+    def on_error(self, err, args, trace):
+        return self._failed('The %s phase failed: %s' % (args.get('phase') or 'deliver', err))
+
+    def _failed(self, msg, option=None):
         if not self.authority_went_ahead():
             return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
                     'ansible_facts': {CLUSTER_FACT: None}}
         # recorded as this cluster's failure: activation waits, and the finish step releases the lock and fails the run
-        name = self.template_var(self._task_vars, 'ca_rotation_cluster_name') or self._task_vars.get('inventory_hostname')
-        msg = '%s. Nothing was changed on this cluster.' % err
+        try:
+            name = self.template_var(self._task_vars, 'ca_rotation_cluster_name')
+        except Exception:  # pylint: disable=broad-except  # the error may be in that very variable
+            name = None
+        name = name or self._task_vars.get('inventory_hostname')
         self.say('Cluster %s FAILED: %s' % (name, msg))
-        return {'changed': False, 'msg': msg, 'option': err.option,
-                'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg).to_fact()}}
+        out = {'changed': False, 'msg': msg,
+               'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg).to_fact()}}
+        if option:
+            out['option'] = option
+        return out
 
     def run_step(self, args, cfg, task_vars):
         host = task_vars.get('inventory_hostname')

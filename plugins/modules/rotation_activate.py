@@ -16,8 +16,13 @@ description:
     proven that it trusts this run's bundle, the announcement succeeded and the epoch is in the bundle (under a rollback
     hold, the held epoch). Then it renews the announcer's client certificate when
     C(ca_rotation_authority_renew_client_leaf) is set.
+  - An announcement that failed in the authority step (after an outage longer than the validity, no client could
+    connect to servers whose certificates had expired) is made here first, once every cluster proved the bundle and
+    the servers hold renewed certificates; the generation is recorded then, and activation follows.
   - O(mode=rollback) announces C(kind=rollback) with the new generation, records it and sets the hold, once every
     cluster is back on the restored bundle.
+  - The task never fails (a configuration error or any other error included): its error is its result, and
+    M(securetransport.ca_rotation.rotation_finish) releases the lock, writes the report and fails the run with it.
 author:
   - SecureTransport platform team (@securetransport)
 extends_documentation_fragment:

@@ -26,7 +26,14 @@ description:
     task runs inside those roles).
   - A refusal (clock behind, nothing to roll back to) or an error releases the lock and returns O(mode)'s result with
     C(go=false) and C(error) set; the run fails loudly in M(securetransport.ca_rotation.rotation_finish), after the
-    report is written.
+    report is written. So does any other error of the task (an undefined variable included): the task itself never
+    fails, so that the finish step runs.
+  - After an outage longer than the validity (the default issuer has expired) it re-issues the announcer's expired
+    certificate from the current epoch's intermediate before announcing. The announcement still fails while the
+    servers' certificates are expired; M(securetransport.ca_rotation.rotation_activate) makes it once every cluster
+    proved the bundle.
+  - The lock TTL is capped at one epoch duration, and a lock taken more than one epoch ago is taken over (see
+    C(ca_rotation_authority_lock_ttl)).
 author:
   - SecureTransport platform team (@securetransport)
 extends_documentation_fragment:

@@ -18,6 +18,13 @@ description:
     server without restarting it (signal, C(nats-server --signal reload), Kubernetes exec or C() request), proves
     each reload and the trust of the new epoch with a probe client certificate, and records the proof in OpenBao KV.
     When the proof fails, the previous bundle is put back and the servers reloaded (automatic rollback).
+  - Before it delivers, a server leaf nothing can connect with any more (expired, issued by an expired or deleted
+    intermediate, unreadable) is re-issued and its server reloaded - from the default issuer, or, when that has expired
+    too (an outage longer than the validity), from the current epoch's intermediate, which is in the bundle delivered
+    next. With C(ca_rotation_nats_reload_renew_leaves=false) (someone else issues the leaves) the cluster stops before
+    anything is delivered, with the instruction to issue those servers leaves from that intermediate and run again.
+  - The task never fails: its error is the cluster's result (and fails the run in
+    M(securetransport.ca_rotation.rotation_finish)).
   - O(phase=renew) renews each server's leaf certificate (targets with C(cert_file)) from the default issuer when it
     is due or was issued by an issuer that is no longer the default, with the SANs of the target (C(alt_names),
     C(ip_sans); else the host of its C(url)), then reloads those servers within C(ca_rotation_nats_reload_reload_timeout).

@@ -15,7 +15,11 @@ description:
     run, builds the run report from the authority, cluster and activation results and writes it as JSON to
     C(ca_rotation_report_file) when set (also in check mode, as it describes the run).
   - Fails when the authority step refused or failed, the announcement failed or any cluster failed, with one message
-    naming each; otherwise prints a one-line summary.
+    naming each; otherwise prints a one-line summary. A cluster host without a result of this run (its task failed or
+    the host was unreachable) counts as a failed cluster.
+  - The steps before it never fail as tasks (their errors are their results), so that it always runs; when its own
+    configuration cannot be read, or it fails itself, it still releases the lock (from the OpenBao connection
+    variables alone) and writes the report before failing.
 author:
   - SecureTransport platform team (@securetransport)
 extends_documentation_fragment:

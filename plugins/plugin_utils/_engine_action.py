@@ -14,7 +14,6 @@ import datetime
 import secrets
 import traceback
 
-from ansible.errors import AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
@@ -52,11 +51,8 @@ class EngineAction(ActionBase):
             result.update(self.run_step(args, cfg, task_vars))
         except _config.ConfigError as err:
             result.update(self.on_config_error(err, args))
-        except AnsibleError:
-            raise
-        except Exception as err:  # pylint: disable=broad-except
-            result.update(failed=True, changed=False, msg='%s failed: %s' % (self._task.action, err),
-                          exception=traceback.format_exc())
+        except Exception as err:  # pylint: disable=broad-except  # AnsibleError too: an undefined variable, a bad template
+            result.update(self.on_error(err, args, traceback.format_exc()))
         return result
 
     # ------------------------------------------------------------------ configuration
@@ -171,6 +167,14 @@ class EngineAction(ActionBase):
     def on_config_error(self, err, args):
         """The result for a configuration error found before anything was changed."""
         return {'failed': True, 'changed': False, 'msg': '%s. Nothing was changed.' % err, 'option': err.option}
+
+    def on_error(self, err, args, trace):
+        """The result for any other error of the step (AnsibleError included: an undefined variable, a bad template).
+
+        The steps before the finish step override this: a failed task would drop its host from the later plays and
+        the finish step (release the lock, write the report, fail the run) would not run, so their failure is their
+        result, recorded in their fact."""
+        return {'failed': True, 'changed': False, 'msg': '%s failed: %s' % (self._task.action, err), 'exception': trace}
 
     def run_step(self, args, cfg, task_vars):
         raise NotImplementedError
