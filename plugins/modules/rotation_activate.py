@@ -21,7 +21,7 @@ description:
     the servers hold renewed certificates; the generation is recorded then, and activation follows.
   - O(mode=rollback) announces C(kind=rollback) with the new generation, records it and sets the hold, once every
     cluster is back on the restored bundle.
-  - The task never fails (a configuration error or any other error included): its error is its result, and
+  - The task never fails (a configuration error or any other error included); its error is its result, and
     M(securetransport.ca_rotation.rotation_finish) releases the lock, writes the report and fails the run with it.
 author:
   - SecureTransport platform team (@securetransport)

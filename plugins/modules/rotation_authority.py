@@ -26,7 +26,7 @@ description:
     task runs inside those roles).
   - A refusal (clock behind, nothing to roll back to) or an error releases the lock and returns O(mode)'s result with
     C(go=false) and C(error) set; the run fails loudly in M(securetransport.ca_rotation.rotation_finish), after the
-    report is written. So does any other error of the task (an undefined variable included): the task itself never
+    report is written. So does any other error of the task (an undefined variable included); the task itself never
     fails, so that the finish step runs.
   - After an outage longer than the validity (the default issuer has expired) it re-issues the announcer's expired
     certificate from the current epoch's intermediate before announcing. The announcement still fails while the

@@ -23,7 +23,7 @@ description:
     too (an outage longer than the validity), from the current epoch's intermediate, which is in the bundle delivered
     next. With C(ca_rotation_nats_reload_renew_leaves=false) (someone else issues the leaves) the cluster stops before
     anything is delivered, with the instruction to issue those servers leaves from that intermediate and run again.
-  - The task never fails: its error is the cluster's result (and fails the run in
+  - The task never fails; its error is the cluster's result (and fails the run in
     M(securetransport.ca_rotation.rotation_finish)).
   - O(phase=renew) renews each server's leaf certificate (targets with C(cert_file)) from the default issuer when it
     is due or was issued by an issuer that is no longer the default, with the SANs of the target (C(alt_names),
