@@ -8,16 +8,27 @@ in order:
    JSON object ``{"<key version>": "<PEM or OpenBao base64 key>"}`` -- or with the public keys
    OpenBao transit publishes for the signing key (``--transit``);
 2. accept only a generation newer than the one applied (kept in ``--state-file``, written
-   atomically, so a restart never re-applies and never goes backwards); an older or equal
-   generation is acknowledged and skipped (logged). A newer generation with an older epoch (a
-   rollback) is applied like any other. An announcement whose ``valid_until`` has passed is
-   refused (``valid_from`` is not enforced: bundles are distributed ahead of their epoch);
-3. check the bundle (its SHA-256 against ``bundle_sha256``, certificates only, CA certificates);
-4. write the bundle file atomically (temporary file, fsync, rename; ``--bundle-mode``), read it
-   back and compare the SHA-256;
+   atomically, so a restart never re-applies and never goes backwards) and at most
+   ``--max-generation-jump`` (default 100) ahead of it; an older or equal generation is
+   acknowledged and skipped (logged). A newer generation with an older epoch (a rollback) is
+   applied like any other. An announcement whose ``valid_until`` has passed is refused (no
+   tolerance unless ``--clock-skew``; ``valid_from`` is not enforced: bundles are distributed ahead
+   of their epoch), and so is one whose ``valid_until`` is later than a certificate's NotAfter;
+3. check the bundle: its SHA-256 against ``bundle_sha256``, PEM certificates and nothing else, CA
+   certificates, at least one not expired, and not fewer still-valid certificates than the bundle
+   in place unless the announcement is a signed ``rollback`` (scripts/catools/sync/policy.py);
+4. write the bundle file atomically (temporary file, fsync, rename; ``--bundle-mode``, a regular
+   file mode such as 0644), read it back and compare the SHA-256. No file is ever written through a
+   symbolic link (bundle, state, lock, metrics: refused with exit 2);
 5. reload the service: run ``--reload-command`` (an argv; through ``/bin/sh -c`` only with
    ``--reload-shell``) and/or send ``--signal`` (SIGHUP) to the process in ``--pid-file``;
 6. persist the state, and only then acknowledge the message (and wait for the server's reply).
+
+``--once`` pulls until the server answers "no messages" *and* the consumer's delivered position has
+reached the newest message on the subject (consumer counters are never trusted: nats-server recounts
+``num_pending`` wrongly after a consumer leader change). A host without state (a new service, a lost
+state file) first reads every announcement the stream keeps and starts from the newest signed
+generation: a replayed older announcement published last is skipped.
 
 Invalid messages (bad or missing signature, unknown key version, wrong schema, SHA-256 mismatch,
 garbage, expired) are terminated (``+TERM <reason>``) with a logged reason: never redelivered,

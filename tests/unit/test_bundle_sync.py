@@ -534,3 +534,159 @@ def test_the_client_bundle_role_installs_every_part_of_the_script():
     out = subprocess.run([sys.executable, '-c', _SCRIPT_CLOSURE, str(root / 'scripts')], capture_output=True, text=True, check=True).stdout
     installed = re.findall(r'\{name: (catools/[^,]+\.py),', (root / 'roles/client_bundle/tasks/sync.yml').read_text())
     assert sorted(installed) == sorted(out.split())
+
+
+# ----------------------------------------------------------------------------- hardening (what a signature is trusted for)
+def _ca_until(cn, key, not_after, issuer=None, issuer_key=None):
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=3)).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(issuer_key or key, hashes.SHA256()))
+
+
+def test_a_generation_far_ahead_is_refused_and_later_real_ones_still_apply(env, sign, bundles):
+    paths, make = env
+    _cfg, syncer = make()
+    assert process(syncer, announce(sign, bundles['e1'], 17, 1)).kind == 'applied'
+    outcome = process(syncer, announce(sign, bundles['e2'], 800, 2))  # signed, but 783 ahead
+    assert (outcome.kind, outcome.reason) == ('invalid', 'generation-jump'), outcome.text
+    assert '--max-generation-jump 100' in outcome.text and syncer.state.generation == 17
+    assert process(syncer, announce(sign, bundles['e2'], 18, 2)).kind == 'applied'  # the next real generation
+    assert paths['bundle'].read_text() == bundles['e2']
+    _cfg, unlimited = make('--max-generation-jump', '0')
+    assert process(unlimited, announce(sign, bundles['e2'], 800, 2)).kind in ('applied', 'unchanged')
+
+
+@pytest.mark.parametrize('junk', ['# comment\n' * 3, 'x' * 100000, '\n' * 5000])
+def test_bundle_pem_must_be_certificates_only(env, sign, bundles, junk):
+    paths, make = env
+    _cfg, syncer = make()
+    outcome = process(syncer, announce(sign, bundles['e1'] + junk, 1, 1))
+    assert (outcome.kind, outcome.reason) == ('invalid', 'certificates'), outcome.text
+    assert 'PEM certificates only' in outcome.text and not paths['bundle'].exists()
+
+
+def test_valid_until_may_not_outlive_the_certificates(env, sign, bundles):
+    paths, make = env
+    _cfg, syncer = make()
+    outcome = process(syncer, announce(sign, bundles['e1'], 1, 1, valid_until=NOW + dt.timedelta(days=3)))  # certs end NOW + 2d
+    assert (outcome.kind, outcome.reason) == ('invalid', 'valid-until'), outcome.text
+    assert not paths['bundle'].exists()
+
+
+def test_valid_until_is_enforced_without_tolerance_by_default(env, sign, bundles):
+    _paths, make = env
+    _cfg, syncer = make()
+    outcome = process(syncer, announce(sign, bundles['e1'], 1, 1, valid_until=NOW - dt.timedelta(seconds=30)))
+    assert (outcome.kind, outcome.reason) == ('invalid', 'expired')
+
+
+def test_a_bundle_of_expired_certificates_is_refused(env, sign):
+    paths, make = env
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ended = NOW - dt.timedelta(minutes=3)
+    root = _ca_until('Old Root', root_key, ended)
+    old = _ca_until('NATS Intermediate CA Epoch 0', key, ended, root, root_key)
+    _cfg, syncer = make('--clock-skew', '10m')  # even when a late clock is tolerated
+    outcome = process(syncer, announce(sign, _pem(old) + _pem(root), 1, 0, valid_until=ended))
+    assert (outcome.kind, outcome.reason) == ('invalid', 'certificates-expired'), outcome.text
+    assert not paths['bundle'].exists()
+
+
+def test_fewer_valid_certificates_only_by_a_signed_rollback(env, sign, bundles):
+    paths, make = env
+    _cfg, syncer = make()
+    assert process(syncer, announce(sign, bundles['e2'], 5, 2)).kind == 'applied'  # 3 certificates
+    outcome = process(syncer, announce(sign, bundles['e1'], 6, 1))  # 2: a replayed older bundle with a new generation
+    assert (outcome.kind, outcome.reason) == ('invalid', 'fewer-epochs'), outcome.text
+    assert paths['bundle'].read_text() == bundles['e2']
+    assert process(syncer, announce(sign, bundles['e1'], 7, 1, kind='rollback')).kind == 'applied'
+    # a host without state compares with the bundle file in place
+    os.unlink(syncer.cfg.state_file)
+    paths['bundle'].write_text(bundles['e2'])
+    _cfg, fresh = make()
+    outcome = process(fresh, announce(sign, bundles['e1'], 1, 1))
+    assert (outcome.kind, outcome.reason) == ('invalid', 'fewer-epochs')
+
+
+def test_superseded_generation_is_stale_for_a_host_starting_from_the_newest(env, sign, bundles):
+    _paths, make = env
+    _cfg, syncer = make()
+    syncer.floor = 2  # the stream keeps generation 2: the replayed generation 1 delivered after it is superseded
+    assert process(syncer, announce(sign, bundles['e1'], 1, 1)).kind == 'stale'
+    assert process(syncer, announce(sign, bundles['e2'], 2, 2)).kind == 'applied'
+
+
+@pytest.mark.parametrize('mode, accepted', [
+    ('0644', 0o644), ('640', 0o640), ('0444', 0o444), ('0600', 0o600),
+    ('7777', None), ('0755', None), ('4644', None), ('0666', None), ('0044', None), ('rw', None), ('17777', None),
+])
+def test_bundle_mode_must_be_a_sane_regular_file_mode(env, mode, accepted):
+    _paths, make = env
+    if accepted is not None:
+        assert make('--bundle-mode', mode)[0].bundle_mode == accepted
+        return
+    with pytest.raises(bs.ConfigError, match=r'--bundle-mode .*(0644|octal)'):
+        make('--bundle-mode', mode)
+
+
+def test_max_generation_jump_option_is_checked(env):
+    _paths, make = env
+    assert make()[0].max_generation_jump == 100
+    with pytest.raises(bs.ConfigError, match='--max-generation-jump must be an integer >= 0'):
+        make('--max-generation-jump', '-1')
+
+
+# ----------------------------------------------------------------------------- never through a symbolic link
+@pytest.mark.parametrize('which', ['bundle', 'state', 'lock', 'metrics'])
+def test_a_symlink_planted_at_a_written_path_is_refused(env, capsys, which):
+    """ln -s <victim> <path>; run: exit 2 naming the option, the victim and the link untouched (whatever NATS says)."""
+    paths, _make = env
+    victim = paths['tmp'] / 'victim.txt'
+    victim.write_text('precious\n')
+    os.chmod(victim, 0o600)
+    state = paths['bundle'].parent / ('.%s.sync-state.json' % paths['bundle'].name)
+    link = {'bundle': paths['bundle'], 'state': state, 'lock': Path(str(state) + '.lock'), 'metrics': paths['metrics']}[which]
+    link.symlink_to(victim)
+    code = bs.main(['--once', '--service', 'svc', '--bundle-file', str(paths['bundle']), '--public-key-file', str(paths['key']),
+                    '--nats-server', 'nats://127.0.0.1:1', '--nats-connect-timeout', '1', '--metrics-file', str(paths['metrics'])])
+    err = capsys.readouterr().err
+    assert code == bs.EXIT_CONFIG, err
+    assert 'symbolic link' in err and {'bundle': '--bundle-file', 'state': '--state-file', 'lock': '--state-file (its lock)',
+                                       'metrics': '--metrics-file'}[which] in err
+    assert victim.read_text() == 'precious\n' and stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert link.is_symlink()
+
+
+def test_file_writers_never_follow_a_symlink(tmp_path):
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('precious\n')
+    os.chmod(victim, 0o600)
+    link = tmp_path / 'ca.pem'
+    link.symlink_to(victim)
+    with pytest.raises(Exception, match='symbolic link'):
+        sync_files.atomic_write(str(link), 'x', 0o644)
+    with pytest.raises(Exception, match='symbolic link'):
+        sync_files.set_mode(str(link), 0o644)
+    assert sync_files.sha256_file(str(link)) is None
+    with pytest.raises(bs.ConfigError, match='state file'):
+        bs.State.load(str(link))
+    assert victim.read_text() == 'precious\n' and stat.S_IMODE(os.stat(victim).st_mode) == 0o600 and link.is_symlink()
+
+
+def test_the_lock_file_refuses_links(tmp_path):
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('precious\n')
+    state = str(tmp_path / 'state.json')
+    os.symlink(victim, state + '.lock')
+    with pytest.raises(bs.ConfigError, match='symbolic link'):
+        with bs.instance_lock(state):
+            pass
+    os.unlink(state + '.lock')
+    os.link(victim, state + '.lock')  # a hard link: O_NOFOLLOW does not see it, the link count does
+    with pytest.raises(bs.ConfigError, match='links'):
+        with bs.instance_lock(state):
+            pass
+    assert victim.read_text() == 'precious\n'

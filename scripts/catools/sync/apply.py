@@ -20,9 +20,8 @@ def write_bundle(cfg, message):
     pem = message['bundle_pem']
     before = files.sha256_file(path)
     if before == message['bundle_sha256']:
-        with contextlib.suppress(OSError):
-            if (os.stat(path).st_mode & 0o7777) != cfg.bundle_mode:
-                os.chmod(path, cfg.bundle_mode)
+        with contextlib.suppress(OSError, FileError):
+            files.set_mode(path, cfg.bundle_mode)
         return False
     try:
         files.atomic_write(path, pem, cfg.bundle_mode)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 
 from catools.sync.common import PROG, ConfigError
 
 # pylint: disable=wrong-import-position
 try:
+    from nats import errors as nats_errors
     from nats.js import errors as nats_js_errors
 except ImportError:  # pragma: no cover - reported by main() through nats_options.check_imports()
-    nats_js_errors = None
+    nats_errors = nats_js_errors = None
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._client_tls import ClientTLSError, ReloadingTLS  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream  # noqa: E402
@@ -20,11 +23,6 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats 
 
 #: What a fetch returns when the consumer has no leader at this moment (worth another attempt).
 RETRY = 'retry'
-
-
-def idle(info):
-    """Consumer info says: nothing to deliver and nothing awaiting an acknowledgement."""
-    return bool(info) and info.get('num_pending') == 0 and info.get('num_ack_pending') == 0
 
 
 class Consumer:
@@ -36,6 +34,7 @@ class Consumer:
         self.stop = stop
         self.heartbeat = 2.0
         self.closing = False
+        self.pulls = 0
 
     async def connect(self):
         extra = {}
@@ -139,18 +138,79 @@ class Consumer:
         sub = await nc.jetstream().pull_subscribe_bind(consumer=self.cfg.durable, stream=self.cfg.stream)
         return sub, info
 
-    async def nothing_pending(self, nc):
-        """True when the consumer has no message to deliver now and none awaiting an acknowledgement."""
+    async def pull_now(self, nc, wait=None):
+        """One message the server has for the consumer right now (a no-wait pull), or None when it says it has none.
+
+        With ``wait`` (seconds): a pull that expires after that long instead (None when it expired).
+
+        Only the server's answer counts (404 no messages, 408 request expired, 409 while a message awaits its
+        acknowledgement), never the counters of CONSUMER.INFO: on a consumer that was left alone while the
+        stream rolled over, ``num_pending`` has been seen at 0 with messages still deliverable. Returns RETRY
+        while the consumer has no leader (no responders).
+        """
+        self.pulls += 1
+        subject = '$JS.API.CONSUMER.MSG.NEXT.%s.%s' % (self.cfg.stream, self.cfg.durable)
+        if wait:
+            request, timeout = {'batch': 1, 'expires': int(wait * 1e9)}, wait + min(self.cfg.timeout, 10)
+        else:
+            request, timeout = {'batch': 1, 'no_wait': True}, min(self.cfg.timeout, 10)
+        # its own inbox per pull: JetStream delivers the message under its stream subject, so a request() would not
+        # see it as the reply, and a late answer to an earlier pull can never be taken for this one's
+        inbox = await nc.subscribe(nc.new_inbox(), max_msgs=1)
         try:
-            info = await nats_jetstream.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.cfg.stream, self.cfg.durable), b'',
-                                               nats_jetstream.Deadline(min(self.cfg.timeout, 10)),
-                                               'Reading consumer %s' % self.cfg.durable)
-        except Exception:  # fall back to waiting for the fetch timeout  # pylint: disable=broad-except
-            return False
-        return idle(info)
+            await nc.publish(subject, json.dumps(request).encode('ascii'), reply=inbox.subject)
+            try:
+                msg = await inbox.next_msg(timeout=timeout)
+            except nats_errors.TimeoutError:
+                self.log('debug', 'pull-unanswered', 'No answer to a pull within %ss' % timeout)
+                return None
+        finally:
+            with contextlib.suppress(Exception):
+                await inbox.unsubscribe()
+        status = (msg.headers or {}).get('Status')
+        if not status:
+            return msg
+        if status == '503':  # no responders: the consumer has no leader at this moment
+            return RETRY
+        if status in ('404', '408', '409'):
+            self.log('debug', 'pull-empty', status=status, description=(msg.headers or {}).get('Description'))
+            return None
+        raise nats_options.NatsError('Pulling from consumer %s on stream %s: status %s %s' % (
+            self.cfg.durable, self.cfg.stream, status, (msg.headers or {}).get('Description') or ''))
+
+    async def caught_up(self, nc):
+        """True when the consumer has been handed every message the stream holds on the subject (its delivered
+        stream sequence has reached the newest message's): the server's positions, not its pending counters."""
+        deadline = nats_jetstream.Deadline(min(self.cfg.timeout, 10))
+        last = await nats_jetstream.last_message(nc, self.cfg.stream, self.cfg.subject, deadline)
+        if last is None:
+            return True
+        info = await nats_jetstream.js_api(nc, 'CONSUMER.INFO.%s.%s' % (self.cfg.stream, self.cfg.durable), b'', deadline,
+                                           'Reading consumer %s' % self.cfg.durable)
+        delivered = ((info.get('delivered') or {}).get('stream_seq')) or 0
+        return delivered >= last['seq']
+
+    async def retained(self, nc, limit=100):
+        """Every message the stream keeps on the subject, oldest first, as ``(stream sequence, data)`` (at most ``limit``)."""
+        deadline = nats_jetstream.Deadline(self.cfg.timeout)
+        out = []
+        seq = 1
+        while len(out) < limit:
+            try:
+                resp = await nats_jetstream.js_api(nc, 'STREAM.MSG.GET.%s' % self.cfg.stream, {'seq': seq, 'next_by_subj': self.cfg.subject},
+                                                   deadline, 'Reading the announcements kept on %s' % self.cfg.subject)
+            except nats_jetstream.JetStreamAPIError as exc:
+                if exc.err_code == nats_jetstream.JS_NO_MESSAGE_FOUND or exc.code == 404:
+                    break
+                raise
+            msg = resp.get('message') or {}
+            out.append((msg['seq'], base64.b64decode(msg.get('data') or b'')))
+            seq = msg['seq'] + 1
+        return out
 
     async def fetch(self, sub):
         """One message, or None when none came within the fetch timeout (or a stop was requested)."""
+        self.pulls += 1
         fetch = asyncio.ensure_future(sub.fetch(1, timeout=self.cfg.fetch_timeout))
         stopper = asyncio.ensure_future(self.stop.wait())
         try:

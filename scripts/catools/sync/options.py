@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 from catools.sync.common import EXIT_CODES, PROG, ConfigError
+from catools.sync.files import symlink_problem
 from catools.sync.log import LOG_LEVELS
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import FileError  # noqa: E402
@@ -45,7 +46,8 @@ DEFAULTS = {
     'backoff': ['5s', '30s', '2m', '5m', '10m'],
     'deliver_policy': 'last',
     'fetch_timeout': None,
-    'clock_skew': '5m',
+    'clock_skew': '0s',
+    'max_generation_jump': 100,
     'timeout': 30,
     'log_level': 'info',
 }
@@ -86,6 +88,28 @@ def _signal(value):
         return signal.Signals[name]
     except KeyError:
         raise ConfigError('--signal %r is not a signal name (HUP, USR1, TERM, ...)' % value) from None
+
+
+def bundle_mode(value):
+    """The file mode for the bundle: a regular-file mode its owner can read, without execute, setuid/setgid/sticky or
+    world-write bits (0644, 0640, 0444, ...)."""
+    try:
+        mode = parse_mode(value, '--bundle-mode')
+    except FileError as exc:
+        raise ConfigError('%s; give a mode such as 0644' % exc) from None
+    problems = []
+    if mode & 0o7000:
+        problems.append('setuid/setgid/sticky bits')
+    if mode & 0o111:
+        problems.append('execute bits')
+    if mode & 0o002:
+        problems.append('world-write permission')
+    if not mode & 0o400:
+        problems.append('no read permission for its owner')
+    if problems:
+        raise ConfigError('--bundle-mode %s is not a mode for a CA bundle file (%s): give a regular-file mode such as 0644 '
+                          '(world-readable) or 0640 (owner and group)' % (value, ', '.join(problems)))
+    return mode
 
 
 def read_config_file(path):
@@ -181,7 +205,8 @@ def build_parser():
     add('--backoff', help='redelivery delays, comma-separated durations (default 5s,30s,2m,5m,10m)')
     add('--deliver-policy', choices=DELIVER_POLICIES, help='where a NEW durable consumer starts (default last: the newest announcement)')
     add('--fetch-timeout', help='seconds to wait for a message (default 2 with --once, 30 with --follow)')
-    add('--clock-skew', help='tolerance when checking valid_until (default 5m)')
+    add('--clock-skew', help='tolerance for a late clock when checking valid_until (default 0: an announcement past its valid_until is refused)')
+    add('--max-generation-jump', type=int, help='refuse a generation more than this far ahead of the applied one (default 100; 0: no limit)')
     add('--timeout', help='seconds for JetStream API calls (default 30)')
     add('--log-level', choices=sorted(LOG_LEVELS, key=LOG_LEVELS.get), help='default info')
     return parser
@@ -230,10 +255,7 @@ class Config:
         if not v['bundle_file']:
             raise ConfigError('--bundle-file is required (where the CA bundle is written)')
         self.bundle_file = os.path.abspath(os.path.expanduser(str(v['bundle_file'])))
-        try:
-            self.bundle_mode = parse_mode(v['bundle_mode'], '--bundle-mode')
-        except FileError as exc:
-            raise ConfigError(str(exc)) from None
+        self.bundle_mode = bundle_mode(v['bundle_mode'])
         bundle_dir = os.path.dirname(self.bundle_file)
         self.state_file = os.path.abspath(os.path.expanduser(str(v['state_file']))) if v['state_file'] else \
             os.path.join(bundle_dir, '.%s.sync-state.json' % os.path.basename(self.bundle_file))
@@ -243,6 +265,11 @@ class Config:
                 raise ConfigError('%s %s: directory %s does not exist (create it first)' % (option, path, os.path.dirname(path)))
             if path and os.path.isdir(path):
                 raise ConfigError('%s %s is a directory' % (option, path))
+        for option, path in (('--bundle-file', self.bundle_file), ('--state-file', self.state_file),
+                             ('--state-file (its lock)', self.state_file + '.lock'), ('--metrics-file', self.metrics_file)):
+            problem = symlink_problem(path, option)
+            if problem:
+                raise ConfigError(problem)
 
         self.reload_shell = bool(v['reload_shell'])
         command = v['reload_command']
@@ -314,6 +341,10 @@ class Config:
         fetch = v['fetch_timeout']
         self.fetch_timeout = _seconds(fetch, '--fetch-timeout') if fetch is not None else (30.0 if mode == 'follow' else 2.0)
         self.clock_skew = _seconds(v['clock_skew'], '--clock-skew', allow_zero=True)
+        self.max_generation_jump = v['max_generation_jump']
+        if isinstance(self.max_generation_jump, bool) or not isinstance(self.max_generation_jump, int) or self.max_generation_jump < 0:
+            raise ConfigError('--max-generation-jump must be an integer >= 0 (0: no limit), got %r; the default 100 suits '
+                              'one rotation every few hours' % (self.max_generation_jump,))
         self.timeout = _seconds(v['timeout'], '--timeout')
         if v['log_level'] not in LOG_LEVELS:
             raise ConfigError('--log-level must be one of %s' % ', '.join(LOG_LEVELS))

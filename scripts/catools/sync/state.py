@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from catools.sync.common import ConfigError, number
 
-from catools.sync.files import atomic_write
+from catools.sync.files import atomic_write, read_text
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import FileError  # noqa: E402
 
 STATE_SCHEMA = 'securetransport.ca_bundle_sync_state/v1'
 METRIC_PREFIX = 'ca_bundle_sync_'
@@ -36,11 +37,11 @@ class State:
     def load(cls, path):
         state = cls(path)
         try:
-            text = Path(path).read_text(encoding='utf-8')
-        except FileNotFoundError:
-            return state
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_text(path)
+        except (FileError, OSError, UnicodeDecodeError) as exc:
             raise ConfigError('Cannot read the state file %s: %s' % (path, getattr(exc, 'strerror', None) or exc)) from None
+        if text is None:
+            return state
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or data.get('schema') != STATE_SCHEMA:

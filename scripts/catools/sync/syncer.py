@@ -12,7 +12,7 @@ import time
 from catools.sync import apply as host
 from catools.sync import files, policy
 from catools.sync.common import ACK_TIMEOUT, EXIT_FAILURE, EXIT_INVALID, EXIT_OK, ONCE_MAX_MESSAGES, ConfigError, Invalid, Outcome, Transient, number
-from catools.sync.consumer import RETRY, Consumer, idle
+from catools.sync.consumer import RETRY, Consumer
 from catools.sync.keys import PinnedKeys, TransitKeys
 from catools.sync.state import State, render_metrics
 
@@ -36,12 +36,18 @@ class Syncer:
         self.nats = None
         self.counts = {'applied': 0, 'unchanged': 0, 'stale': 0, 'invalid': 0, 'retry': 0}
         self.failed = False
+        #: generations below this one are superseded (set when a host without state starts from the newest)
+        self.floor = 0
 
     # ------------------------------------------------------------ one message
 
     async def evaluate(self, data, now=None):
         """Verify ``data``: Outcome ``apply`` (with the message) or ``stale``; raises Invalid or Transient."""
-        return await policy.evaluate(data, self.keys, self.state, self.cfg, now)
+        try:
+            current = files.read_text(self.cfg.bundle_file)
+        except (FileError, OSError, UnicodeDecodeError):
+            current = None
+        return await policy.evaluate(data, self.keys, self.state, self.cfg, now, current_pem=current, floor=self.floor)
 
     async def apply(self, message, seq=None):
         """Write, reload, persist. Returns 'applied' or 'unchanged' (same bytes already applied: no reload)."""
@@ -184,32 +190,14 @@ class Syncer:
             return self._nats_failure(exc)
         try:
             try:
-                sub, info = await self.nats.subscribe(nc)
-            except nats_options.NatsError as exc:
+                await self.nats.ensure_consumer(nc)
+                if not self.state.generation:
+                    await self.catch_up(nc)
+                await self.drain(nc)
+            except (nats_options.NatsError, Exception) as exc:  # any NATS error ends this run as a failure  # pylint: disable=broad-except
+                if isinstance(exc, ConfigError):
+                    raise
                 return self._nats_failure(exc)
-            handled = 0
-            done = idle(info)
-            while not done and not self.stop.is_set() and handled < ONCE_MAX_MESSAGES:
-                try:
-                    msg = await self.nats.fetch(sub)
-                    unavailable = 0
-                    while msg == RETRY and unavailable < 10:
-                        unavailable += 1
-                        msg = await self.nats.fetch(sub)
-                except Exception as exc:  # any fetch error ends this run as a failure  # pylint: disable=broad-except
-                    return self._nats_failure(exc)
-                if msg == RETRY:
-                    return self._nats_failure(nats_options.NatsError(
-                        'The consumer %s has had no leader for %d attempts' % (self.cfg.durable, unavailable)))
-                if msg is None:
-                    break
-                handled += 1
-                outcome = await self.handle(nc, msg)
-                if outcome.kind == 'retry':
-                    break  # the rest stays for the next run; this failure would most likely repeat
-                done = await self.nats.nothing_pending(nc)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         finally:
             await self.nats.close(nc)
         if not self.failed:
@@ -217,12 +205,94 @@ class Syncer:
         self.save_counters()
         self.write_metrics()
         self.log('info', 'done', applied=self.counts['applied'], unchanged=self.counts['unchanged'], skipped=self.counts['stale'],
-                 invalid=self.counts['invalid'], failed=self.counts['retry'], generation=self.state.generation, epoch=self.state.epoch)
+                 invalid=self.counts['invalid'], failed=self.counts['retry'], generation=self.state.generation, epoch=self.state.epoch,
+                 pulls=self.nats.pulls)
         if self.failed:
             return EXIT_FAILURE
         if self.counts['invalid']:
             return EXIT_INVALID
         return EXIT_OK
+
+    async def drain(self, nc):
+        """Handle messages until the server has none left for the consumer (``--once``).
+
+        It ends only when the server answers a pull with "no messages" *and* the consumer's delivered position has
+        reached the newest message the stream holds on the subject. A no-wait pull is answered from the consumer's
+        pending count, which nats-server recounts wrongly after a consumer leader change (one per subject for a
+        last-per-subject consumer): when the positions disagree with a "no messages", the rest of the run pulls
+        with an expiring request instead (answered as soon as a message is there). A transient failure ends the
+        run (the rest waits for the next one).
+        """
+        handled = unavailable = misses = 0
+        no_wait = True
+        while not self.stop.is_set() and handled < ONCE_MAX_MESSAGES:
+            if not no_wait and not misses and await self.nats.caught_up(nc):
+                return  # spares the last expiring pull its wait
+            msg = await self.nats.pull_now(nc, wait=None if no_wait else self.cfg.fetch_timeout)
+            if msg == RETRY:
+                unavailable += 1
+                if unavailable >= 10:
+                    raise nats_options.NatsError('The consumer %s has had no leader for %d attempts' % (self.cfg.durable, unavailable))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), 0.5)
+                continue
+            if msg is None:
+                if await self.nats.caught_up(nc):
+                    return
+                if no_wait:
+                    no_wait = False
+                    self.log('info', 'pending-miscounted', 'The server says it has nothing for consumer %s, but its delivered '
+                             'position is behind the newest announcement; pulling with a wait instead' % self.cfg.durable)
+                    continue
+                misses += 1
+                if misses >= 3:
+                    self.log('warning', 'not-caught-up', 'Consumer %s is still behind the newest announcement after %d pulls of '
+                             '%ss that got nothing (a message awaiting its acknowledgement or redelivery?); ending this run, '
+                             'the next one carries on' % (self.cfg.durable, misses, number(self.cfg.fetch_timeout)))
+                    return
+                continue
+            misses = 0
+            handled += 1
+            outcome = await self.handle(nc, msg)
+            if outcome.kind == 'retry':
+                return  # the rest stays for the next run; this failure would most likely repeat
+
+    async def catch_up(self, nc):
+        """Without state (a new service, a lost state file), start from the newest generation the stream keeps.
+
+        A durable consumer starts at the last message on the subject, which need not be the newest generation
+        (an older announcement published again is the last one). Every kept message is verified; anything older
+        than the newest signed generation is superseded (skipped when the consumer delivers it). When that newest
+        generation is not the last message, the consumer may never deliver it: it is applied from the stream here.
+        """
+        candidates = []
+        kept = await self.nats.retained(nc)
+        for seq, data in kept:
+            try:
+                message = await policy.verified(data, self.keys, self.cfg)
+            except Invalid:
+                continue
+            except Transient as exc:
+                self.log('warning', 'catch-up-failed', 'Cannot verify the kept announcements: %s' % exc, reason=exc.reason)
+                return
+            candidates.append((message['generation'], seq, message, data))
+        if not candidates:
+            return
+        generation, seq, message, data = max(candidates, key=lambda c: (c[0], c[1]))
+        self.floor = generation
+        if seq == kept[-1][0]:
+            return  # the newest generation is the last message: the consumer delivers it (after anything older, skipped)
+        self.log('info', 'catch-up', 'No applied generation yet and the last message on the subject is not the newest '
+                 'generation: applying the newest generation the stream keeps', generation=generation, epoch=message['epoch'],
+                 seq=seq, last_seq=kept[-1][0])
+        outcome = await self.process(data, seq)
+        if outcome.kind in ('applied', 'unchanged'):
+            self.counts[outcome.kind] += 1
+        elif outcome.kind == 'retry':
+            self._record(outcome, seq, 0)
+        else:  # refused (expired, ...)
+            self.log('warning', 'catch-up-refused', outcome.text, reason=outcome.reason, seq=seq)
+        self.save_counters()
 
     def _nats_failure(self, exc):
         self.failed = True
@@ -243,6 +313,8 @@ class Syncer:
                     sub = None
                 if sub is None:
                     sub, _info = await self.nats.subscribe(nc)
+                    if not self.state.generation and not self.floor:
+                        await self.catch_up(nc)
                     self.log('info', 'following', consumer=self.cfg.durable, stream=self.cfg.stream, subject=self.cfg.subject)
                 msg = await self.nats.fetch(sub)
                 delay = 1.0
