@@ -212,6 +212,18 @@ def log_tail(path: str | Path | None, lines: int = 8) -> str:
     return "".join(f"\n    {line}" for line in text)
 
 
+#: NATS permissions of the client identity ``app``: it reads the CA-bundle announcements but may not publish one,
+#: nor change or empty their stream; only ``announcer`` (the authority's identity) may (DESIGN section 6).
+ANNOUNCEMENT_SUBJECT = "metadata.client.ca-cert"
+ANNOUNCEMENT_STREAM = "METADATA_CA_CLIENT"
+APP_PERMISSIONS = (
+    "{ publish: { deny: ["
+    + ", ".join(f'"{s}"' for s in [ANNOUNCEMENT_SUBJECT] + [f"$JS.API.STREAM.{op}.{ANNOUNCEMENT_STREAM}" for op in
+                                                            ("CREATE", "UPDATE", "DELETE", "PURGE", "MSG.DELETE")])
+    + "] } }"
+)
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -555,9 +567,11 @@ class LocalStack:
     def _prepare_nats(self) -> None:
         app_password = secrets.token_urlsafe(18)
         sys_password = secrets.token_urlsafe(18)
+        announcer_password = secrets.token_urlsafe(18)
         sec = self.state_dir / "secrets"
         write_secret(sec / "nats-app-password", app_password)
         write_secret(sec / "nats-sys-password", sys_password)
+        write_secret(sec / "nats-announcer-password", announcer_password)
         client = self.bao_client()
         pki_dir = self.state_dir / "pki"
         self.issue_leaf("nats-client", pki_dir / "client.pem", sec / "client-key.pem", client)
@@ -567,6 +581,7 @@ class LocalStack:
             "client_key_file": str(sec / "client-key.pem"),
             "app_user": "app", "app_password_file": str(sec / "nats-app-password"),
             "sys_user": "sys", "sys_password_file": str(sec / "nats-sys-password"),
+            "announcer_user": "announcer", "announcer_password_file": str(sec / "nats-announcer-password"),
         }
         clusters = []
         for cluster_name, size in self.clusters:
@@ -588,12 +603,13 @@ class LocalStack:
                 base = Path(server["config_file"]).parent
                 self.issue_leaf(server["name"], Path(server["cert_file"]), Path(server["key_file"]), client)
                 write_file(Path(server["ca_file"]), Path(self.info["pki"]["bundle_file"]).read_text(encoding="utf-8"))
-                config = self._nats_config(server, servers, cluster_name, app_password, sys_password)
+                config = self._nats_config(server, servers, cluster_name, app_password, sys_password, announcer_password)
                 write_file(Path(server["config_file"]), config, 0o600)
             clusters.append({"name": cluster_name, "servers": servers})
         self.info["clusters"] = clusters
 
-    def _nats_config(self, server: dict, servers: list[dict], cluster_name: str, app_password: str, sys_password: str) -> str:
+    def _nats_config(self, server: dict, servers: list[dict], cluster_name: str, app_password: str, sys_password: str,
+                     announcer_password: str) -> str:
         routes = ", ".join(f'"nats-route://127.0.0.1:{s["cluster_port"]}"' for s in servers if s is not server)
         tls = (
             f'{{ cert_file: "{server["cert_file"]}", key_file: "{server["key_file"]}", '
@@ -619,7 +635,10 @@ class LocalStack:
             f"{cluster}"
             "accounts {\n"
             f'  SYS {{ users: [ {{ user: "sys", password: "{sys_password}" }} ] }}\n'
-            f'  APP {{ {app_js}users: [ {{ user: "app", password: "{app_password}" }} ] }}\n'
+            f'  APP {{ {app_js}users: [\n'
+            f'    {{ user: "app", password: "{app_password}", permissions: {APP_PERMISSIONS} }}\n'
+            f'    {{ user: "announcer", password: "{announcer_password}" }}\n'
+            "  ] }\n"
             "}\n"
             "system_account: SYS\n"
         )
@@ -699,6 +718,10 @@ class LocalStack:
                 "user": auth["app_user"], "password_file": auth["app_password_file"],
             },
             "ca_rotation_nats_system": {"user": auth["sys_user"], "password_file": auth["sys_password_file"]},
+            "ca_rotation_nats_announcer": {
+                "ca_file": auth["ca_file"], "cert_file": auth["client_cert_file"], "key_file": auth["client_key_file"],
+                "user": auth["announcer_user"], "password_file": auth["announcer_password_file"],
+            },
             **self._stream_vars(),
         }
 

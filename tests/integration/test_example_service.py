@@ -79,6 +79,12 @@ def nats_params(info, ca_file=None, partial_chain=False):
             'password_file': auth['app_password_file'], 'partial_chain': partial_chain}
 
 
+def announcer_params(info):
+    """The authority's identity: the only one allowed to publish announcements (the client identity app may not)."""
+    auth = info['nats_auth']
+    return dict(nats_params(info), user=auth['announcer_user'], password_file=auth['announcer_password_file'])
+
+
 def reload_servers(info):
     """SIGHUP every server and wait until each reports a newer config_load_time (DESIGN section 10)."""
     before = {s['name']: http_json(s['monitor_url'] + '/varz')[1]['config_load_time'] for s in servers(info)}
@@ -143,7 +149,7 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
         wait_until(lambda: read_json(status_file)['acked'] >= 30, what='the service to publish')
 
         # the announcement stream and the client's ca-bundle-sync daemon (its own NATS trust is the managed bundle too)
-        asyncio.run(_with(nats_params(info), lambda nc: nats_jetstream.ensure_stream(
+        asyncio.run(_with(announcer_params(info), lambda nc: nats_jetstream.ensure_stream(
             nc, nats_jetstream.DEFAULT_STREAM, {'subjects': [nats_jetstream.DEFAULT_SUBJECT], 'replicas': 3}, nats_jetstream.Deadline(60))))
         state_file = client_dir / 'sync-state.json'
         sync_log = open(tmp_path / 'sync.log', 'w+', encoding='utf-8')  # pylint: disable=consider-using-with
@@ -174,7 +180,7 @@ def test_example_service_keeps_publishing_across_a_rotation(private_stack, tmp_p
             certificates=client_bundle['certificates'], valid_from=sched.start(epoch), valid_until=sched.expiry(epoch),
             created_at=now)
         signed = _message.sign_announcement(message, bao_transit.transit_signer(bao, 'transit', 'ca-bundle-signer'))
-        asyncio.run(_with(nats_params(info), lambda nc: nats_jetstream.publish(
+        asyncio.run(_with(announcer_params(info), lambda nc: nats_jetstream.publish(
             nc, nats_jetstream.DEFAULT_SUBJECT, _message.canonical_json(signed), nats_jetstream.Deadline(30), msg_id=_message.msg_id(signed),
             stream=nats_jetstream.DEFAULT_STREAM)))
         wait_until(lambda: common_digest.sha256_hex(bundle_file.read_bytes()) == client_bundle['sha256'],

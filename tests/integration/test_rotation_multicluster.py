@@ -41,8 +41,8 @@ def world(tmp_path_factory):
                         ca_file: "{{{{ ca_rotation_nats_client.ca_file }}}}"
                         cert_file: "{{{{ ca_rotation_nats_client.cert_file }}}}"
                         key_file: "{{{{ ca_rotation_nats_client.key_file }}}}"
-                        user: app
-                        password_file: "{{{{ ca_rotation_nats_client.password_file }}}}"
+                        user: "{{{{ ca_rotation_nats_announcer.user }}}}"
+                        password_file: "{{{{ ca_rotation_nats_announcer.password_file }}}}"
                 nats_clusters:
                   hosts:
                     east:
