@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client.parser import text_string_to_metric_families
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import parse_bundle
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream as nats_jetstream
@@ -89,8 +90,8 @@ class Channel:
         finally:
             await nats_client.close(nc)
 
-    def create(self):
-        wanted = {'subjects': [self.subject], 'replicas': 3}
+    def create(self, **limits):
+        wanted = dict({'subjects': [self.subject], 'replicas': 3}, **limits)
         return run(self._call(lambda nc: nats_jetstream.ensure_stream(nc, self.stream, wanted, nats_jetstream.Deadline(60))))
 
     def delete(self):
@@ -101,14 +102,31 @@ class Channel:
                                                                 msg_id=msg_id or uuid.uuid4().hex, stream=self.stream)))
 
     def announce(self, pem, generation, epoch, kind='rotation', valid_until=None, sign=None):
+        """Publish a signed announcement; ``valid_until`` defaults to the earliest NotAfter of its certificates (as the authority's)."""
         now = dt.datetime.now(UTC).replace(microsecond=0)
+        earliest = min(dt.datetime.strptime(c['not_after'], '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=UTC) for c in parse_bundle(pem))
         message = _message.build_announcement(
             epoch=epoch, generation=generation, kind=kind, bundle_pem=pem, certificates=None,
             kv_location='secret/ca-bundles/epoch-%d' % epoch, secret_locations=['openbao/nats-ca-bundle-epoch-%d' % epoch],
-            valid_from=now - dt.timedelta(hours=6), valid_until=valid_until or now + dt.timedelta(hours=24), created_at=now)
+            valid_from=now - dt.timedelta(hours=6), valid_until=valid_until or earliest, created_at=now)
         signed = _message.sign_announcement(message, sign or self.signer)
         self.publish(_message.canonical_json(signed), msg_id=_message.msg_id(signed))
         return signed
+
+    def stepdown(self, durable):
+        """Move the consumer's leadership to another server (as a restart or a fault does); return its info once it has a leader."""
+        run(self._call(lambda nc: nats_jetstream.js_api(nc, 'CONSUMER.LEADER.STEPDOWN.%s.%s' % (self.stream, durable), b'',
+                                                        nats_jetstream.Deadline(30), 'stepdown')))
+
+        def led():
+            info = self.consumer(durable)
+            return info if (info.get('cluster') or {}).get('leader') else None
+        return wait_until(led, what='a new leader of consumer %s' % durable)
+
+    def last_seq(self):
+        """Stream sequence of the newest message on the subject (read from the stream, not a consumer)."""
+        last = run(self._call(lambda nc: nats_jetstream.last_message(nc, self.stream, self.subject, nats_jetstream.Deadline(30))))
+        return last['seq'] if last else None
 
     def consumer(self, durable):
         """The durable consumer's info as the server reports it, or None."""
@@ -256,7 +274,7 @@ def test_applies_a_new_bundle_then_acks(client, channel, bundles):
 
 
 def test_forged_and_malformed_messages_are_terminated_and_never_redelivered(client, channel, bundles, signer):
-    channel.announce(bundles['full'], generation=1, epoch=7)
+    channel.announce(bundles['root'], generation=1, epoch=7)
     assert client.once().returncode == 0
     before = sha(client.bundle)
     channel.announce(bundles['root'], generation=2, epoch=8, sign=forged_signer())  # bad signature
@@ -320,10 +338,11 @@ def test_rollback_newer_generation_older_epoch_is_applied(client, channel, bundl
 
 
 def test_once_drains_a_backlog(client, channel, bundles):
-    assert client.once().returncode == 0  # creates the durable consumer (nothing to apply yet)
-    assert channel.consumer(client.durable) is not None and client.state()['generation'] == 0
-    pems = [bundles['full'], bundles['root'], bundles['int'], bundles['full'], bundles['root']]
-    for generation, pem in enumerate(pems, 1):
+    channel.announce(bundles['root'], generation=1, epoch=21)
+    assert client.once().returncode == 0  # creates the durable consumer, applies generation 1
+    assert channel.consumer(client.durable) is not None and client.state()['generation'] == 1
+    pems = [bundles['int'], bundles['root'], bundles['int'], bundles['root']]
+    for generation, pem in enumerate(pems, 2):
         channel.announce(pem, generation=generation, epoch=20 + generation)
     proc = client.once()
     assert proc.returncode == 0, proc.stderr
@@ -333,10 +352,22 @@ def test_once_drains_a_backlog(client, channel, bundles):
     assert settled(info) and info['ack_floor']['stream_seq'] == 5
 
 
+def test_a_host_without_state_skips_to_the_newest_generation(client, channel, bundles):
+    assert client.once().returncode == 0  # creates the durable consumer (nothing to apply yet)
+    pems = [bundles['int'], bundles['root'], bundles['int'], bundles['root'], bundles['full']]
+    for generation, pem in enumerate(pems, 1):
+        channel.announce(pem, generation=generation, epoch=20 + generation)
+    proc = client.once()
+    assert proc.returncode == 0, proc.stderr
+    assert client.state()['generation'] == 5 and client.bundle.read_text() == bundles['full']
+    assert client.reloads() == ['5', '25'] and proc.stderr.count('event=skipped') == 4  # one reload, the older ones superseded
+    assert settled(channel.consumer(client.durable))
+
+
 def test_restart_resumes_from_the_durable_consumer_without_reapplying(client, channel, bundles):
     daemon = client.follow()
     try:
-        channel.announce(bundles['full'], generation=1, epoch=7)
+        channel.announce(bundles['int'], generation=1, epoch=7)
         wait_until(lambda: client.state()['generation'] == 1, what='generation 1 applied by the daemon')
     finally:
         code, log = stop(daemon)
@@ -466,3 +497,119 @@ def test_consumer_that_is_not_ours_is_a_config_error(client, channel):
     run(channel._call(make))  # pylint: disable=protected-access
     proc = client.once()
     assert proc.returncode == 2 and 'is not ours' in proc.stderr
+
+
+# ----------------------------------------------------------------------------- issue 17: always the newest, never a replay
+def _done_fields(stderr):
+    """The key=value fields of the run's last ``event=done`` line."""
+    line = [ln for ln in stderr.splitlines() if 'event=done' in ln][-1]
+    return dict(part.split('=', 1) for part in line.split() if '=' in part)
+
+
+def test_once_reaches_the_newest_generation_on_consumers_of_every_age(tmp_path, stack, nats_params, signer, pinned_key, bundles):
+    """50 announcements on a stream that keeps 10 per subject; 5 consumers left idle at different points
+    (generations 0, 10, 20, 30, 40); one --once each must end on generation 50, whatever the counters say."""
+    channel = Channel(nats_params, signer)
+    channel.create(max_msgs_per_subject=10)
+    try:
+        clients = [Client(tmp_path / ('c%d' % k), stack, channel, pinned_key, service='age%d-%s' % (k, uuid.uuid4().hex[:4]))
+                   for k in range(5)]
+        generation = 0
+        for k, host in enumerate(clients):  # host k applies generation 10k+1, then stays idle
+            for _i in range(10 if k else 1):
+                generation += 1
+                channel.announce(bundles['int' if generation % 2 else 'root'], generation=generation, epoch=100 + generation)
+            proc = host.once()
+            assert proc.returncode == 0 and host.state()['generation'] == generation, proc.stderr
+        while generation < 50:
+            generation += 1
+            channel.announce(bundles['int' if generation % 2 else 'root'], generation=generation, epoch=100 + generation)
+        # a consumer leader change (a restart, a fault) makes nats-server 2.15 recount num_pending for a last-per-subject
+        # consumer as one per subject: the counters then say 1 while 9-10 messages are deliverable
+        leaders = {host.durable: channel.stepdown(host.durable) for host in clients}
+        counts = []
+        for host in clients:
+            before, start = leaders[host.durable], host.state()['generation']
+            proc = host.once()
+            assert proc.returncode == 0, proc.stderr
+            done = _done_fields(proc.stderr)
+            counts.append({'service': host.service, 'from_generation': start, 'num_pending_before': before['num_pending'],
+                           'last_seq': channel.last_seq(), 'delivered_before': before['delivered']['stream_seq'],
+                           'generation': host.state()['generation'],
+                           'applied': int(done['applied']), 'skipped': int(done['skipped']), 'pulls': done.get('pulls')})
+            print('issue-17 consumer: %s' % json.dumps(counts[-1]))
+            assert host.state()['generation'] == 50 and host.state()['epoch'] == 150, (counts[-1], proc.stderr)
+            assert sha(host.bundle) == common_digest.sha256_hex(bundles['root'])
+            assert settled(channel.consumer(host.durable))
+        print('\nissue-17 counts: %s' % json.dumps(counts))
+    finally:
+        channel.delete()
+
+
+def test_a_replayed_older_announcement_is_not_applied_by_a_host_without_state(tmp_path, stack, channel, pinned_key, bundles):
+    """Capture generation 1, wait for generation 2, publish generation 1 again (a new Nats-Msg-Id), then a new service runs --once."""
+    first = channel.announce(bundles['int'], generation=1, epoch=7)
+    second = channel.announce(bundles['full'], generation=2, epoch=8)
+    channel.publish(_message.canonical_json(first), msg_id='replay-' + uuid.uuid4().hex)  # now the last message on the subject
+    newcomer = Client(tmp_path, stack, channel, pinned_key)
+    proc = newcomer.once()
+    assert proc.returncode == 0, proc.stderr
+    assert newcomer.state()['generation'] == 2 and sha(newcomer.bundle) == second['bundle_sha256'], proc.stderr
+    assert 'event=catch-up' in proc.stderr and 'event=skipped' in proc.stderr
+    assert newcomer.reloads() == ['2', '8']
+    assert settled(channel.consumer(newcomer.durable))
+    # a lost state file: the same, from the bundle in place
+    newcomer.state_file.unlink()
+    again = newcomer.once('--resync')
+    assert again.returncode == 0 and newcomer.state()['generation'] == 2, again.stderr
+    assert sha(newcomer.bundle) == second['bundle_sha256'] and newcomer.reloads()[2:] == ['2', '8']  # generation 2 again, never 1
+
+
+def test_the_client_identity_may_not_publish_announcements(stack):
+    """NATS permissions of the stack: app reads the announcement subject but may not publish on it or change its
+    stream; the announcer may publish (checked on the real servers, independently of the collection's code)."""
+    import ssl  # pylint: disable=import-outside-toplevel
+    import nats  # pylint: disable=import-outside-toplevel
+
+    auth = stack['nats_auth']
+    servers = [s['url'] for c in stack['clusters'] for s in c['servers']]
+    subject = nats_jetstream.DEFAULT_SUBJECT
+
+    async def connect(user, password_file, errors):
+        ctx = ssl.create_default_context(cafile=auth['ca_file'])
+        ctx.load_cert_chain(auth['client_cert_file'], auth['client_key_file'])
+
+        async def on_error(exc):
+            errors.append(str(exc))
+        return await nats.connect(servers=servers, tls=ctx, user=user, password=Path(password_file).read_text(encoding='utf-8').strip(),
+                                  error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+
+    async def scenario():
+        app_errors, announcer_errors = [], []
+        reader = await connect(auth['app_user'], auth['app_password_file'], app_errors)
+        announcer = await connect(auth['announcer_user'], auth['announcer_password_file'], announcer_errors)
+        got = []
+
+        async def received(msg):
+            got.append(msg.data)
+        await reader.subscribe(subject, cb=received)  # app may read the announcements
+        await reader.flush()
+        await reader.publish(subject, b'forged by app')
+        await reader.flush()
+        for denied in ('$JS.API.STREAM.PURGE.METADATA_CA_CLIENT', '$JS.API.STREAM.DELETE.METADATA_CA_CLIENT'):
+            with pytest.raises(Exception):
+                await reader.request(denied, b'', timeout=1)
+        await announcer.publish(subject, b'from the announcer')
+        await announcer.flush()
+        deadline = time.monotonic() + 10
+        while (not got or len([e for e in app_errors if 'permissions violation' in e.lower()]) < 3) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await reader.close()
+        await announcer.close()
+        return got, app_errors, announcer_errors
+
+    got, app_errors, announcer_errors = run(scenario())
+    assert got == [b'from the announcer']
+    assert any('permissions violation for publish to "%s"' % subject in e.lower() for e in app_errors), app_errors
+    assert any('stream.purge.metadata_ca_client' in e.lower() for e in app_errors), app_errors
+    assert not announcer_errors
