@@ -287,10 +287,13 @@ def repair_dead_leaves(cfg, cc, clients, check_mode, steps):
     client = clients.openbao()
     issuers = issuer_certificates(client, cfg.pki['int_mount'])
     issuer_ref = leaf_issuer_ref(cfg, issuers)
-    requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
+
+    def requests_for(targets, look_only):
+        return steps.leaf_requests(targets=targets, issuers=issuers, renew_before=cc.leaf_renew_before,
                                    now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), key_type=cfg.pki['key_type'],
-                                   check_mode=check_mode or not cc.renew_leaves)
-    dead = {r['name']: r for r in requests if decisions.leaf_unusable(r['reasons'])}
+                                   check_mode=look_only)
+    # a look first (no key is made; on a VM the module runs in the task's check mode, and may keep a pending key)
+    dead = {r['name']: r for r in requests_for(wanted, True) if decisions.leaf_unusable(r['reasons'])}
     if not dead:
         return []
     if not cc.renew_leaves:
@@ -304,7 +307,8 @@ def repair_dead_leaves(cfg, cc, clients, check_mode, steps):
             'key as its key_file, then run rotate.yml again (or set ca_rotation_nats_reload_renew_leaves: true and '
             'rotate.yml does it)' % (', '.join(sorted(dead)), why, issuer, cfg.pki['int_mount'], issuer, cfg.pki['role']))
     targets = [t for t in wanted if t['name'] in dead]
-    _sign_and_install(cfg, cc, client, targets, dead, issuer_ref, check_mode, steps)
+    requests = {r['name']: r for r in requests_for(targets, check_mode)}
+    _sign_and_install(cfg, cc, client, targets, requests, issuer_ref, check_mode, steps)
     return [t['name'] for t in targets]
 
 
