@@ -77,13 +77,21 @@ options:
   verify:
     description:
       - V(false) delivers O(pem) byte for byte, WITHOUT the trust checks (signature, CA, key usage, NotAfter, expiry,
-        bound) - only for putting back what was live before (automatic rollback), whose bytes must match a recorded
-        SHA-256. Needs O(source=pem) with O(pem).
+        bound) - only for putting back what was live before (a manual rollback), whose bytes must match the SHA-256
+        recorded when it was live, given as O(expected_sha256). Needs O(source=pem) with O(pem).
       - Even then the text must hold only parsable certificates (a private key or garbage is refused).
-      - The epoch is recognised from the common names (C(... Epoch <n>)) when possible; O(destinations.kv) and
-        O(destinations.epoch_secret) need one (give O(epoch) otherwise).
+      - Only the live destinations take an unverified bundle (O(destinations.file), O(destinations.live_secret)):
+        the per-epoch records (O(destinations.kv), O(destinations.epoch_secret)) hold verified bundles only, and
+        are refused with V(false), so an epoch's record is never overwritten with bytes nobody checked.
+      - The epoch is recognised from the common names (C(... Epoch <n>)) when possible.
     type: bool
     default: true
+  expected_sha256:
+    description:
+      - With O(verify=false) (required then), the SHA-256 (hex) recorded for the bytes of O(pem) when they were live,
+        for example RV(destinations.live_secret.before_sha256) of the run that replaced them, or the live Secret's
+        C(rotation.watcher.io/sha256) annotation. A different SHA-256 is refused before anything is read or written.
+    type: str
   int_mount:
     description:
       - Mount path of the intermediate PKI secrets engine holding the C(epoch-<n>) issuers.
@@ -376,6 +384,8 @@ pruned:
   type: dict
 '''
 
+import re
+
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import (
@@ -401,6 +411,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.prune import DEFAULT_KEEP_EPOCHS, prune
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import CRYPTOGRAPHY_IMPORT_ERROR
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.module import CaRotationModule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (
@@ -444,6 +455,7 @@ def argument_spec():
         max_certificates=dict(type='int', default=DEFAULT_MAX_CERTIFICATES),
         drop_expired=dict(type='bool', default=False),
         verify=dict(type='bool', default=True),
+        expected_sha256=dict(type='str'),
         int_mount=dict(type='str', default='pki_int'),
         root_mount=dict(type='str', default='pki'),
         root_issuer=dict(type='str', default='default'),
@@ -513,6 +525,25 @@ def _check_params(params):
     if not params['verify'] and not (params['source'] == 'pem' and params['pem']):
         raise _Fail('verify=false only delivers a given bundle as it is: it needs source=pem with pem', option='verify')
     dests = params['destinations'] or {}
+    if params['verify'] and params['expected_sha256']:
+        raise _Fail('expected_sha256 is only used with verify=false (a verified bundle is checked, not compared)',
+                    option='expected_sha256')
+    if not params['verify']:
+        expected = (params['expected_sha256'] or '').strip().lower()
+        if not re.match(r'^[0-9a-f]{64}$', expected):
+            raise _Fail('verify=false needs expected_sha256, the SHA-256 (64 hex digits) recorded for these bytes when they were '
+                        'live (destinations.live_secret.before_sha256 of the run that replaced them, or the live Secret\'s '
+                        'rotation.watcher.io/sha256 annotation)', option='expected_sha256')
+        actual = sha256_hex(params['pem'])
+        if actual != expected:
+            raise _Fail('verify=false: the SHA-256 of pem is %s, not the recorded expected_sha256 %s; an unverified bundle is only '
+                        'put back when it is exactly what was live' % (actual, expected), option='expected_sha256')
+        records = [name for name in ('kv', 'epoch_secret') if dests.get(name) is not None]
+        if records:
+            raise _Fail('verify=false delivers only to destinations.file and destinations.live_secret: the per-epoch records '
+                        '(%s) hold verified bundles only; drop %s or verify the bundle' % (
+                            ', '.join('destinations.%s' % r for r in records), ' and '.join(records)),
+                        option='destinations.%s' % records[0])
     for name in ('epoch_secret', 'live_secret'):
         dest = dests.get(name)
         if dest is None:

@@ -565,8 +565,9 @@ def test_previous_bundle_is_returned_and_can_be_put_back_exactly(run_module, pki
     assert new["changed"] is True, new
     previous = new["destinations"]["live_secret"]["previous_pem"]
     assert previous.encode() == before
+    recorded = new["destinations"]["live_secret"]["before_sha256"]  # what the run that replaced it recorded
     back = run_module("ca_bundle", base_params(pki, openbao_params, cluster, source="pem", pem=previous, verify=False,
-                                               destinations=live))
+                                               expected_sha256=recorded, destinations=live))
     assert not back.get("failed"), back
     assert back["changed"] is True and back["verified"] is False
     stored = secret_read(cluster, "nats", names["live_name"])

@@ -160,7 +160,8 @@ def test_verify_false_delivers_byte_for_byte(tmp_path):
     """Putting back what was live before: no trust checks, exact bytes (the recorded SHA-256 must match)."""
     path = tmp_path / 'ca.crt'
     odd = (GOOD[6] + intermediate(9, issuer=(OTHER_KEY, OTHER_ROOT)) + ROOT_PEM).replace('\n', '\r\n').rstrip()
-    result = run({'source': 'pem', 'pem': odd, 'verify': False, 'return_content': True,
+    recorded = hashlib.sha256(odd.encode()).hexdigest()
+    result = run({'source': 'pem', 'pem': odd, 'verify': False, 'expected_sha256': recorded, 'return_content': True,
                   'destinations': {'file': {'path': str(path)}}})
     assert not result.get('failed'), result
     assert result['verified'] is False
@@ -169,15 +170,39 @@ def test_verify_false_delivers_byte_for_byte(tmp_path):
     assert result['pem'] == odd
     assert result['epoch'] == 9 and result['epochs'] == [9, 6]
     assert [c['kind'] for c in result['certificates']] == ['intermediate', 'intermediate', 'root']
-    assert run({'source': 'pem', 'pem': odd, 'verify': False, 'destinations': {'file': {'path': str(path)}}})['changed'] is False
+    assert run({'source': 'pem', 'pem': odd, 'verify': False, 'expected_sha256': recorded,
+                'destinations': {'file': {'path': str(path)}}})['changed'] is False
+
+
+def test_verify_false_needs_the_recorded_sha256_and_never_writes_an_epoch_record(tmp_path):
+    """A "Rogue CA" + root with verify=false: refused without the recorded SHA-256 of what was live, refused for another
+    SHA-256, and refused for the per-epoch records (KV, epoch Secret) even with its own SHA-256; nothing is written."""
+    path = tmp_path / 'ca.crt'
+    rogue = intermediate(9, issuer=(OTHER_KEY, OTHER_ROOT)) + ROOT_PEM
+    own = hashlib.sha256(rogue.encode()).hexdigest()
+    file_only = {'file': {'path': str(path)}}
+    for params, option, fragment in [
+        ({}, 'expected_sha256', 'needs expected_sha256'),
+        ({'expected_sha256': '0' * 64}, 'expected_sha256', 'not the recorded expected_sha256'),
+        ({'expected_sha256': own, 'destinations': {'kv': {}}}, 'destinations.kv', 'hold verified bundles only'),
+        ({'expected_sha256': own, 'destinations': dict(file_only, epoch_secret={})}, 'destinations.epoch_secret', 'verified bundles'),
+    ]:
+        result = run(dict({'source': 'pem', 'pem': rogue, 'verify': False, 'destinations': file_only}, **params))
+        assert result.get('failed') is True and fragment in result['msg'] and result.get('option') in (option, None), result
+        assert not path.exists()
+    assert run({'source': 'openbao', 'expected_sha256': own})['msg'].startswith('expected_sha256 is only used with verify=false')
+
+
+_KEY_BLOCK = '-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n'
 
 
 @pytest.mark.parametrize('params, option, fragment', [
     ({'verify': False}, 'verify', 'verify=false only delivers a given bundle as it is'),
     ({'source': 'pem', 'intermediates': [GOOD[10]], 'root_pem': ROOT_PEM, 'verify': False}, 'verify', 'needs source=pem with pem'),
-    ({'source': 'pem', 'pem': GOOD[10] + '-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n', 'verify': False},
+    ({'source': 'pem', 'pem': GOOD[10] + _KEY_BLOCK, 'verify': False, 'expected_sha256': hashlib.sha256((GOOD[10] + _KEY_BLOCK).encode()).hexdigest()},
      'pem', 'is a PRIVATE KEY'),
-    ({'source': 'pem', 'pem': ROOT_PEM, 'verify': False, 'destinations': {'kv': {}}}, 'epoch', 'give epoch'),
+    ({'source': 'pem', 'pem': ROOT_PEM, 'verify': False, 'expected_sha256': hashlib.sha256(ROOT_PEM.encode()).hexdigest(),
+      'destinations': {'kv': {}}}, 'destinations.kv', 'hold verified bundles only'),
 ])
 def test_verify_false_errors(params, option, fragment):
     result = run(params)
