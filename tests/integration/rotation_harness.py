@@ -65,12 +65,17 @@ class RotationStack:
         import hashlib
         return {hashlib.sha256(Path(s["ca_file"]).read_bytes()).hexdigest() for s in self.servers}
 
-    def issue_client_leaf(self, dest: Path, issuer_ref: str = "default") -> tuple[str, str]:
-        data = self.bao().write_data(f"{self.info['pki']['int_mount']}/issuer/{issuer_ref}/issue/{self.info['pki']['role']}",
-                                     data={"common_name": f"e2e-client-{dest.name}"})["data"]
+    def issue_client_leaf(self, dest: Path, issuer_ref: str = "default", leaf_only: bool = False, client=None,
+                          **params) -> tuple[str, str]:
+        """A client leaf from ``issuer_ref``; its cert file holds leaf + intermediate, or the leaf alone with ``leaf_only``
+        (then a server accepts it only if its CA file lists that intermediate). ``params`` go to the issue call
+        (e.g. ``not_after``); ``client`` is an hvac client to use instead of a new one."""
+        data = (client or self.bao()).write_data(f"{self.info['pki']['int_mount']}/issuer/{issuer_ref}/issue/{self.info['pki']['role']}",
+                                                 data={"common_name": f"e2e-client-{dest.name}", **params})["data"]
         dest.mkdir(parents=True, exist_ok=True)
         cert, key = dest / "cert.pem", dest / "key.pem"
-        cert.write_text(data["certificate"].strip() + "\n" + data["issuing_ca"].strip() + "\n")
+        chain = [data["certificate"].strip()] + ([] if leaf_only else [data["issuing_ca"].strip()])
+        cert.write_text("\n".join(chain) + "\n")
         key.write_text(data["private_key"].strip() + "\n")
         key.chmod(0o600)
         return str(cert), str(key)
@@ -125,9 +130,10 @@ class Observer(threading.Thread):
 class Traffic(threading.Thread):
     """Continuous JetStream publishing (acked, R3) and consuming over one long-lived mTLS connection each."""
 
-    def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0):
+    def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0, servers: list[str] | None = None):
+        """``servers``: the URLs both clients connect to (default: every server of the first cluster)."""
         super().__init__(daemon=True)
-        self.rs, self.stream, self.rate = rs, stream, rate
+        self.rs, self.stream, self.rate, self.servers = rs, stream, rate, servers
         self.acked: list[int] = []
         self.samples: list[tuple[float, float]] = []  # (wall time, publish-to-ack latency in ms) per acked publish
         self.consumed: set[int] = set()
@@ -157,7 +163,7 @@ class Traffic(threading.Thread):
         async def on_error(exc):
             self.errors.append(repr(exc))
 
-        servers = [s["url"] for s in self.rs.info["clusters"][0]["servers"]]
+        servers = self.servers or [s["url"] for s in self.rs.info["clusters"][0]["servers"]]
         pub = await nats.connect(servers, tls=self._tls(), tls_hostname="127.0.0.1", user="app", password=password,
                                  reconnected_cb=on_reconnect, disconnected_cb=on_disconnect, error_cb=on_error, name="e2e-pub")
         sub_nc = await nats.connect(servers, tls=self._tls(), tls_hostname="127.0.0.1", user="app", password=password,
