@@ -91,11 +91,11 @@ bench: dev
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 soak-short: dev
-	SOAK_EPOCHS=5 $(BIN)/python -m pytest tests/soak -q -m soak $(PYTEST_ARGS)
+	SOAK_EPOCHS=5 $(BIN)/python -m pytest tests/soak -q -s -m soak $(PYTEST_ARGS)
 
 SOAK_EPOCHS ?= 100
 soak: dev
-	SOAK_EPOCHS=$(SOAK_EPOCHS) $(BIN)/python -m pytest tests/soak -q -m soak $(PYTEST_ARGS)
+	SOAK_EPOCHS=$(SOAK_EPOCHS) $(BIN)/python -m pytest tests/soak -q -s -m soak $(PYTEST_ARGS)
 
 clean:
 	-[ -x $(BIN)/python ] && $(BIN)/python scripts/localstack down
