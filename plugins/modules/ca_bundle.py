@@ -80,7 +80,7 @@ options:
         bound) - only for putting back what was live before (a manual rollback), whose bytes must match the SHA-256
         recorded when it was live, given as O(expected_sha256). Needs O(source=pem) with O(pem).
       - Even then the text must hold only parsable certificates (a private key or garbage is refused).
-      - Only the live destinations take an unverified bundle (O(destinations.file), O(destinations.live_secret)):
+      - Only the live destinations take an unverified bundle (O(destinations.file), O(destinations.live_secret));
         the per-epoch records (O(destinations.kv), O(destinations.epoch_secret)) hold verified bundles only, and
         are refused with V(false), so an epoch's record is never overwritten with bytes nobody checked.
       - The epoch is recognised from the common names (C(... Epoch <n>)) when possible.
