@@ -11,7 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ansible.module_utils.testing import patch_module_args
+try:
+    from ansible.module_utils.testing import patch_module_args
+except ImportError:  # ansible-core < 2.19: hand the arguments over the way AnsibleModule reads them there
+    from ansible.module_utils import basic as _basic
+    from ansible.module_utils.common.text.converters import to_bytes as _to_bytes
+
+    @contextlib.contextmanager
+    def patch_module_args(args: dict | None = None):
+        saved = _basic._ANSIBLE_ARGS  # pylint: disable=protected-access
+        _basic._ANSIBLE_ARGS = _to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}))  # pylint: disable=protected-access
+        try:
+            yield
+        finally:
+            _basic._ANSIBLE_ARGS = saved  # pylint: disable=protected-access
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS_PATH = REPO / ".build" / "collections"
