@@ -60,7 +60,7 @@ demo-down: venv
 	$(BIN)/python scripts/localstack down
 
 test: dev
-	$(MAKE) unit integration faults soak-short sanity lint
+	$(MAKE) unit integration faults soak-short sanity lint test-matrix-edges
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -83,6 +83,7 @@ sanity: dev $(PIP_SHIM)
 
 lint: dev
 	$(BIN)/ansible-lint --profile production --offline
+	$(BIN)/antsibull-changelog lint
 
 faults: dev
 	$(BIN)/python -m pytest tests/faults -q $(PYTEST_ARGS)
@@ -96,6 +97,25 @@ soak-short: dev
 SOAK_EPOCHS ?= 100
 soak: dev
 	SOAK_EPOCHS=$(SOAK_EPOCHS) $(BIN)/python -m pytest tests/soak -q -s -m soak $(PYTEST_ARGS)
+
+# the ansible-core versions of meta/runtime.yml (noxfile.py): unit tests and the rotate smoke per version, each in its
+# own venv under .build/nox (reused); `make test` runs the smoke under the oldest and the newest (nox tag "edge")
+.PHONY: test-matrix test-matrix-edges changelog
+test-matrix: dev
+	$(BIN)/nox $(NOX_ARGS)
+
+test-matrix-edges: dev
+	$(BIN)/nox -t edge $(NOX_ARGS) -- smoke
+
+# CHANGELOG.rst from changelogs/fragments for the version in galaxy.yml, not yet released: the release is made on a
+# scratch copy, so changelogs/changelog.yaml keeps no release and the fragments stay (`antsibull-changelog release`
+# in the tree, at release time, records the release and removes them)
+CHANGELOG_TMP := $(BUILD)/changelog
+changelog: dev
+	@rm -rf $(CHANGELOG_TMP) && mkdir -p $(CHANGELOG_TMP)
+	@cp -r galaxy.yml meta plugins roles changelogs $(CHANGELOG_TMP)/
+	cd $(CHANGELOG_TMP) && $(BIN)/antsibull-changelog release --version $(VERSION)
+	cp $(CHANGELOG_TMP)/CHANGELOG.rst CHANGELOG.rst
 
 clean:
 	-[ -x $(BIN)/python ] && $(BIN)/python scripts/localstack down
