@@ -225,6 +225,13 @@ options:
     type: list
     elements: dict
     default: []
+  html:
+    description:
+      - Also return RV(html), the report as an epoch timeline (O(scope=report)) - a self-contained HTML page with an
+        inline SVG (no script, nothing fetched from elsewhere) showing each intermediate's validity window and state
+        (prepared, active, valid, expired, distrusted), now, and what every server has loaded and serves.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -319,6 +326,10 @@ table:
   returned: when scope is report
   type: list
   elements: str
+html:
+  description: The epoch timeline page (HTML text), with O(html=true).
+  returned: when scope is report and html is true
+  type: str
 report:
   description: The whole report (schema C(securetransport.ca_rotation_status/v1)) - findings, the authority facts and
     every cluster's facts - to write as JSON.
@@ -349,6 +360,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reloa
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.checks import build_report
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import gather_cluster
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import gather_authority
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.html import model_from_report, render_timeline
 
 
 def _need_k8s(module):
@@ -455,6 +467,7 @@ def main():
         tls_timeout=dict(type='int', default=5),
         authority=dict(type='dict'),
         clusters_facts=dict(type='list', elements='dict', default=[]),
+        html=dict(type='bool', default=False),
     )
     argument_spec.update(EPOCH_ARG_SPEC)
     argument_spec.update(OPENBAO_ARG_SPEC)
@@ -469,8 +482,9 @@ def main():
         if not p['authority']:
             module.fail_json(msg='scope=report needs authority (the facts of a scope=authority run)', option='authority')
         report = build_report(p['authority'], p['clusters_facts'])
+        extra = {'html': render_timeline(model_from_report(report))} if p['html'] else {}
         module.exit_json(changed=False, ok=report['ok'], mismatch_count=report['mismatch_count'], warning_count=report['warning_count'],
-                         findings=report['findings'], table=report['table'], report=report)
+                         findings=report['findings'], table=report['table'], report=report, **extra)
 
     with module.failures():
         schedule, now = schedule_from_module_params(p)
