@@ -11,7 +11,11 @@ What it does, in order:
    wrapper are forwarded the same way;
 3. reads the rotation report the playbook wrote (contract: DESIGN / issue 8), merges it into a JSON
    run report (``--report-file``) and writes Prometheus textfile metrics (``--metrics-file``),
-   both atomically (temporary file + rename in the same directory).
+   both atomically (temporary file + rename in the same directory);
+4. with ``--canary-verdict``, reads the trust canary's last verdict (``ca-trust-canary --verdict-file``)
+   beside the rotation report: the run report's ``canary`` section and ``trust_ok`` say whether the
+   canary saw a trust violation, so a run that "succeeded" while a server did not trust the default
+   issuer (for example) is visible as such. The exit code stays the rotation's.
 
 Exit codes (also in ``--help`` and deploy/README.md):
 
@@ -402,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help='kill the run after this many seconds, 0 for no limit (default 3600) [CA_ROTATE_TIMEOUT]')
     parser.add_argument('--kill-grace', type=float, default=_env('CA_ROTATE_KILL_GRACE', '30'),
                         help='seconds between SIGTERM and SIGKILL when stopping the run (default 30)')
+    parser.add_argument('--canary-verdict', default=_env('CA_ROTATE_CANARY_VERDICT'),
+                        help="the trust canary's verdict file (ca-trust-canary --verdict-file): linked into the run report "
+                             '[CA_ROTATE_CANARY_VERDICT]')
+    parser.add_argument('--canary-max-age', type=float, default=_env('CA_ROTATE_CANARY_MAX_AGE', '900'),
+                        help='a canary verdict older than this many seconds is reported as stale (default 900) '
+                             '[CA_ROTATE_CANARY_MAX_AGE]')
     parser.add_argument('--epoch-duration', default=_env('CA_ROTATE_EPOCH_DURATION'),
                         help='epoch duration for the ca_rotation_epoch_duration_seconds metric when the playbook report '
                              'does not carry it (6h, PT20M, seconds) [CA_ROTATE_EPOCH_DURATION]')
@@ -468,6 +478,8 @@ def _validate(args) -> dict:
         raise ConfigError(f'playbook {playbook!r} does not exist (give a path or a FQCN such as securetransport.ca_rotation.rotate)')
     if args.timeout < 0 or args.kill_grace < 0:
         raise ConfigError('--timeout and --kill-grace must not be negative')
+    if args.canary_max_age <= 0:
+        raise ConfigError('--canary-max-age must be a positive number of seconds')
     if not 0 <= args.busy_exit_code <= 255:
         raise ConfigError('--busy-exit-code must be between 0 and 255')
     epoch_duration = None
@@ -612,6 +624,40 @@ def _read_rotation_report(path: Path):
     return data, None
 
 
+CANARY_SCHEMA = 'securetransport.ca_trust_canary_verdict/v1'
+
+
+def canary_link(path, finished: float, max_age: float) -> dict:
+    """The ``canary`` section of the run report: the trust canary's last verdict, read beside the rotation report.
+
+    ``status``: ``ok`` (no violation), ``violation``, ``incomplete`` (no violation, but OpenBao or a server could not be
+    checked), ``stale`` (older than ``max_age`` seconds at the end of the run), ``missing`` or ``unreadable``.
+    """
+    out = {'file': str(path), 'status': 'missing', 'ok': None}
+    try:
+        data = json.loads(Path(path).read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        return out
+    except (OSError, ValueError) as exc:
+        return dict(out, status='unreadable', error=str(exc))
+    if not isinstance(data, dict) or data.get('schema') != CANARY_SCHEMA:
+        return dict(out, status='unreadable', error='not a %s document' % CANARY_SCHEMA)
+    checked = _parse_timestamp(data.get('checked_at'))
+    age = None if checked is None else round(finished - checked, 3)
+    violations = [v for v in data.get('violations') or [] if isinstance(v, dict)]
+    out.update(checked_at=data.get('checked_at'), age_seconds=age, violation_count=len(violations),
+               invariants=sorted({str(v.get('invariant')) for v in violations}),
+               violations=[v.get('msg') for v in violations][:20], errors=len(data.get('errors') or []),
+               default_epoch=data.get('default_epoch'))
+    if age is None or age > max_age:
+        out['status'] = 'stale'
+    elif violations:
+        out.update(status='violation', ok=False)
+    else:
+        out.update(status='ok' if data.get('complete', True) else 'incomplete', ok=True)
+    return out
+
+
 def run(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = []
@@ -689,6 +735,17 @@ def _run_locked(args, checked, collections_path, passthrough) -> int:
     if rotation:
         for key in ('epoch', 'current_epoch', 'generation', 'bundle_sha256', 'changed', 'activated_epoch'):
             report[key] = rotation.get(key)
+    if args.canary_verdict:
+        canary = canary_link(args.canary_verdict, finished, args.canary_max_age)
+        report['canary'] = canary
+        report['trust_ok'] = canary['ok']
+        if canary['status'] == 'violation':
+            message += '; but the trust canary saw %d violation(s) (%s) at %s' % (
+                canary['violation_count'], ', '.join(canary['invariants']), canary['checked_at'])
+            report['message'] = message
+        elif canary['status'] in ('stale', 'missing', 'unreadable'):
+            message += '; the trust canary verdict %s is %s' % (args.canary_verdict, canary['status'])
+            report['message'] = message
     try:
         if checked['report_file']:
             atomic_write(checked['report_file'], json.dumps(report, indent=2, sort_keys=True) + '\n')
@@ -704,6 +761,8 @@ def _run_locked(args, checked, collections_path, passthrough) -> int:
         if code == EXIT_OK:
             code = EXIT_CONFIG
     summary = f'result={result} exit={code} duration={finished - started:.1f}s'
+    if 'canary' in report:
+        summary += f' canary={report["canary"]["status"]}'
     if rotation:
         summary += f' epoch={rotation.get("epoch")} generation={rotation.get("generation")} changed={rotation.get("changed")}'
     _log(f'{message}; {summary}')
