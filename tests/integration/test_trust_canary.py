@@ -1,0 +1,318 @@
+"""ca-trust-canary against a real OpenBao and a real 3-node NATS cluster with short epochs.
+
+Beside repeated rotate.yml runs the canary sees no violation; then each fault is injected and the matching
+violation must show within two intervals: the default issuer moved ahead of the servers' bundle, an expired epoch
+in one server's CA file (written and reloaded on that server only), a server serving a certificate about to expire.
+ca-rotate-cron then links the canary's verdict into its run report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from catools.localstack import free_port
+from helpers import REPO, ansible_env
+from rotation_harness import RotationStack
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+EPOCH, VALIDITY, LEAD = 20, 40, 5
+INTERVAL = 1.0
+SERVED_MIN = 4      # seconds: a served certificate closer than this to its end is a violation
+EXPIRED_GRACE = 15  # longer than a rotation run: an epoch that just expired leaves the bundle at the next run
+EXTRA = {"ca_rotation_nats_reload_renew_leaves": True, "ca_rotation_nats_reload_leaf_renew_before": "50%",
+         "ca_rotation_nats_reload_propagation_timeout": 20}
+UTC = datetime.timezone.utc
+CANARY = REPO / "scripts" / "ca-trust-canary"
+CRON = REPO / "scripts" / "ca-rotate-cron"
+
+
+@pytest.fixture(scope="module")
+def rs(tmp_path_factory):
+    stack = RotationStack(tmp_path_factory.mktemp("canary"), epoch_duration=f"{EPOCH}s", validity=f"{VALIDITY}s",
+                          lead_time=f"{LEAD}s")
+    yield stack
+    stack.down()
+
+
+def canary_config(rs, workdir: Path, port: int) -> Path:
+    info = rs.info
+    cfg = {
+        "openbao": {"url": info["openbao"]["addr"], "token_file": info["openbao"]["token_file"]},
+        "pki": {k: info["pki"][k] for k in ("root_mount", "int_mount", "kv_mount")},
+        "schedule": dict(info["epoch"]),
+        "leaf": {"ensure_role": True, "ttl": "30s"},
+        "tls": {"ca_file": info["pki"]["root_pem_file"]},
+        "interval": f"{INTERVAL:g}s", "timeout": "3s",
+        "expired_grace": f"{EXPIRED_GRACE}s", "served_min_validity": f"{SERVED_MIN}s",
+        "listen": f"127.0.0.1:{port}",
+        "verdict_file": str(workdir / "verdict.json"), "metrics_file": str(workdir / "canary.prom"),
+        "html_file": str(workdir / "canary.html"),
+        "clusters": [{"name": c["name"], "servers": [{"name": s["name"], "url": s["url"], "ca_file": s["ca_file"]}
+                                                     for s in c["servers"]]} for c in info["clusters"]],
+    }
+    path = workdir / "canary.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def verdict(workdir: Path) -> dict | None:
+    try:
+        return json.loads((workdir / "verdict.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def violation_after(workdir: Path, since: float, invariant: str, server: str | None = None) -> dict | None:
+    """The first verdict checked after ``since`` (Unix time) that shows ``invariant`` (on ``server``)."""
+    v = verdict(workdir)
+    if not v or datetime.datetime.fromisoformat(v["checked_at"].replace("Z", "+00:00")).timestamp() < int(since):
+        return None
+    hits = [x for x in v["violations"] if x["invariant"] == invariant and (server is None or x["server"] == server)]
+    return v if hits else None
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310 - loopback
+        return resp.read().decode()
+
+
+def samples(text: str) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def sighup(server: dict) -> None:
+    pid = int(Path(server["pid_file"]).read_text().strip())
+    os.kill(pid, signal.SIGHUP)
+
+
+def test_canary_beside_rotations_then_each_fault(rs, tmp_path):
+    schedule = rs.stack.schedule
+    servers = rs.servers
+    bootstrap = rs.info["pki"]["bootstrap_epoch"]
+    old_bundle = Path(servers[0]["ca_file"]).read_text()  # the bootstrap bundle: epoch `bootstrap` + root
+    first = rs.playbook("rotate.yml", extra_vars=EXTRA)
+    assert first["rc"] == 0, first["stdout"][-3000:]
+
+    port = free_port()
+    cfg = canary_config(rs, tmp_path, port)
+    log = open(tmp_path / "canary.log", "w", encoding="utf-8")  # noqa: SIM115  pylint: disable=consider-using-with  # closed below
+    proc = subprocess.Popen([sys.executable, str(CANARY), "--config", str(cfg)], stdout=log,  # pylint: disable=consider-using-with
+                            stderr=subprocess.STDOUT, env=ansible_env(), start_new_session=True)
+    try:
+        wait_for(lambda: verdict(tmp_path), 30, "the canary's first verdict")
+
+        # ---- zero violations beside repeated rotations, until the bootstrap epoch is long expired
+        wanted = schedule.expiry(bootstrap).timestamp() + EXPIRED_GRACE + 2
+        runs = 0
+        while time.time() < wanted or runs < 3:
+            run = rs.playbook("rotate.yml", extra_vars=EXTRA)
+            assert run["rc"] == 0, run["stdout"][-3000:]
+            runs += 1
+        clean = wait_for(lambda: (v := verdict(tmp_path)) and v["complete"] and v, 10, "a complete verdict")
+        text = scrape(port)
+        m = samples(text)
+        seen = {k[0][1]: v for k, v in ((lab, val) for (name, lab), val in m.items() if name == "ca_trust_canary_invariant_violations_total")}
+        # the trust invariants hold at every round beside the rotations; served_expiring is about the servers' own leaves
+        trust = {k: v for k, v in seen.items() if k != "served_expiring"}
+        assert trust and not any(trust.values()), (seen, (tmp_path / "canary.log").read_text()[-3000:])
+        served_expiring_normal = seen.get("served_expiring")
+        (tmp_path / "runs.json").write_text(json.dumps([{k: r.get(k) for k in ("rc", "seconds")} | {
+            "activated": (r["report"] or {}).get("activated_epoch"), "epoch": (r["report"] or {}).get("epoch"),
+            "renewed": {c: (v or {}).get("renewed") for c, v in ((r["report"] or {}).get("clusters") or {}).items()}}
+            for r in rs.runs], indent=1, default=str))
+        assert clean["ok"] and clean["default_epoch"] is not None
+        default = clean["default_epoch"]
+        for s in servers:
+            assert m[("ca_trust_canary_epoch_accepted", (("cluster", "local"), ("epoch", str(default)), ("server", s["name"])))] == 1
+            assert m[("ca_trust_canary_server_up", (("cluster", "local"), ("server", s["name"])))] == 1
+            assert ("ca_trust_canary_served_certificate_expiry_seconds", (("cluster", "local"), ("server", s["name"]))) in m
+        assert any(n == "ca_trust_canary_handshake_seconds_count" for n, _l in m)
+        assert any(n == "ca_trust_canary_bundle_member_expiry_seconds" for n, _l in m)
+        textfile = samples((tmp_path / "canary.prom").read_text())
+        assert ("ca_trust_canary_verdict_ok", ()) in textfile
+        page = scrape(port, "/")
+        assert f'data-epoch="{default}"' in page and 'data-state="active"' in page
+
+        client = rs.bao()
+        int_mount = rs.info["pki"]["int_mount"]
+
+        # ---- fault 1: the default issuer moved ahead of the servers' bundle (activated by hand)
+        # the next epoch, issued by hand outside its preparation window: no rotation has put it in a bundle
+        now = datetime.datetime.now(UTC)
+        ahead = schedule.epoch(now) + 1
+        if (schedule.start(ahead) - now).total_seconds() < LEAD + 4:
+            time.sleep((schedule.start(ahead) - now).total_seconds() + 0.2)  # derived from the schedule: the next epoch
+            ahead += 1
+        bao_intermediate.ensure_epoch_intermediate(client, schedule, ahead, root_mount=rs.info["pki"]["root_mount"],
+                                                   int_mount=int_mount, cn_prefix=rs.info["pki"]["cn_prefix"])
+        injected = time.time()
+        bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{ahead}")
+        hit = wait_for(lambda: violation_after(tmp_path, injected, "default_not_trusted"), 2 * INTERVAL + 6,
+                       "default_not_trusted")
+        found = {v["server"] for v in hit["violations"] if v["invariant"] == "default_not_trusted"}
+        assert found == {s["name"] for s in servers}
+        fault1 = time.time() - injected
+        assert not [e for e in hit["errors"] if e["source"] == "openbao"]
+        alert = samples(scrape(port))
+        assert alert[("ca_trust_canary_violation", (("cluster", "local"), ("invariant", "default_not_trusted"),
+                                                    ("server", servers[0]["name"])))] == 1
+        bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{default}")
+        wait_for(lambda: (v := verdict(tmp_path)) and v["default_epoch"] == default and not v["violations"] and v, 10,
+                 "the default issuer back, no violation")
+
+        # ---- fault 2: an expired epoch still in one server's CA file (written and reloaded on that server only)
+        victim = servers[0]
+        current = Path(victim["ca_file"]).read_text()
+        expired_pem = old_bundle.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        Path(victim["ca_file"]).write_text(current + expired_pem)
+        injected = time.time()
+        sighup(victim)
+        hit = wait_for(lambda: violation_after(tmp_path, injected, "expired_in_bundle", victim["name"]), 2 * INTERVAL + 4,
+                       "expired_in_bundle")
+        fault2 = time.time() - injected
+        bad = [v for v in hit["violations"] if v["invariant"] == "expired_in_bundle"]
+        assert {v["server"] for v in bad} == {victim["name"]} and bad[0]["epoch"] == bootstrap
+        Path(victim["ca_file"]).write_text(current)
+        sighup(victim)
+
+        # ---- fault 3: a server serving a certificate of an epoch about to expire
+        victim = servers[1]
+        now = datetime.datetime.now(UTC)
+        oldest = min(n for n in schedule.valid_epochs(now) if n != ahead)
+        data = client.write_data(f"{int_mount}/issuer/epoch-{oldest}/issue/{rs.info['pki']['role']}",
+                                 data={"common_name": victim["name"], "alt_names": "localhost", "ip_sans": "127.0.0.1",
+                                       "ttl": f"{SERVED_MIN - 1}s"})["data"]
+        Path(victim["cert_file"]).write_text(data["certificate"].strip() + "\n" + data["issuing_ca"].strip() + "\n")
+        Path(victim["key_file"]).write_text(data["private_key"].strip() + "\n")
+        injected = time.time()
+        sighup(victim)
+        hit = wait_for(lambda: violation_after(tmp_path, injected, "served_expiring", victim["name"]), 2 * INTERVAL + 4,
+                       "served_expiring")
+        fault3 = time.time() - injected
+        bad = [v for v in hit["violations"] if v["invariant"] == "served_expiring"]
+        assert {v["server"] for v in bad} == {victim["name"]}
+        served = [s for s in hit["servers"] if s["name"] == victim["name"]][0]
+        assert served["served_epoch"] == oldest
+
+        m = samples(scrape(port))
+        assert m[("ca_trust_canary_invariant_violations_total", (("invariant", "served_expiring"),))] >= 1
+        print(f"\nfault timings (interval {INTERVAL:g}s): default ahead {fault1:.1f}s, expired in bundle {fault2:.1f}s, "
+              f"served expiring {fault3:.1f}s; served_expiring seen beside the rotations: {served_expiring_normal:g}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    # ---- ca-rotate-cron links the canary's last verdict (the canary stopped on a violation)
+    last = verdict(tmp_path)
+    assert last["violation_count"] >= 1
+    report = tmp_path / "run.json"
+    cron = subprocess.run([sys.executable, str(CRON), "-i", str(rs.inventory), "--lock-file", str(tmp_path / "cron.lock"),
+                           "--report-file", str(report), "--canary-verdict", str(tmp_path / "verdict.json"),
+                           "-e", json.dumps(EXTRA)], env=ansible_env(), capture_output=True, text=True, timeout=240, check=False)
+    doc = json.loads(report.read_text())
+    assert doc["canary"]["status"] == "violation" and doc["trust_ok"] is False, doc.get("canary")
+    assert "served_expiring" in doc["canary"]["invariants"]
+    assert "trust canary saw" in doc["message"]
+    assert "canary=violation" in cron.stderr
+
+
+def test_bad_config_names_the_option(tmp_path):
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text(yaml.safe_dump({"openbao": {"url": "http://127.0.0.1:1"}, "clusters": [{"name": "a", "servers": [{"url": "tls://h:1"}]}],
+                                   "interval": "-3s"}))
+    proc = subprocess.run([sys.executable, str(CANARY), "--config", str(cfg), "--once"], env=ansible_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "interval" in proc.stderr, proc.stderr
+
+
+def test_unreachable_openbao_and_server_are_errors_not_violations(tmp_path):
+    cfg = tmp_path / "down.yml"
+    cfg.write_text(yaml.safe_dump({"openbao": {"url": f"http://127.0.0.1:{free_port()}", "retries": 0, "timeout": 2,
+                                               "token_file": str(tmp_path / "tok")},
+                                   "verdict_file": str(tmp_path / "v.json"),
+                                   "clusters": [{"name": "a", "servers": [{"name": "s", "url": f"tls://127.0.0.1:{free_port()}"}]}]}))
+    (tmp_path / "tok").write_text("not-a-real-token\n")
+    proc = subprocess.run([sys.executable, str(CANARY), "--config", str(cfg), "--once"], env=ansible_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert doc["ok"] is True and doc["violation_count"] == 0 and doc["openbao_ok"] is False
+    assert {e["source"] for e in doc["errors"]} >= {"openbao"}
+
+
+# --------------------------------------------------------------------------- deploy/: the canary's manifests and rules
+CANARY_K8S = REPO / "deploy" / "kubernetes" / "canary"
+CANARY_RULES = yaml.safe_load((REPO / "deploy" / "prometheus" / "ca-trust-canary-rules.yml").read_text())["groups"][0]["rules"]
+
+
+def test_canary_manifests_validate_and_run_the_script_least_privileged():
+    import kubernetes_validate  # pylint: disable=import-outside-toplevel
+    kustomization = yaml.safe_load((CANARY_K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in CANARY_K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    docs = [d for name in sorted(files) for d in yaml.safe_load_all((CANARY_K8S / name).read_text()) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}  # the canary reads no Kubernetes API
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"][1].endswith("/ansible_collections/securetransport/ca_rotation/scripts/ca-trust-canary")
+    assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "subPath" not in str(container["volumeMounts"]) and volumes[mounts["/etc/nats/ca"]]["secret"]["secretName"] == "nats-ca-tls"
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["canary.yml"])
+    from catools.canary.config import build_config  # pylint: disable=import-outside-toplevel
+    parsed = build_config({k: v for k, v in config.items() if k not in ("verdict_file", "tls")}
+                          | {"openbao": {k: v for k, v in config["openbao"].items() if k != "ca_cert"}})
+    assert parsed.listen[1] == container["ports"][0]["containerPort"]
+
+
+def test_canary_rules_cover_every_invariant_with_real_metric_names():
+    from catools.canary.checks import INVARIANTS  # pylint: disable=import-outside-toplevel
+    from catools.canary.metrics import CanaryMetrics  # pylint: disable=import-outside-toplevel
+    names = [r["alert"] for r in CANARY_RULES]
+    assert len(names) == len(set(names))
+    covered = {m for r in CANARY_RULES for m in re.findall(r'invariant="([a-z_]+)"', r["expr"])}
+    assert covered == set(INVARIANTS)
+    produced = {m.name for m in CanaryMetrics().registry.collect()}
+    used = {m for r in CANARY_RULES for m in re.findall(r"\b(ca_trust_canary_[a-z_]+)", r["expr"])}
+    assert used <= produced | {n + "_total" for n in produced}, used - produced
+    for rule in CANARY_RULES:
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
