@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ansible.module_utils.common.parameters import PASS_VARS
+
 try:
     from ansible.module_utils.testing import patch_module_args
 except ImportError:  # ansible-core < 2.19: hand the arguments over the way AnsibleModule reads them there
@@ -42,6 +44,8 @@ def run_module(name: str, params: dict, check_mode: bool = False, diff: bool = F
     args["_ansible_check_mode"] = check_mode
     args["_ansible_diff"] = diff
     args.setdefault("_ansible_tmpdir", None)
+    if "inject_invocation" in PASS_VARS:  # ansible-core >= 2.21 returns `invocation` only when the controller asks
+        args.setdefault("_ansible_inject_invocation", True)
     out = io.StringIO()
     with patch_module_args(args), contextlib.redirect_stdout(out):
         try:
