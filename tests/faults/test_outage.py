@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import re
 import ssl
 import time
@@ -143,6 +144,7 @@ def test_outage_of_twice_the_validity_one_run_recovers_under_traffic(ors, tmp_pa
     record_property("outage_seconds", round(outage, 1))
     record_property("recovery_seconds", round(run["seconds"], 2))
     print(f"outage {outage:.1f} s (2 x validity {ors.info['epoch']['validity']} s); recovery run {run['seconds']:.2f} s")
+    print("recovery run step timings:", json.dumps((run["report"] or {}).get("timings"), sort_keys=True))
     _recovery(ors, run, tmp_path / "leaf")
     consumed = asyncio.run(_consume(ors, before))
     assert set(before) <= consumed, sorted(set(before) - consumed)
