@@ -60,16 +60,21 @@ class Schedule:
         return min(b for b in (self.prepare(n + 1), self.start(n + 1), self.prepare(n + 2)) if b > t)
 
 
-def leaf_handshake(host: str, port: int, cert_file: str, key_file: str, root_file: str, timeout: float) -> tuple[str, str]:
+def client_context(cert_file: str, key_file: str, root_file: str) -> ssl.SSLContext:
+    """A client context presenting exactly what ``cert_file`` holds and verifying the server against the root."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(root_file)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def leaf_handshake(host: str, port: int, ctx: ssl.SSLContext, timeout: float) -> tuple[str, str]:
     """One mTLS handshake with a NATS client port (INFO comes in plaintext first, then TLS); (result, detail).
 
     With TLS 1.3 the server judges the client certificate after the handshake, so acceptance is proven by a protocol
     line read back through TLS (``-ERR 'Authorization Violation'``: no credentials are sent, the TLS layer accepted).
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(root_file)
-    ctx.load_cert_chain(cert_file, key_file)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
@@ -119,6 +124,7 @@ class Leaf:
     cert: str
     key: str
     not_after: float
+    ctx: ssl.SSLContext
 
 
 class LeafObserver(threading.Thread):
@@ -158,7 +164,7 @@ class LeafObserver(threading.Thread):
         if abs(not_after - self.schedule.expiry(n)) > CLOCK_SLACK:
             self.errors.append(f"a leaf of epoch-{n} asked to expire at {expiry} expires at "
                                f"{datetime.fromtimestamp(not_after, timezone.utc):%H:%M:%S} (its intermediate's NotAfter is not expiry(n))")
-        self.leaves[n] = Leaf(cert, key, not_after)
+        self.leaves[n] = Leaf(cert, key, not_after, client_context(cert, key, self.root))
 
     def run(self):
         client = self.rs.bao()
@@ -188,7 +194,7 @@ class LeafObserver(threading.Thread):
                     continue
                 host, port = url.split("://", 1)[-1].rsplit(":", 1)
                 t = time.time()
-                result, detail = leaf_handshake(host, int(port), leaf.cert, leaf.key, self.root, self.handshake_timeout)
+                result, detail = leaf_handshake(host, int(port), leaf.ctx, self.handshake_timeout)
                 round_samples.append(Sample(t, n, name, result, detail, False))
         _epochs_after, default_after = self._issuers(client)
         for sample in round_samples:
