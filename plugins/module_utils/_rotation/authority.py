@@ -335,6 +335,11 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     step = 'choose'
     try:
         target = decisions.rollback_target(cfg.rollback_epoch, state.get('history'))
+        step = 'check the safety margin'
+        # first on the epoch asked for (a bundle whose intermediates have all expired is refused by this, not by the
+        # bundle check below), then on the newest epoch the stored bundle really holds
+        decisions.check_rollback_margin(cfg.schedule, decisions.rollback_default_epoch(target, plan['current_epoch']),
+                                        cfg.now, cfg.rollback_min_validity)
         step = 'read the stored bundle'
         with timings.step('bundle'):
             stored, _version = _state.read_doc(clients.openbao(), pki['kv_mount'], DEFAULT_KV_PATH.format(epoch=target))
