@@ -47,7 +47,7 @@ th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}t
 .chip{display:inline-block;border-radius:3px;padding:0 5px;margin:1px;color:#fff;font-size:12px}
 .legend span{display:inline-block;margin-right:14px;font-size:13px}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px;border-radius:2px}
-.yes{color:#1e6b3a;font-weight:600}td.t{white-space:nowrap}.no{color:#a12622;font-weight:600}
+.yes{color:#1e6b3a;font-weight:600}.na{color:#666}td.t{white-space:nowrap}.no{color:#a12622;font-weight:600}
 """
 
 
@@ -143,9 +143,10 @@ def _server_rows(cluster, epochs, with_accepts=True):
         served = server.get('served_epoch')
         served_html = _chip('epoch-%s' % served, _colour(_state_of(epochs, served))) if served is not None else '-'
         accepted = server.get('accepted') or {}
-        acc_html = ' '.join('<span class="%s" title="epoch-%s">%s%s</span>' % (
-            'yes' if ok else 'no', escape(str(n)), escape(str(n)), '&#10003;' if ok else '&#10007;')
-            for n, ok in sorted(accepted.items(), key=lambda kv: int(kv[0]))) or '-'
+        acc_html = ' '.join('<span class="%s" title="epoch-%s %s: %s">%s%s</span>' % (
+            _expected(_state_of(epochs, _int(n)), ok), escape(str(n)), escape(str(_state_of(epochs, _int(n)))),
+            'accepted' if ok else 'refused', escape(str(n)), '&#10003;' if ok else '&#10007;')
+            for n, ok in sorted(accepted.items(), key=lambda kv: _int(kv[0]))) or '-'
         rows.append('<tr class="server" data-cluster="%s" data-server="%s" data-status="%s" data-served-epoch="%s">'
                     '<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td class="t">%s</td>%s<td>%s</td></tr>' % (
                         escape(cluster.get('name') or ''), escape(server.get('name') or ''), escape(status),
@@ -154,6 +155,23 @@ def _server_rows(cluster, epochs, with_accepts=True):
                         served_html, escape(server.get('served_not_after') or '-'),
                         '<td>%s</td>' % acc_html if with_accepts else '', escape(server.get('note') or '')))
     return rows
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _expected(state, accepted):
+    """CSS class of a handshake outcome: ``yes`` as it should be (valid accepted, expired or distrusted refused), ``no``
+    when it should not be, ``na`` for a prepared epoch (refused until its bundle is delivered)."""
+    if state in ('active', 'valid'):
+        return 'yes' if accepted else 'no'
+    if state in ('expired', 'distrusted'):
+        return 'no' if accepted else 'yes'
+    return 'na'
 
 
 def _state_of(epochs, number):
