@@ -122,6 +122,8 @@ class Canary:
                 break
             entry['reachable'] = True
             entry['served'] = entry['served'] or res['served']
+            if res.get('server_problem') and res['server_problem'] not in entry['problems']:
+                entry['problems'].append(res['server_problem'])
             if res['outcome'] in ('accepted', 'refused'):
                 entry['accepted'][epoch] = res['outcome'] == 'accepted'
                 entry['details'][epoch] = res['detail']

@@ -22,8 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._commo
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import issue_leaf
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import certificate_facts, served_certificate
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import StatusError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import certificate_facts
 
 UTC = datetime.timezone.utc
 #: connection problems that say nothing about trust
@@ -124,11 +123,25 @@ def _time(text):
 def handshake(server, leaf, ca_file=None, server_name=None, timeout=5.0):
     """A leaf-only TLS handshake with ``server`` (a ``config.Server``); proves acceptance by reading a protocol line.
 
-    Returns ``{'outcome': 'accepted' | 'refused' | 'unreachable' | 'untrusted_server' | 'error', 'detail', 'seconds',
-    'served'}``; ``served`` is the facts of the server's certificate (``_status.cluster.certificate_facts``).
+    The server's certificate is verified against ``ca_file`` (with ``server_name``, its name too). When it does not
+    verify (expired, say), the handshake is made again without verifying it: whether the server accepts the canary's
+    leaf does not depend on the server's own certificate (the canary sends no credentials), and that problem is
+    reported on its own (``server_problem``).
+
+    Returns ``{'outcome': 'accepted' | 'refused' | 'unreachable' | 'error', 'detail', 'seconds', 'served',
+    'server_problem'}``; ``served`` is the facts of the server's certificate (``_status.cluster.certificate_facts``).
     """
+    out = _handshake(server, leaf, ca_file, server_name, timeout)
+    if out['outcome'] == 'untrusted_server':
+        problem = out['detail']
+        out = _handshake(server, leaf, None, None, timeout)
+        out['server_problem'] = problem
+    return out
+
+
+def _handshake(server, leaf, ca_file, server_name, timeout):
     started = time.perf_counter()
-    out = {'outcome': 'error', 'detail': None, 'seconds': None, 'served': None}
+    out = {'outcome': 'error', 'detail': None, 'seconds': None, 'served': None, 'server_problem': None}
     try:
         ctx = client_context(ca_file=ca_file, cert_file=leaf['cert_file'], key_file=leaf['key_file'], verify=bool(ca_file),
                              check_hostname=bool(server_name), partial_chain=None)
@@ -145,10 +158,6 @@ def handshake(server, leaf, ca_file=None, server_name=None, timeout=5.0):
         elif exc.stage == 'verify':
             out.update(outcome='untrusted_server', detail='the certificate of %s does not verify against tls.ca_file: %s'
                        % (where, getattr(exc.error, 'verify_message', None) or exc.error))
-            try:  # still record what it serves (an expired certificate, for example)
-                out['served'] = served_certificate(server.host, server.port, timeout)
-            except StatusError:
-                pass
         else:  # TLS 1.2: the server's alert during the handshake
             out.update(outcome='refused', detail=str(exc))
         return out
