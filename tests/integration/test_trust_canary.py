@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,15 @@ def test_canary_beside_rotations_then_each_fault(rs, tmp_path):
         assert ("ca_trust_canary_verdict_ok", ()) in textfile
         page = scrape(port, "/")
         assert f'data-epoch="{default}"' in page and 'data-state="active"' in page
+        if shutil.which("chromium"):  # the canary's own page, as a browser builds it
+            snapshot = tmp_path / "canary-healthy.html"
+            snapshot.write_text(page)
+            dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                  f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", snapshot.as_uri()],
+                                 capture_output=True, text=True, timeout=120, check=False)
+            assert dom.returncode == 0, dom.stderr[-2000:]
+            assert re.search(rf'id="epoch-{default}"[^>]*data-state="active"', dom.stdout)
+            assert all(f'data-server="{s["name"]}"' in dom.stdout for s in servers) and 'id="now"' in dom.stdout
 
         client = rs.bao()
         int_mount = rs.info["pki"]["int_mount"]
