@@ -389,7 +389,7 @@ def floor_steps(rs: RotationStack, iterations=3):
     servers = rs.servers
     auth = info["nats_auth"]
     nats_params = {"servers": [s["url"] for s in servers], "ca_file": pki["root_pem_file"], "cert_file": auth["client_cert_file"],
-                   "key_file": auth["client_key_file"], "user": auth["app_user"], "password_file": auth["app_password_file"]}
+                   "key_file": auth["client_key_file"], "user": auth["announcer_user"], "password_file": auth["announcer_password_file"]}
     signer = fn("_openbao", "transit_signer")(client, pki["transit_mount"], pki["transit_key"])
     nats = {k: fn("_nats", k) for k in ("stream_options", "connect", "Deadline", "ensure_stream", "publish", "close", "run")}
     canonical_json, msg_id = fn("_message", "canonical_json"), fn("_message", "msg_id")
