@@ -255,12 +255,13 @@ def test_soak_rotate_yml_under_load(tmp_path):
                 continue
             if "rollback" not in events and r["started"] >= sched.prepare(rollback_due + 1):
                 # a user rolls back to the previous generation right after a preparation, then resumes rotation. The
-                # restored epoch (newest - 1) must keep the leaves the rollback issues valid for min_validity after both
-                # runs (each estimated by the longest of the last three good runs), else wait for the next preparation
+                # restored epoch (newest - 1) must still have min_validity left once the rollback has run (the product
+                # refuses otherwise) and outlive the resuming run, which renews the leaves the rollback issued from it
+                # (each run estimated by the longest of the last three good runs), else wait for the next preparation
                 newest = int(r["report"]["epoch"])
                 longest = max(x["seconds"] for x in [x for x in runs if x["playbook"] == "rotate.yml" and _good(x)][-3:])
                 left = sched.expiry(newest - 1) - time.time()
-                if left < min_validity + 2 * longest:
+                if left < longest + max(min_validity, longest):
                     events.setdefault("rollback_postponed", []).append(
                         {"epoch": newest - 1, "left_s": round(left, 1), "longest_run_s": round(longest, 1)})
                     rollback_due = sched.epoch(time.time()) + 1
