@@ -57,7 +57,7 @@ def _expose_pyenv_interpreters() -> None:
     that is installed but not selected fail)."""
     root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     extra = []
-    for version in sorted({py for _, py in MATRIX.values()}):
+    for version in sorted({py for _release, py in MATRIX.values()}):
         found = shutil.which(f"python{version}")
         if found and _runs(found):
             continue
@@ -132,7 +132,7 @@ def _sanity(session: nox.Session, python: str) -> None:
 
 @nox.session
 @nox.parametrize(("python", "ansible"), [nox.param(py, ver, id=ver, tags=["edge"] if ver in EDGES else [])
-                                         for ver, (_, py) in MATRIX.items()])
+                                         for ver, (_release, py) in MATRIX.items()])
 def matrix(session: nox.Session, ansible: str) -> None:
     """Unit tests and the rotate smoke (posargs choose steps: unit, smoke, sanity) under one ansible-core version."""
     release, python = MATRIX[ansible]
