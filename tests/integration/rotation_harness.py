@@ -130,10 +130,14 @@ class Observer(threading.Thread):
 class Traffic(threading.Thread):
     """Continuous JetStream publishing (acked, R3) and consuming over one long-lived mTLS connection each."""
 
-    def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0, servers: list[str] | None = None):
-        """``servers``: the URLs both clients connect to (default: every server of the first cluster)."""
+    def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0, servers: list[str] | None = None,
+                 fetch_retry: bool = False):
+        """``servers``: the URLs both clients connect to (default: every server of the first cluster).
+        ``fetch_retry``: a pull that fails (e.g. 503 while a server is stopped) is recorded in ``fetch_errors`` and
+        retried, as a client would, instead of ending the consumer."""
         super().__init__(daemon=True)
-        self.rs, self.stream, self.rate, self.servers = rs, stream, rate, servers
+        self.rs, self.stream, self.rate, self.servers, self.fetch_retry = rs, stream, rate, servers, fetch_retry
+        self.fetch_errors: list[tuple[float, str]] = []
         self.acked: list[int] = []
         self.samples: list[tuple[float, float]] = []  # (wall time, publish-to-ack latency in ms) per acked publish
         self.consumed: set[int] = set()
@@ -181,6 +185,12 @@ class Traffic(threading.Thread):
                 except asyncio.TimeoutError:
                     if self.stop_event.is_set():
                         break
+                    continue
+                except Exception as exc:  # noqa: BLE001 - only with fetch_retry; recorded
+                    if not self.fetch_retry:
+                        raise
+                    self.fetch_errors.append((time.time(), repr(exc)))
+                    await asyncio.sleep(0.2)
                     continue
                 for msg in msgs:
                     self.consumed.add(msg.metadata.sequence.stream)

@@ -8,6 +8,7 @@ playbook allows). No wait assumes how long a run takes: waits are computed from 
 
 Load - an R3 stream with a publisher (acked publishes) and a durable pull consumer, both on nats-0; the stream's and
 the consumer's leaders are moved to nats-0 first, so that stopping another server (below) stops only a follower.
+A pull that fails meanwhile (JetStream can answer 503) is retried, as a client would, and counted.
 
 Observer (tests/soak/soak_observer.py) - knows only OpenBao and NATS: issues its own leaf from every ``epoch-<n>``
 issuer and samples leaf-only handshakes of each against every server every lead time (a server accepts a leaf-only
@@ -191,7 +192,7 @@ def test_soak_rotate_yml_under_load(tmp_path):
         admin.create_stream()
         placed = admin.move_leaders(home["name"])
         events["leaders_at_start"] = placed
-        traffic = Traffic(rs, stream=STREAM, rate=50.0, servers=[home["url"]])
+        traffic = Traffic(rs, stream=STREAM, rate=50.0, servers=[home["url"]], fetch_retry=True)
         traffic.start()
         assert traffic.ready.wait(60), traffic.errors
         observer = LeafObserver(rs, tmp_path / "observer", sched, interval=sched.lead, handshake_timeout=DURATION / 2)
@@ -350,6 +351,7 @@ def test_soak_rotate_yml_under_load(tmp_path):
         "messages_acked": acked, "messages_consumed": consumed, "messages_lost": lost,
         "stream_messages": getattr(traffic, "stream_messages", None), "stream_last_seq": getattr(traffic, "stream_last_seq", None),
         "traffic_errors": traffic.errors[:5], "reconnects": traffic.reconnects,
+        "consumer_fetch_errors": len(traffic.fetch_errors), "consumer_fetch_errors_first": traffic.fetch_errors[:5],
         "disconnects": getattr(traffic, "disconnects_during", traffic.disconnects),
         **verdict.summary(), "violations": len(violations), "observer_rounds": observer.rounds,
         "rollback": events.get("rollback"), "automatic_rollback": {k: v for k, v in (events.get("fault") or {}).items() if k != "run"},
@@ -362,7 +364,7 @@ def test_soak_rotate_yml_under_load(tmp_path):
     print(f"\nsoak: {len(span)} epochs of {sched.duration}s ({figures['epochs_issued']} issued, {figures['epochs_activated']} activated), "
           f"{len(runs)} runs ({figures['runs_ok']} ok; "
           f"{', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), messages {acked} acked / {consumed} consumed / {lost} lost, "
-          f"{traffic.reconnects} reconnects, handshakes {verdict.accepted} accepted / {verdict.refused} refused "
+          f"{traffic.reconnects} reconnects ({len(traffic.fetch_errors)} pulls retried), handshakes {verdict.accepted} accepted / {verdict.refused} refused "
           f"({verdict.refused_expired} expired, {verdict.refused_exempt} during rollbacks) / {verdict.errors} errors, "
           f"{verdict.default_checks} default-issuer checks, {len(violations)} violations, "
           f"rotate.yml {rt.get('min')}/{rt.get('median')}/{rt.get('max')} s min/median/max, load {figures['load_average'][0]:.1f}; {summary}")
