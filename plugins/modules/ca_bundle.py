@@ -89,7 +89,7 @@ options:
   expected_sha256:
     description:
       - With O(verify=false) (required then), the SHA-256 (hex) recorded for the bytes of O(pem) when they were live,
-        for example RV(destinations.live_secret.before_sha256) of the run that replaced them, or the live Secret's
+        for example C(destinations.live_secret.before_sha256) of the run that replaced them, or the live Secret's
         C(rotation.watcher.io/sha256) annotation. A different SHA-256 is refused before anything is read or written.
     type: str
   int_mount:

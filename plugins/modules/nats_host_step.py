@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: nats_host_step
 short_description: The host-local steps of NATS servers on a VM - CA file, reload, leaf key and CSR
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs on the machine where NATS servers run, one call per host and step; M(securetransport.ca_rotation.rotation_cluster)
     calls it for clusters whose servers are on other machines (C(ca_rotation_nats_reload_run_on=host)). It talks to

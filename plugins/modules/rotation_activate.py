@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: rotation_activate
 short_description: Trust first, then issue - activate the proven epoch, or complete a rollback
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs on the host of the C(ca_authority) group after every cluster's deliver phase, in the controller.
   - O(mode=rotate) makes the epoch OpenBao's default issuer only when every host of the C(nats_clusters) group has

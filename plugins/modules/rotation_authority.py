@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: rotation_authority
 short_description: Tier 1 of a CA rotation in one controller-side step - issue, build, store and announce the bundle
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs once per rotation, on the host of the C(ca_authority) group, entirely in the controller (action plugin; no
     module process). It computes the epoch plan for now, takes the rotation lock (check-and-set in OpenBao KV), decides

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: rotation_cluster
 short_description: Tier 2 of a CA rotation for one NATS cluster - deliver, reload, prove, roll back automatically
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs for each host of the C(nats_clusters) group (one host per NATS cluster or VM group), in parallel, entirely in
     the controller (action plugin).

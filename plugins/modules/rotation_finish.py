@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: rotation_finish
 short_description: End of a CA rotation run - release the lock, write the report, fail loudly
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs last, on the host of the C(ca_authority) group, in the controller. Releases the rotation lock taken by this
     run, builds the run report from the authority, cluster and activation results and writes it as JSON to

@@ -37,7 +37,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed (.ci/run installs it)")
 def test_status_timeline_renders_in_chromium(rs, tmp_path):
-    for _ in range(2):
+    for _attempt in range(2):
         run = rs.playbook("rotate.yml")
         assert run["rc"] == 0, run["stdout"][-3000:]
     page = tmp_path / "status.html"

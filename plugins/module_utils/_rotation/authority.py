@@ -178,7 +178,13 @@ def leaf_issuer_ref(cfg, issuers):
     ``issuers``: ``_openbao.pki.issuer_certificates`` of the intermediate mount."""
     default = next((i for i in issuers.values() if i.get('is_default') and i.get('certificate')), None)
     not_after = load_cert(default['certificate']).not_valid_after_utc if default else None
-    return decisions.leaf_issuer(not_after, cfg.now, cfg.schedule.epoch(cfg.now))
+    existing = []
+    for issuer in issuers.values():
+        name = str(issuer.get('issuer_name') or '')
+        if name.startswith('epoch-') and name[6:].isdigit() and issuer.get('certificate'):
+            if load_cert(issuer['certificate']).not_valid_after_utc > cfg.now:
+                existing.append(int(name[6:]))
+    return decisions.leaf_issuer(not_after, cfg.now, cfg.schedule.epoch(cfg.now), existing=existing)
 
 
 def refresh_announcer_leaf(cfg, clients, check_mode):

@@ -188,14 +188,22 @@ def leaf_unusable(reasons):
     return any(not str(r).startswith(STILL_USABLE) for r in reasons or [])
 
 
-def leaf_issuer(default_not_after, now, current_epoch):
+def leaf_issuer(default_not_after, now, current_epoch, existing=None):
     """The issuer new leaves come from: the default one (None) while it is valid at ``now``; when it has expired or
     there is none (``default_not_after`` None) - after an outage longer than the validity - ``epoch-<current>``,
     the intermediate this run issued and delivers in its bundle. Nothing can connect with the expired leaves, so
     waiting for a proof of trust before issuing from it would wait forever (the proof itself needs a server leaf
-    that has not expired)."""
+    that has not expired).
+
+    ``existing``: the epochs whose intermediate exists and is valid at ``now``. A step that runs after an epoch
+    boundary the authority step did not see (a slow run) then takes the newest of them not after the current epoch,
+    never an epoch nobody issued."""
     if default_not_after is not None and default_not_after > now:
         return None
+    if existing is not None:
+        candidates = [int(n) for n in existing if int(n) <= int(current_epoch)]
+        if candidates:
+            return 'epoch-%d' % max(candidates)
     return 'epoch-%d' % int(current_epoch)
 
 

@@ -200,6 +200,10 @@ def test_leaf_issuer_is_the_default_while_it_is_valid_else_the_current_epoch():
     assert d.leaf_issuer(NOW, NOW, 42) == 'epoch-42'  # NotAfter is exclusive: expired at that instant
     assert d.leaf_issuer(NOW - datetime.timedelta(hours=1), NOW, 42) == 'epoch-42'
     assert d.leaf_issuer(None, NOW, 42) == 'epoch-42'  # no default issuer at all (pruned)
+    # a step past an epoch boundary the authority step did not see: the newest issued epoch, never one nobody issued
+    assert d.leaf_issuer(None, NOW, 43, existing=[41, 42]) == 'epoch-42'
+    assert d.leaf_issuer(None, NOW, 42, existing=[41, 42, 43]) == 'epoch-42'  # not the prepared one
+    assert d.leaf_issuer(None, NOW, 42, existing=[]) == 'epoch-42'
 
 
 @given(st.integers(min_value=1, max_value=10 ** 6), st.integers(min_value=1, max_value=86400))
