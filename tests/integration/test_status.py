@@ -229,3 +229,45 @@ def test_status_kubernetes_flags_tampered_live_secret(rs, tmp_path):
             assert _codes(report, f"local/{name}") == {"ca_file_sha256", "not_loaded"}
         assert {f["where"] for f in report["findings"] if f["severity"] == "mismatch"} == {
             "cluster local secret nats/nats-ca-tls", "local/nats-0", "local/nats-1", "local/nats-2"}
+
+
+def test_status_flags_a_stored_bundle_the_root_did_not_sign(rs, tmp_path):
+    """A bundle record written without verification (a 'Rogue CA' beside the real root) is flagged, whichever epoch
+    it claims; records the root signed are not."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rogue = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    root = Path(rs.info["pki"]["root_pem_file"]).read_text()
+    epoch = _state(rs)[0]["last_epoch"] - 1
+    path = f"ca-bundles/epoch-{epoch}"
+    client = rs.bao()
+    before = None
+    try:
+        before = client.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)["data"]["data"]
+    except Exception:  # noqa: BLE001 - no record for that epoch
+        pass
+    client.secrets.kv.v2.create_or_update_secret(path=path, mount_point="secret",
+                                                 secret={"ca-bundle.pem": rogue + root, "sha256": _sha(rogue + root)})
+    try:
+        _run, report = _status(rs, tmp_path / "rogue.json")
+        foreign = [f for f in report["findings"] if f["code"] == "kv_record_foreign"]
+        assert len(foreign) == 1 and "Rogue CA" in foreign[0]["msg"] and path in foreign[0]["msg"], report["findings"]
+    finally:
+        if before is not None:
+            client.secrets.kv.v2.create_or_update_secret(path=path, mount_point="secret", secret=before)
+        else:
+            client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+    _run, report = _status(rs, tmp_path / "clean.json")
+    assert "kv_record_foreign" not in {f["code"] for f in report["findings"]}

@@ -115,6 +115,17 @@ def _check_issuers(f, auth, now, bundle, held):
                    ' (rollback hold)' if held else ': the run that issued it did not distribute it; run rotate.yml'))
 
 
+def _check_records(f, auth):
+    """Stored bundle records holding certificates that are neither the root nor signed by it."""
+    for entry in auth.get('kv_foreign') or []:
+        if entry.get('error'):
+            f.mismatch('kv_record_unreadable', 'kv', 'the stored bundle %s cannot be read: %s' % (entry['location'], entry['error']))
+        else:
+            f.mismatch('kv_record_foreign', 'kv', 'the stored bundle %s holds %s (sha256 %s), which is neither the root nor signed '
+                       'by it: it was written without verification. A rollback to it is refused; restore the record from '
+                       'a bundle the root signed, or delete it' % (entry['location'], entry['subject'], _sha(entry['sha256'])))
+
+
 def _check_bundle(f, auth, expected, now):
     kv = auth.get('kv_bundle')
     state = auth.get('state')
@@ -313,6 +324,7 @@ def build_report(authority, clusters):
     held = isinstance((state or {}).get('hold'), dict)
     _check_state(f, state, now)
     bundle = _check_bundle(f, auth, expected, now)
+    _check_records(f, auth)
     _check_issuers(f, auth, now, bundle, held)
     _check_epoch_secret(f, auth, expected)
     _check_announcement(f, auth, state, now)

@@ -18,8 +18,9 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     kv_epochs,
     read_kv,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_facts, load_cert, x509
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_facts, cert_sha256, load_cert, x509
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.client import K8sError, core_api
@@ -118,6 +119,7 @@ def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_moun
                                     'epoch': epoch_of(issuer_name)} if issuer_id else None)
     except OpenBaoError as exc:
         errors.append({'source': 'issuers', 'msg': 'reading the issuers of %s: %s' % (int_mount, _short(exc))})
+    root_pem = None
     try:
         root_pem = root_certificate(client, root_mount)
         root = cert_facts(root_pem)
@@ -172,6 +174,38 @@ def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_moun
                 kv.update(_bundle_facts(pem, schedule))
         except (OpenBaoError, BundleError) as exc:
             kv['error'] = _short(exc)
+    if root_pem is not None:
+        facts['kv_foreign'] = _foreign_in_records(client, kv_mount, bundle_path, facts.get('kv_epochs') or [], root_pem)
+
+
+def _foreign_in_records(client, kv_mount, bundle_path, epochs, root_pem):
+    """Every stored bundle record's certificates that are neither the root nor signed by it (a record written
+    without verification, e.g. ``ca_bundle verify=false`` before it refused epoch records): ``[{location, subject,
+    sha256}]``. Signatures, not the issuer list, decide: expired issuers are pruned while their records are kept."""
+    root = load_cert(root_pem)
+    out = []
+    for epoch in epochs:
+        path = expand(bundle_path, epoch)
+        try:
+            _version, data = read_kv(client, kv_mount, path)
+            certs = [load_cert(block) for block in pem_certificates((data or {}).get('ca-bundle.pem') or '')]
+        except (OpenBaoError, BundleError, ValueError) as exc:
+            out.append({'location': '%s/%s' % (kv_mount, path), 'subject': None, 'sha256': None, 'error': _short(exc)})
+            continue
+        for cert in certs:
+            if cert_sha256(cert) == cert_sha256(root) or _signed_by(cert, root):
+                continue
+            out.append({'location': '%s/%s' % (kv_mount, path), 'subject': cert.subject.rfc4514_string(),
+                        'sha256': cert_sha256(cert), 'error': None})
+    return out
+
+
+def _signed_by(cert, issuer):
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return True
 
 
 def _gather_epoch_secret(facts, k8s_params, spec, epoch):
@@ -271,7 +305,7 @@ def gather_authority(openbao_params, schedule, now, root_mount='pki', int_mount=
                  'valid_epochs': schedule.valid_epochs(now), 'desired_epochs': schedule.desired_epochs(now)},
         'openbao': {'int_mount': int_mount, 'root_mount': root_mount, 'kv_mount': kv_mount},
         'clusters': list(clusters), 'errors': [], 'issuers': None, 'default_issuer': None, 'root': None,
-        'state': None, 'cluster_records': {}, 'kv_epochs': None, 'kv_bundle': None, 'epoch_secret': None,
+        'state': None, 'cluster_records': {}, 'kv_epochs': None, 'kv_bundle': None, 'kv_foreign': None, 'epoch_secret': None,
         'announcement': None,
     }
     client = None
