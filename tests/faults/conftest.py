@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,11 @@ def fresh_rs(tmp_path):
         yield rs
     finally:
         rs.down()
+
+
+def until_new_epoch_due(last_epoch, margin=0.5):
+    """Seconds until an epoch after ``last_epoch`` is due: prepared ``EPOCH // 4`` (the lead time) before it starts."""
+    return max(0.0, (int(last_epoch) + 1) * EPOCH - EPOCH // 4 - time.time()) + margin
 
 
 def read_state(rs):

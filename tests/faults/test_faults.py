@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EPOCH, converged, default_issuer_trusted, read_state
+from conftest import converged, default_issuer_trusted, read_state, until_new_epoch_due
 from helpers import REPO, ansible_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -32,11 +32,6 @@ def _poll(cond, timeout=60, interval=0.2):
     return False
 
 
-def _until_new_epoch_due(last_epoch, margin=0.5):
-    """Seconds until an epoch after ``last_epoch`` is due (prepared ``EPOCH // 4`` before it starts)."""
-    lead = EPOCH // 4
-    prepare_at = (last_epoch + 1) * EPOCH - lead
-    return max(0.0, prepare_at - time.time()) + margin
 
 
 def test_two_concurrent_runs_never_both_rotate(frs):
@@ -175,7 +170,7 @@ def test_nats_unavailable_during_announcement(frs):
     # announced (derived from the schedule, 20 s epochs with a 5 s lead, and from the recorded state: an
     # earlier case of this module may already have prepared the next epoch)
     gen = before_state["generation"]
-    time.sleep(_until_new_epoch_due(int(before_state["last_epoch"])))
+    time.sleep(until_new_epoch_due(int(before_state["last_epoch"])))
     run = frs.playbook("rotate.yml", extra_vars=bad)
     assert run["rc"] != 0 and "The announcement failed" in run["stdout"], run["stdout"][-2000:]
     state, _unused = read_state(frs)
@@ -188,7 +183,7 @@ def test_automatic_rollback_reports_what_each_server_loaded(frs):
     """A stopped server fails the proof of a new bundle: the previous one goes back, and the report says exactly which
     servers reloaded it and which did not (not 'No rollback was done' while every CA file was put back)."""
     before_state, _unused = read_state(frs)
-    time.sleep(_until_new_epoch_due(int(before_state["last_epoch"])))
+    time.sleep(until_new_epoch_due(int(before_state["last_epoch"])))
     before = _shas(frs)
     assert len(set(before.values())) == 1
     previous = next(iter(before.values()))

@@ -8,13 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EPOCH, converged, read_state
+from conftest import EPOCH, converged, read_state, until_new_epoch_due
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _until_new_epoch_due(last_epoch, margin=0.5):
-    return max(0.0, (last_epoch + 1) * EPOCH - EPOCH // 4 - time.time()) + margin
 
 
 def _shas(rs):
@@ -24,7 +20,7 @@ def _shas(rs):
 def test_rollback_margin_and_hold_expiry(fresh_rs):
     rs = fresh_rs
     first = converged(rs, rs.playbook("rotate.yml"))
-    time.sleep(_until_new_epoch_due(int(read_state(rs)[0]["last_epoch"])))
+    time.sleep(until_new_epoch_due(int(read_state(rs)[0]["last_epoch"])))
     second = converged(rs, rs.playbook("rotate.yml"))
     assert second["generation"] == first["generation"] + 1 and second["bundle_sha256"] != first["bundle_sha256"]
 

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from conftest import EPOCH, converged, read_state
+from conftest import converged, read_state, until_new_epoch_due
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import last_announcement
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import STREAM_DEFAULTS
@@ -15,11 +15,6 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SUBJECT = "metadata.client.ca-cert"
-
-
-def _until_new_epoch_due(last_epoch, margin=0.5):
-    """Seconds until an epoch after ``last_epoch`` is due (prepared ``EPOCH // 4`` before it starts)."""
-    return max(0.0, (last_epoch + 1) * EPOCH - EPOCH // 4 - time.time()) + margin
 
 
 def _last(rs):
@@ -36,7 +31,7 @@ def _delete_state(rs):
 def test_deleted_state_continues_the_generation_count(fresh_rs, tmp_path):
     rs = fresh_rs
     first = converged(rs, rs.playbook("rotate.yml"))
-    time.sleep(_until_new_epoch_due(int(read_state(rs)[0]["last_epoch"])))
+    time.sleep(until_new_epoch_due(int(read_state(rs)[0]["last_epoch"])))
     second = converged(rs, rs.playbook("rotate.yml"))
     assert second["generation"] == first["generation"] + 1
     announced = _last(rs)
@@ -65,7 +60,7 @@ def test_deleted_state_continues_the_generation_count(fresh_rs, tmp_path):
 
     # a new bundle after the loss gets the generation after the announced one, never a restarted count
     _delete_state(rs)
-    time.sleep(_until_new_epoch_due(int(announced["epoch"])))
+    time.sleep(until_new_epoch_due(int(announced["epoch"])))
     report = converged(rs, rs.playbook("rotate.yml"))
     assert report["generation"] == announced["generation"] + 1, report
     latest = _last(rs)
