@@ -32,8 +32,6 @@ def _poll(cond, timeout=60, interval=0.2):
     return False
 
 
-
-
 def test_two_concurrent_runs_never_both_rotate(frs):
     runs = [None, None]
 
