@@ -60,7 +60,7 @@ demo-down: venv
 	$(BIN)/python scripts/localstack down
 
 test: dev
-	$(MAKE) unit integration faults soak-short sanity lint test-matrix-edges
+	$(MAKE) lint sanity unit integration faults soak-short test-matrix-edges
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
