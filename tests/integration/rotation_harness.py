@@ -131,13 +131,19 @@ class Traffic(threading.Thread):
     """Continuous JetStream publishing (acked, R3) and consuming over one long-lived mTLS connection each."""
 
     def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0, servers: list[str] | None = None,
-                 fetch_retry: bool = False):
+                 fetch_retry: bool = False, publish_retry: int = 0):
         """``servers``: the URLs both clients connect to (default: every server of the first cluster).
         ``fetch_retry``: a pull that fails (e.g. 503 while a server is stopped) is recorded in ``fetch_errors`` and
-        retried, as a client would, instead of ending the consumer."""
+        retried, as a client would, instead of ending the consumer.
+        ``publish_retry``: a publish whose acknowledgement times out is sent again, up to that many times, with the same
+        ``Nats-Msg-Id`` (the stream deduplicates, so a message stored before the timeout is not stored twice), as a
+        producer that must not lose messages does; every retry is recorded in ``publish_retries``. With 0 a timeout is
+        an error."""
         super().__init__(daemon=True)
         self.rs, self.stream, self.rate, self.servers, self.fetch_retry = rs, stream, rate, servers, fetch_retry
         self.fetch_errors: list[tuple[float, str]] = []
+        self.publish_retry = publish_retry
+        self.publish_retries: list[tuple[float, int, str]] = []  # (wall time, message number, error) per retry
         self.acked: list[int] = []
         self.samples: list[tuple[float, float]] = []  # (wall time, publish-to-ack latency in ms) per acked publish
         self.consumed: set[int] = set()
@@ -155,6 +161,7 @@ class Traffic(threading.Thread):
 
     async def _main(self):
         import nats  # pylint: disable=import-outside-toplevel
+        from nats import errors as nats_errors  # pylint: disable=import-outside-toplevel
         auth = self.rs.info["nats_auth"]
         password = Path(auth["app_password_file"]).read_text().strip()
 
@@ -200,12 +207,22 @@ class Traffic(threading.Thread):
         i = 0
         while not self.stop_event.is_set():
             wall, started = time.time(), time.perf_counter()
-            try:
-                ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=5)
-                self.samples.append((wall, (time.perf_counter() - started) * 1000.0))
-                self.acked.append(ack.seq)
-            except Exception as exc:  # noqa: BLE001
-                self.errors.append(f"publish {i}: {exc!r}")
+            for attempt in range(self.publish_retry + 1):
+                try:
+                    ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=5,
+                                           headers={"Nats-Msg-Id": f"{self.stream}-m{i}"})
+                except nats_errors.TimeoutError as exc:
+                    if attempt < self.publish_retry:
+                        self.publish_retries.append((time.time(), i, repr(exc)))
+                        continue
+                    self.errors.append(f"publish {i}: {exc!r}")
+                except Exception as exc:  # noqa: BLE001
+                    self.errors.append(f"publish {i}: {exc!r}")
+                else:
+                    self.samples.append((wall, (time.perf_counter() - started) * 1000.0))
+                    if not (ack.duplicate and self.acked and ack.seq in self.acked[-self.publish_retry - 1:]):
+                        self.acked.append(ack.seq)
+                break
             i += 1
             await asyncio.sleep(max(0.0, 1.0 / self.rate - (time.perf_counter() - started)))
         await asyncio.wait_for(consumer, timeout=60)

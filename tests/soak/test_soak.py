@@ -8,7 +8,9 @@ playbook allows). No wait assumes how long a run takes: waits are computed from 
 
 Load - an R3 stream with a publisher (acked publishes) and a durable pull consumer, both on nats-0; the stream's and
 the consumer's leaders are moved to nats-0 first, so that stopping another server (below) stops only a follower.
-A pull that fails meanwhile (JetStream can answer 503) is retried, as a client would, and counted.
+A pull that fails meanwhile (JetStream can answer 503) is retried, as a client would, and counted; a publish whose
+acknowledgement times out is sent again with its ``Nats-Msg-Id`` (deduplicated by the stream), counted, and allowed
+only while the injected fault has a server stopped.
 
 Observer (tests/soak/soak_observer.py) - knows only OpenBao and NATS: issues its own leaf from every ``epoch-<n>``
 issuer and samples leaf-only handshakes of each against every server every lead time (a server accepts a leaf-only
@@ -192,7 +194,7 @@ def test_soak_rotate_yml_under_load(tmp_path):
         admin.create_stream()
         placed = admin.move_leaders(home["name"])
         events["leaders_at_start"] = placed
-        traffic = Traffic(rs, stream=STREAM, rate=50.0, servers=[home["url"]], fetch_retry=True)
+        traffic = Traffic(rs, stream=STREAM, rate=50.0, servers=[home["url"]], fetch_retry=True, publish_retry=3)
         traffic.start()
         assert traffic.ready.wait(60), traffic.errors
         observer = LeafObserver(rs, tmp_path / "observer", sched, interval=sched.lead, handshake_timeout=DURATION / 2)
@@ -243,6 +245,7 @@ def test_soak_rotate_yml_under_load(tmp_path):
                     healed = run("rotate.yml", "recovery")
                     converged(healed, "the run after the automatic rollback")
                     exempt.append((r["started"], healed["ended"], result["newest_before"]))
+                    events["fault_window"] = (r["started"], healed["ended"])
                 elif len(events["fault_attempts"]) >= 3:
                     failures.append(f"could not stop a server during a reload in 3 attempts: {events['fault_attempts']}")
                     events["fault"] = result
@@ -341,6 +344,9 @@ def test_soak_rotate_yml_under_load(tmp_path):
         kinds[f"{r['playbook']}:{r['kind']}"] = kinds.get(f"{r['playbook']}:{r['kind']}", 0) + 1
     acked, consumed = len(traffic.acked), len(traffic.consumed)
     lost = len(set(traffic.acked) - traffic.consumed)
+    # a publish acknowledged late (and sent again with its Nats-Msg-Id) is allowed only while a server was stopped
+    fault_from, fault_to = events.get("fault_window") or (0.0, 0.0)
+    retries_outside = [x for x in traffic.publish_retries if not fault_from <= x[0] <= fault_to]
     figures = {
         "epochs": EPOCHS, "epoch_duration_s": sched.duration, "validity_s": sched.validity, "lead_time_s": sched.lead,
         "first_epoch": first_epoch, "last_epoch": last, "epochs_rotated": len(span), "epochs_issued": len(set(span) & issued),
@@ -351,6 +357,8 @@ def test_soak_rotate_yml_under_load(tmp_path):
         "messages_acked": acked, "messages_consumed": consumed, "messages_lost": lost,
         "stream_messages": getattr(traffic, "stream_messages", None), "stream_last_seq": getattr(traffic, "stream_last_seq", None),
         "traffic_errors": traffic.errors[:5], "reconnects": traffic.reconnects,
+        "publish_retries": len(traffic.publish_retries), "publish_retries_outside_fault": len(retries_outside),
+        "publish_retries_first": traffic.publish_retries[:5],
         "consumer_fetch_errors": len(traffic.fetch_errors), "consumer_fetch_errors_first": traffic.fetch_errors[:5],
         "disconnects": getattr(traffic, "disconnects_during", traffic.disconnects),
         **verdict.summary(), "violations": len(violations), "observer_rounds": observer.rounds,
@@ -364,7 +372,8 @@ def test_soak_rotate_yml_under_load(tmp_path):
     print(f"\nsoak: {len(span)} epochs of {sched.duration}s ({figures['epochs_issued']} issued, {figures['epochs_activated']} activated), "
           f"{len(runs)} runs ({figures['runs_ok']} ok; "
           f"{', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), messages {acked} acked / {consumed} consumed / {lost} lost, "
-          f"{traffic.reconnects} reconnects ({len(traffic.fetch_errors)} pulls retried), handshakes {verdict.accepted} accepted / {verdict.refused} refused "
+          f"{traffic.reconnects} reconnects ({len(traffic.fetch_errors)} pulls, {len(traffic.publish_retries)} publishes retried), "
+          f"handshakes {verdict.accepted} accepted / {verdict.refused} refused "
           f"({verdict.refused_expired} expired, {verdict.refused_exempt} during rollbacks) / {verdict.errors} errors, "
           f"{verdict.default_checks} default-issuer checks, {len(violations)} violations, "
           f"rotate.yml {rt.get('min')}/{rt.get('median')}/{rt.get('max')} s min/median/max, load {figures['load_average'][0]:.1f}; {summary}")
@@ -376,6 +385,7 @@ def test_soak_rotate_yml_under_load(tmp_path):
     assert missing_epochs == [], f"epochs never activated although a good run lay within their term: {missing_epochs}"
     assert "rollback" in events and "fault" in events and events["fault"].get("stopped"), events
     assert traffic.errors == [], traffic.errors[:5]
+    assert retries_outside == [], f"publishes retried outside the stopped-server window: {retries_outside[:5]}"
     assert traffic.reconnects == 0 and figures["disconnects"] == 0
     assert acked > 0 and lost == 0
     assert traffic.stream_messages == acked == traffic.stream_last_seq
