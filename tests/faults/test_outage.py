@@ -2,7 +2,7 @@
 intermediate, every server leaf and the announcer's leaf it issued has expired; ONE rotate.yml run must converge,
 traffic flows again and the JetStream messages acked before the outage are all consumed after it.
 
-Private stacks with 10 s epochs (validity 40 s); every wait is computed from the schedule and the certificates."""
+Private stacks with 10 s epochs valid two epochs (20 s), so that the outages stay short; every wait is computed from the schedule and the certificates."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ from rotation_harness import RotationStack, Traffic
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EPOCH = 10
+VALIDITY = 2 * EPOCH
 STREAM = "OUTAGE"
 DURABLE = "outage-consumer"
 
 
 @pytest.fixture
 def ors(tmp_path):
-    rs = RotationStack(tmp_path / "stack", epoch_duration=f"{EPOCH}s")
+    rs = RotationStack(tmp_path / "stack", epoch_duration=f"{EPOCH}s", validity=f"{VALIDITY}s")
     try:
         yield rs
     finally:
