@@ -299,6 +299,34 @@ def test_record_counts_and_backoff(env):
     assert syncer.state.failures == {'reload': 2, 'max-deliver': 1} and syncer.state.invalid == 1
 
 
+def test_settle_replies_and_the_last_delivery_is_terminated(env):
+    """Applied -> +ACK; invalid -> +TERM <reason>; a failure -> a NAK delayed by the backoff, except on the last
+    delivery, which is terminated so that the server drops it from the pending set at once."""
+    import asyncio  # pylint: disable=import-outside-toplevel
+    _cfg, syncer = env[1]('--backoff', '1s,2s', '--max-deliver', '3')
+
+    class Conn:
+        def __init__(self):
+            self.sent = []
+
+        async def request(self, subject, payload, timeout):
+            self.sent.append((subject, payload))
+
+    class Msg:
+        reply = '$JS.ACK.x'
+
+    def reply(outcome, delivered):
+        nc = Conn()
+        asyncio.run(syncer.settle(nc, Msg(), outcome, delivered))
+        return nc.sent[0][1]
+
+    assert reply(bs.Outcome('applied', None, 'x'), 1) == b'+ACK'
+    assert reply(bs.Outcome('invalid', 'bad signature', 'x'), 1) == b'+TERM bad-signature'
+    assert reply(bs.Outcome('retry', 'reload', 'x'), 1) == b'-NAK {"delay": 1000000000}'
+    assert reply(bs.Outcome('retry', 'reload', 'x'), 2) == b'-NAK {"delay": 2000000000}'
+    assert reply(bs.Outcome('retry', 'reload', 'x'), 3) == b'+TERM max-deliver'
+
+
 # ----------------------------------------------------------------------------- pinned keys
 def test_pinned_key_formats(tmp_path, signing_key, sign, bundles):
     pem = _public_pem(signing_key)

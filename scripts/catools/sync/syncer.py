@@ -107,7 +107,7 @@ class Syncer:
                 self.state.count_failure('max-deliver')
             self.log('error' if last else 'warning', 'failed', outcome.text, reason=outcome.reason, seq=seq, delivered=delivered,
                      max_deliver=self.cfg.max_deliver,
-                     action='giving up: the server will not redeliver it; fix the cause, then run with --resync' if last
+                     action='giving up (term): the server will not redeliver it; fix the cause, then run with --resync' if last
                      else 'nak, retry in %ss' % number(self.delay(delivered)))
 
     def delay(self, delivered):
@@ -129,6 +129,10 @@ class Syncer:
         elif outcome.kind == 'invalid':
             reason = re.sub(r'[^A-Za-z0-9_.-]', '-', outcome.reason or 'invalid')
             await self._reply(nc, msg, b'+TERM ' + reason.encode('ascii'), 'termination')
+        elif delivered >= self.cfg.max_deliver:
+            # the last delivery: terminate it, so that the server drops it from the pending set now (a delayed NAK
+            # would keep it pending until the delay ends, only for the server to find no delivery left)
+            await self._reply(nc, msg, b'+TERM max-deliver', 'termination')
         else:
             delay_ns = int(self.delay(delivered) * 1e9)
             await self._reply(nc, msg, b'-NAK ' + json.dumps({'delay': delay_ns}).encode('ascii'), 'negative acknowledgement')
