@@ -3,6 +3,7 @@ run converging (every server holds the run's bundle, the default issuer is trust
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -254,7 +255,11 @@ def test_openbao_stopped_during_run(frs):
     finally:
         os.kill(bao_pid, signal.SIGCONT)
     thread.join(timeout=300)
-    time.sleep(5)  # the 5 s lock TTL (a lock the failed run could not release)
+    # a lock the failed run could not release lapses by its own expires_at (the 5 s TTL)
+    lock = read_state(frs)[0].get("lock") or {}
+    if lock.get("expires_at"):
+        expires = datetime.datetime.fromisoformat(lock["expires_at"].replace("Z", "+00:00")).timestamp()
+        time.sleep(max(0.0, expires - time.time() + 0.05))
     converged(frs, frs.playbook("rotate.yml"))
 
 
