@@ -666,7 +666,9 @@ class LocalStack:
     # ---------------------------------------------------------------- down
     def down(self, purge: bool = True) -> dict:
         """Stop every process this stack started (by PID) and remove its state (kept, logs included, with purge=False)."""
-        stopped = []
+        from .vmfleet import down_fleet  # pylint: disable=import-outside-toplevel  # the SSH VMs first (localstack up --vms)
+
+        stopped = down_fleet(self.state_dir, self._log)["stopped"]
         for proc in self.processes():
             if stop_process(proc["pid"], proc["marker"]):
                 stopped.append(proc["name"])
@@ -773,6 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--openbao-tls", action="store_true", help="serve OpenBao over TLS (-dev-tls)")
     up.add_argument("--rebuild", action="store_true",
                     help="when a recorded stack's OpenBao no longer runs, rebuild everything (new root CA, keys, ports)")
+    up.add_argument("--vms", type=int, default=0,
+                    help="also start N SSH VMs (sshd + one nats-server each, cluster 'fleet'; needs root, openssh-server, sudo)")
     up.add_argument("--json", action="store_true")
     sub.add_parser("down", help="stop the stack's processes and remove its state")
     st = sub.add_parser("status", help="what runs")
@@ -794,6 +798,11 @@ def main(argv: list[str] | None = None) -> int:
         stack = LocalStack(state_dir, **kwargs)
         if args.command == "up":
             info = stack.up(rebuild=args.rebuild)
+            if args.vms:
+                from .vmfleet import VmFleet  # pylint: disable=import-outside-toplevel
+
+                fleet = VmFleet(stack, args.vms, log=print).up()
+                info = dict(info, vmfleet=fleet, changed=info.get("changed") or fleet["changed"])
             if args.json:
                 print(json.dumps(info, indent=2, sort_keys=True))
             elif info.get("changed"):
@@ -807,6 +816,11 @@ def main(argv: list[str] | None = None) -> int:
                 _print_status(stack, False)
             else:
                 print(f"local stack already running, nothing to do (state dir {stack.state_dir})")
+            if args.vms and not args.json:
+                vms = ", ".join(f"{v['name']} {v['user']}@{v['address']}:{v['ssh_port']}" for v in info["vmfleet"]["vms"])
+                print(f"SSH fleet: {vms}; "
+                      f"inventory {info['vmfleet']['inventory']} (ansible-playbook -i {inventory or 'inventories/local'} "
+                      f"-i {info['vmfleet']['inventory']} playbooks/rotate.yml)")
             return 0
         if args.command == "down":
             result = stack.down()
