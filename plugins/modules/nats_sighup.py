@@ -273,6 +273,14 @@ targets:
     sha256_ok:
       description: Whether it matched O(expect_sha256); null without it.
       type: bool
+    ca_certificates:
+      description:
+        - The certificates of the CA file as the server reads it, by key family (C(ec), C(rsa), C(ed25519), C(mldsa)),
+          checked before the reload; null where the file is not read from here (Kubernetes).
+        - A file with a PEM block that nats-server would skip without an error (text after the dashes of a BEGIN or END
+          line, e.g. two blocks glued together) is not reloaded, and the target fails naming the block.
+      type: dict
+      sample: {ec: 3}
     load_time_before:
       description: C(config_load_time) before the reload.
       type: str

@@ -1,8 +1,10 @@
 # -*- coding: utf-8 -*-
 """nats_sighup when things go wrong, on a private 3-node stack (the session stack stays untouched).
 
-- a bad bundle: NATS keeps its old configuration; the module fails with the server's own message
-  (from its log, its $SYS reply, or its pod log) while the servers keep serving;
+- a bad bundle: a CA file readable from here that does not parse as nats-server reads it (a broken certificate,
+  PEM blocks glued together) is refused before any reload; where the file is not read from here ($SYS, Kubernetes)
+  NATS keeps its old configuration and the module fails with the server's own message (its $SYS reply or its pod
+  log); the servers keep serving;
 - a server down: reported, and ``min_success`` decides;
 - a new CA arriving late (the emulated kubelet's Secret sync delay): waited for by polling, then
   reloaded, and a client certificate of the new CA is accepted only afterwards.
@@ -200,15 +202,40 @@ def assert_kept_old_config(result, info, before):
     still_serving(info)
 
 
-def test_signal_bad_bundle_fails_with_the_log_message(fstack, run_module):
+def assert_not_reloaded(result, info, before, why):
+    """The CA file was checked before the reload and refused: no server was signalled, none loaded anything."""
+    assert result["failed"] and result["changed"] is False and result["ok_count"] == 0 and result["reloaded"] == 0
+    for res in result["targets"]:
+        assert res["signalled"] is False and not res["ok"], res
+        assert "not reloaded" in res["error"] and why in res["error"] and res["ca_file"] in res["error"], res["error"]
+    assert load_times(info) == before
+    still_serving(info)
+
+
+def test_signal_bad_bundle_is_refused_before_the_reload(fstack, run_module):
+    # a certificate block that does not parse: refused before any signal (the server would refuse it too, see the
+    # system and Kubernetes cases, which do not read the file from here)
     before = load_times(fstack)
     for server in servers_of(fstack):
         with open(server["ca_file"], "wb") as handle:
             handle.write(GARBAGE)
     result = run_module(MODULE, {"transport": "signal", "targets": local_targets(fstack), "expect_sha256": sha256(GARBAGE)})
-    assert_kept_old_config(result, fstack, before)
-    for res in result["targets"]:
-        assert "nats.conf" in res["error"]  # the server names the configuration line that loads the CA file
+    assert_not_reloaded(result, fstack, before, "does not parse")
+
+
+def test_glued_pem_blocks_are_refused_before_the_reload(fstack, run_module):
+    """Two certificates glued together (-----END CERTIFICATE----------BEGIN): nats-server would reload "successfully"
+    and silently drop the first (DESIGN §10); the module refuses to reload such a file and names the block."""
+    good = read(fstack["nats_auth"]["ca_file"])
+    blocks = [b.strip() + b"-----END CERTIFICATE-----" for b in good.split(b"-----END CERTIFICATE-----") if b"BEGIN" in b]
+    assert len(blocks) >= 2, "the stack's bundle has a root and an intermediate"
+    glued = blocks[0] + b"\n".join(blocks[1:]) + b"\n"  # the first END line runs on into the second BEGIN
+    before = load_times(fstack)
+    for server in servers_of(fstack):
+        with open(server["ca_file"], "wb") as handle:
+            handle.write(glued)
+    result = run_module(MODULE, {"transport": "signal", "targets": local_targets(fstack), "expect_sha256": sha256(glued)})
+    assert_not_reloaded(result, fstack, before, "block 1 has text on its END line")
 
 
 def test_system_bad_bundle_fails_with_the_error_reply(fstack, run_module):
@@ -231,7 +258,7 @@ def test_command_bad_bundle_on_one_server_min_success(fstack, run_module):
     params = {"transport": "command", "targets": local_targets(fstack), "nats_server_path": find_binary("nats-server")}
     result = run_module(MODULE, params)
     assert result["failed"] and result["changed"] is True and result["ok_count"] == 2
-    assert PARSE_ERROR in by_name(result)[bad["name"]]["error"]
+    assert "does not parse" in by_name(result)[bad["name"]]["error"] and not by_name(result)[bad["name"]]["signalled"]
     result = run_module(MODULE, dict(params, min_success=2))
     assert not result.get("failed") and result["ok_count"] == 2 and result["failed_count"] == 1
     assert load_times(fstack)[bad["name"]] == before[bad["name"]]

@@ -70,6 +70,33 @@ def cert_facts(pem):
     }
 
 
+#: public-key algorithm OIDs by family (RFC 5480, RFC 8410, FIPS 204 / draft-ietf-lamps-dilithium-certificates)
+_FAMILY_OIDS = {
+    '1.2.840.10045.2.1': 'ec', '1.2.840.113549.1.1.1': 'rsa', '1.2.840.113549.1.1.10': 'rsa', '1.3.101.112': 'ed25519',
+    '1.3.101.113': 'ed448', '2.16.840.1.101.3.4.3.17': 'mldsa', '2.16.840.1.101.3.4.3.18': 'mldsa',
+    '2.16.840.1.101.3.4.3.19': 'mldsa',
+}
+
+
+def key_family(cert):
+    """The family of a certificate's public key - ``ec``, ``rsa``, ``ed25519``, ``ed448``, ``mldsa`` - or the dotted
+    OID of an algorithm not listed (read from the certificate, so it works for keys ``cryptography`` cannot load)."""
+    oid = cert.public_key_algorithm_oid.dotted_string
+    return _FAMILY_OIDS.get(oid, oid)
+
+
+def family_counts(blocks):
+    """``{family: number of certificates}`` of PEM certificate blocks (each parsed; a block that does not parse
+    raises ``ValueError``); ``{'certificates': n}`` where ``cryptography`` is not installed (a VM's Python)."""
+    if x509 is None:
+        return {'certificates': len(blocks)}
+    counts = {}
+    for block in blocks:
+        family = key_family(load_cert(block))
+        counts[family] = counts.get(family, 0) + 1
+    return counts
+
+
 def public_key_der(key):
     """DER (SubjectPublicKeyInfo) of a public key, for comparing keys."""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

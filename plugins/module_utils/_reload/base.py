@@ -253,6 +253,18 @@ class Transport:
     def ca_location(self, target):
         return target.ca_file
 
+    def read_ca_text(self, target):
+        """The CA file's bytes as the server will read them, for the check before the reload; None where they cannot
+        be read from here (Kubernetes: the mounted Secret, whose bytes were verified before the write and whose
+        SHA-256 is compared)."""
+        if not target.ca_file:
+            return None
+        try:
+            with open(target.ca_file, 'rb') as handle:
+                return handle.read()
+        except OSError as exc:
+            raise TargetError(f"cannot read CA file {target.ca_file}: {exc.strerror or exc}") from None
+
     def read_varz(self, target):
         raise NotImplementedError
 

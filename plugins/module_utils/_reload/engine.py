@@ -3,9 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The reload orchestration over any transport: every target in parallel, proven (private).
 
-For every target: optionally wait (bounded, polling) until its CA file has the expected SHA-256, read
-``config_load_time``, reload, and poll until ``config_load_time`` has advanced. An optional TLS probe
-with a client certificate (e.g. of the new epoch) must then be accepted by every server.
+For every target: optionally wait (bounded, polling) until its CA file has the expected SHA-256, check that the file
+parses into certificates as nats-server reads it (counted per key family), read ``config_load_time``, reload, and
+poll until ``config_load_time`` has advanced. An optional TLS probe with a client certificate (e.g. of the new
+epoch) must then be accepted by every server.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import family_counts
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import PemError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import (
     ReloadError,
     TargetError,
@@ -44,7 +48,7 @@ def _poll(fn, timeout, interval, max_interval=1.0, sleep=time.sleep):
 def new_result(transport_name, target):
     return {
         'target': target.name, 'transport': transport_name, 'server_id': target.server_id,
-        'server_name': target.server_name, 'ca_file': None, 'sha256_seen': None, 'sha256_ok': None,
+        'server_name': target.server_name, 'ca_file': None, 'sha256_seen': None, 'sha256_ok': None, 'ca_certificates': None,
         'load_time_before': None, 'load_time_after': None, 'reload_ms': None, 'signalled': False,
         'changed': False, 'probe_ok': None, 'probe_detail': None, 'ok': False, 'error': None,
     }
@@ -95,6 +99,19 @@ def _process(transport, target, res, expect, propagation_timeout, reload_timeout
             raise TargetError(f"CA file {transport.ca_location(target)} still has sha256 {res['sha256_seen']} after "
                               f"{propagation_timeout:g}s, expected {expect}: the new bundle has not reached this server "
                               "(kubelet syncs mounted Secrets about once a minute; raise propagation_timeout if needed)")
+
+    # 1b. the CA file parses as nats-server reads it: Go's PEM decoder skips a block glued to the next one without an
+    # error, so a reload would "succeed" while those certificates are not trusted
+    text = transport.read_ca_text(target)
+    if text is not None:
+        where = f"CA file {transport.ca_location(target)}"
+        try:
+            res['ca_certificates'] = family_counts(pem_certificates(text, where, strict=True))
+        except PemError as exc:
+            raise TargetError(f"{exc}; not reloaded", permanent=True) from None
+        except ValueError as exc:
+            raise TargetError(f"{where} holds a certificate that does not parse ({_short(exc)}); not reloaded",
+                              permanent=True) from None
 
     # 2. the load time before
     try:

@@ -54,3 +54,18 @@ def test_strict_refusals(text, fragment):
         pem_certificates(text, 'the bundle', strict=True)
     assert fragment in str(info.value) and str(info.value).startswith('the bundle ')
     assert isinstance(info.value, CaRotationError)
+
+
+def test_strict_refuses_what_gos_decoder_would_skip():
+    """nats-server (Go's encoding/pem) skips a block whose BEGIN or END line goes on after its dashes, without an
+    error; OpenSSL refuses such a file. Strict parsing refuses it, naming the block and the line; white space and
+    CRLF line ends are fine."""
+    block = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----'
+    assert len(pem_certificates(block + '\n' + block + '\n', strict=True)) == 2
+    assert len(pem_certificates(block + ' \t\r\n' + block, strict=True)) == 2
+    with pytest.raises(PemError, match=r'ca_file block 1 has text on its END line .*-----BEGIN CERTIFICATE'):
+        pem_certificates(block + block + '\n', 'ca_file', strict=True)
+    with pytest.raises(PemError, match=r'block 2 has text on its BEGIN line'):
+        pem_certificates(block + '\n-----BEGIN CERTIFICATE-----AAAA\n-----END CERTIFICATE-----\n', strict=True)
+    # lenient parsing (reading what is there) still finds both
+    assert len(pem_certificates(block + block)) == 2

@@ -231,6 +231,9 @@ class FakeTransport(reload_base.Transport):
         return [reload_base.Target(name, ca_file=f'/ca/{name}', problem=spec.get('problem'), server_id=spec.get('expect_id'))
                 for name, spec in sorted(self.servers.items())]
 
+    def read_ca_text(self, target):
+        return self.servers[target.name].get('ca_text')
+
     def read_sha256(self, target):
         spec = self.servers[target.name]
         self._log('sha', target.name)
@@ -480,3 +483,48 @@ def test_discovery_is_not_complete_while_someone_knows_more():
     # counts agree, but a route names a server that did not answer
     assert not reload_system._discovery_complete(two, {'A': _statsz(2, 'n1', 'n9'), 'B': _statsz(2, 'n0')})
     assert not reload_system._discovery_complete({}, {})
+
+
+def _self_signed(kind):
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # pylint: disable=import-outside-toplevel
+    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == 'ec' else ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, kind)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256() if kind == 'ec' else None))
+    return cert.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+
+def test_the_ca_file_is_counted_per_family_before_the_reload():
+    text = (_self_signed('ec') + _self_signed('ec') + _self_signed('ed25519')).encode('ascii')
+    _transport, out = run({'n0': {'ca_text': text}, 'n1': {}})
+    assert not out['failed'], out
+    targets = by_name(out)
+    assert targets['n0']['ca_certificates'] == {'ec': 2, 'ed25519': 1}
+    assert targets['n1']['ca_certificates'] is None  # not readable from here (Kubernetes): not counted
+
+
+def test_a_ca_file_nats_would_read_partly_is_not_reloaded():
+    """Two PEM blocks glued together (no line break after END): Go's decoder skips the first without an error, so
+    nats-server would reload "successfully" without trusting it. The target fails before any signal; the others go on."""
+    first, second = _self_signed('ec'), _self_signed('ec')
+    glued = (first.rstrip('\n') + second).encode('ascii')
+    transport, out = run({'n0': {'ca_text': glued}, 'n1': {}, 'n2': {}})
+    targets = by_name(out)
+    assert out['failed'] and not targets['n0']['ok'] and not targets['n0']['signalled']
+    assert 'block 1' in targets['n0']['error'] and 'END line' in targets['n0']['error'] and 'not reloaded' in targets['n0']['error']
+    assert ('reload', 'n0') not in transport.calls
+    assert targets['n1']['ok'] and targets['n2']['ok']
+    # check mode predicts the same failure
+    _transport, predicted = run({'n0': {'ca_text': glued}}, check_mode=True)
+    assert predicted['failed'] and 'END line' in predicted['targets'][0]['error']
+
+
+def test_a_ca_file_with_a_broken_certificate_is_not_reloaded():
+    broken = b'-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'
+    _transport, out = run({'n0': {'ca_text': broken}})
+    assert out['failed'] and 'does not parse' in out['targets'][0]['error'] and not out['targets'][0]['signalled']
