@@ -238,6 +238,9 @@ class Transport:
     name = None
     sha_interval = 0.2
     varz_interval = 0.02
+    #: seconds one ``/varz`` read may take; :func:`reload_servers` bounds it by ``reload_timeout`` so that a server that
+    #: accepts connections but does not answer (stopped) cannot stretch the wait past the timeout the user set
+    varz_timeout = 5.0
 
     def discover(self):
         raise NotImplementedError

@@ -196,6 +196,7 @@ def reload_servers(transport, expect_sha256=None, propagation_timeout=180, reloa
         probe = dict(probe)
         probe['context'] = probe_context(probe)
         probe['timeout'] = float(probe.get('timeout') or 10.0)
+    transport.varz_timeout = min(float(transport.varz_timeout), float(reload_timeout))
     targets = transport.discover()
     if expect and isinstance(transport, SystemTransport):
         missing = [t.name for t in targets if not t.ca_file and not t.problem]

@@ -227,7 +227,7 @@ class KubernetesTransport(Transport):
         host = target.host
         if ':' in host and not host.startswith('['):
             host = f'[{host}]'
-        return http_varz(f"http://{host}:{target.state['monitor_port']}")
+        return http_varz(f"http://{host}:{target.state['monitor_port']}", timeout=self.varz_timeout)
 
     def prepare(self, target):
         target.state['log_marker'] = None

@@ -61,7 +61,7 @@ class LocalTransport(Transport):
         return list(self.targets)
 
     def read_varz(self, target):
-        return http_varz(target.monitor_url)
+        return http_varz(target.monitor_url, timeout=self.varz_timeout)
 
     def _pid(self, target):
         if target.pid_file:

@@ -528,3 +528,22 @@ def test_a_ca_file_with_a_broken_certificate_is_not_reloaded():
     broken = b'-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'
     _transport, out = run({'n0': {'ca_text': broken}})
     assert out['failed'] and 'does not parse' in out['targets'][0]['error'] and not out['targets'][0]['signalled']
+
+
+def test_a_varz_read_never_outlasts_the_reload_timeout(monkeypatch):
+    """A server that accepts connections but does not answer (SIGSTOPped) must not hold the wait for the default 5 s
+    per /varz read when reload_timeout is shorter: every read is bounded by reload_timeout."""
+    seen = []
+
+    def fake_varz(url, timeout=5.0):
+        seen.append(timeout)
+        raise TargetError(f"cannot read {url}/varz: timed out")
+
+    monkeypatch.setattr(reload_local, 'http_varz', fake_varz)
+    transport = reload_local.LocalTransport('signal', [{'name': 'n0', 'pid': os.getpid(), 'monitor_url': 'http://127.0.0.1:9'}])
+    out = reload_engine.reload_servers(transport, reload_timeout=0.5, propagation_timeout=1)
+    assert out['failed'] and 'not reachable before the reload' in out['targets'][0]['error']
+    assert seen and set(seen) == {0.5}
+    transport = reload_local.LocalTransport('signal', [{'name': 'n0', 'pid': os.getpid(), 'monitor_url': 'http://127.0.0.1:9'}])
+    reload_engine.reload_servers(transport, reload_timeout=30, propagation_timeout=1)
+    assert seen[-1] == 5.0  # a long reload_timeout keeps the 5 s bound per read
