@@ -819,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.vms and not args.json:
                 vms = ", ".join(f"{v['name']} {v['user']}@{v['address']}:{v['ssh_port']}" for v in info["vmfleet"]["vms"])
                 print(f"SSH fleet: {vms}; "
-                      f"inventory {info['vmfleet']['inventory']} (ansible-playbook -i {inventory or 'inventories/local'} "
+                      f"inventory {info['vmfleet']['inventory']} (ansible-playbook -i {inventory or '<the inventory of this stack>'} "
                       f"-i {info['vmfleet']['inventory']} playbooks/rotate.yml)")
             return 0
         if args.command == "down":
