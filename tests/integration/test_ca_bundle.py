@@ -344,6 +344,7 @@ def test_defective_issuers_write_nothing(run_module, bao_client, pki, openbao_pa
 
 @pytest.mark.parametrize("defect, fragment", [
     ("expired", "epoch 5) expired at"),
+    ("glued", "has text on its END line after the dashes"),
     ("garbage", "pem certificate 2 is not a valid PEM certificate"),
     ("private_key", "is a PRIVATE KEY, not a CERTIFICATE"),
     ("root_only", "No intermediate to put in the CA bundle"),
@@ -354,7 +355,12 @@ def test_bad_pem_writes_nothing(run_module, bao_client, pki, openbao_params, clu
     good = expected_bundle(bao_client, pki, epochs=[10], include_root=False)
     if defect == "expired":
         # NotAfter exactly expiry(5), which is in the past: OpenBao signs it, the bundle must refuse it
-        extra = add_issuer(bao_client, bad_mount, pki["root_mount"], "epoch-5", "NATS Intermediate CA Epoch 5", sched.expiry(5))
+        # OpenBao returns the PEM without a final newline: one is added so the blocks are not glued
+        extra = add_issuer(bao_client, bad_mount, pki["root_mount"], "epoch-5", "NATS Intermediate CA Epoch 5",
+                           sched.expiry(5)).strip() + "\n"
+    elif defect == "glued":
+        # END and the next BEGIN on one line: Go's PEM decoder (nats-server) would skip the block silently
+        good, extra = good.strip(), ""
     elif defect == "garbage":
         extra = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
     elif defect == "private_key":
