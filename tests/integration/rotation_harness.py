@@ -130,6 +130,8 @@ class Observer(threading.Thread):
 class Traffic(threading.Thread):
     """Continuous JetStream publishing (acked, R3) and consuming over one long-lived mTLS connection each."""
 
+    PUBLISH_TIMEOUT = 5.0  # seconds a publish waits for its acknowledgement
+
     def __init__(self, rs: RotationStack, stream: str = "E2E", rate: float = 50.0, servers: list[str] | None = None,
                  fetch_retry: bool = False, publish_retry: int = 0):
         """``servers``: the URLs both clients connect to (default: every server of the first cluster).
@@ -137,13 +139,14 @@ class Traffic(threading.Thread):
         retried, as a client would, instead of ending the consumer.
         ``publish_retry``: a publish whose acknowledgement times out is sent again, up to that many times, with the same
         ``Nats-Msg-Id`` (the stream deduplicates, so a message stored before the timeout is not stored twice), as a
-        producer that must not lose messages does; every retry is recorded in ``publish_retries``. With 0 a timeout is
+        producer that must not lose messages does; every retry is recorded in ``publish_retries`` as (wall time the timed-out attempt was sent,
+        message number, error). With 0 a timeout is
         an error."""
         super().__init__(daemon=True)
         self.rs, self.stream, self.rate, self.servers, self.fetch_retry = rs, stream, rate, servers, fetch_retry
         self.fetch_errors: list[tuple[float, str]] = []
         self.publish_retry = publish_retry
-        self.publish_retries: list[tuple[float, int, str]] = []  # (wall time, message number, error) per retry
+        self.publish_retries: list[tuple[float, int, str]] = []  # (sent at, message number, error) per retry
         self.acked: list[int] = []
         self.samples: list[tuple[float, float]] = []  # (wall time, publish-to-ack latency in ms) per acked publish
         self.consumed: set[int] = set()
@@ -208,12 +211,13 @@ class Traffic(threading.Thread):
         while not self.stop_event.is_set():
             wall, started = time.time(), time.perf_counter()
             for attempt in range(self.publish_retry + 1):
+                sent = time.time()
                 try:
-                    ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=5,
+                    ack = await js.publish(f"{self.stream.lower()}.msg", f"m{i}".encode(), timeout=self.PUBLISH_TIMEOUT,
                                            headers={"Nats-Msg-Id": f"{self.stream}-m{i}"})
                 except nats_errors.TimeoutError as exc:
                     if attempt < self.publish_retry:
-                        self.publish_retries.append((time.time(), i, repr(exc)))
+                        self.publish_retries.append((sent, i, repr(exc)))
                         continue
                     self.errors.append(f"publish {i}: {exc!r}")
                 except Exception as exc:  # noqa: BLE001
