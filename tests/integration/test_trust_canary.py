@@ -1,8 +1,12 @@
 """ca-trust-canary against a real OpenBao and a real 3-node NATS cluster with short epochs.
 
-Beside repeated rotate.yml runs the canary sees no violation; then each fault is injected and the matching
-violation must show within two intervals: the default issuer moved ahead of the servers' bundle, an expired epoch
-in one server's CA file (written and reloaded on that server only), a server serving a certificate about to expire.
+The canary probes every server's client port and its route (cluster) port: the local stack's servers use one
+``tls`` block (same ca_file, verify: true) for both, so both ports must give the same answers. Beside repeated
+rotate.yml runs the canary sees no violation; then each fault is injected and the matching violation must show
+within two intervals: the default issuer moved ahead of the servers' bundle (on both ports of every server), a new
+epoch delivered to all servers but one (the route ports follow their CA files), an expired epoch in one server's CA
+file (written and reloaded on that server only), a server serving a certificate about to expire (on both ports).
+A route port that does not answer is an error, never a violation; a server without a route port is not probed there.
 ca-rotate-cron then links the canary's verdict into its run report.
 """
 
@@ -51,8 +55,12 @@ def rs(tmp_path_factory):
     stack.down()
 
 
-def canary_config(rs, workdir: Path, port: int) -> Path:
+def canary_config(rs, workdir: Path, port: int | None, routes: dict | None = None, name: str = "canary.yml",
+                  **extra) -> Path:
+    """The canary's configuration for the stack; ``routes`` maps a server name to its ``route`` setting (default:
+    every server's real cluster port)."""
     info = rs.info
+    routes = {s["name"]: s["cluster_port"] for s in rs.servers} if routes is None else routes
     cfg = {
         "openbao": {"url": info["openbao"]["addr"], "token_file": info["openbao"]["token_file"]},
         "pki": {k: info["pki"][k] for k in ("root_mount", "int_mount", "kv_mount")},
@@ -61,13 +69,16 @@ def canary_config(rs, workdir: Path, port: int) -> Path:
         "tls": {"ca_file": info["pki"]["root_pem_file"]},
         "interval": f"{INTERVAL:g}s", "timeout": "3s",
         "expired_grace": f"{EXPIRED_GRACE}s", "served_min_validity": f"{SERVED_MIN}s",
-        "listen": f"127.0.0.1:{port}",
         "verdict_file": str(workdir / "verdict.json"), "metrics_file": str(workdir / "canary.prom"),
         "html_file": str(workdir / "canary.html"),
-        "clusters": [{"name": c["name"], "servers": [{"name": s["name"], "url": s["url"], "ca_file": s["ca_file"]}
-                                                     for s in c["servers"]]} for c in info["clusters"]],
+        "clusters": [{"name": c["name"], "servers": [
+            {"name": s["name"], "url": s["url"], "ca_file": s["ca_file"]} | ({"route": routes[s["name"]]} if s["name"] in routes else {})
+            for s in c["servers"]]} for c in info["clusters"]],
     }
-    path = workdir / "canary.yml"
+    if port is not None:
+        cfg["listen"] = f"127.0.0.1:{port}"
+    cfg.update(extra)
+    path = workdir / name
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -109,6 +120,72 @@ def samples(text: str) -> dict:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def checked_at(v: dict) -> float:
+    return datetime.datetime.fromisoformat(v["checked_at"].replace("Z", "+00:00")).timestamp()
+
+
+PORTS = ("client", "route")
+
+
+def listener(entry: dict, port: str) -> dict:
+    """A verdict's server entry, seen at one port (the client port's results are the entry's own fields)."""
+    return entry if port == "client" else (entry.get("route") or {})
+
+
+def at_ports(v: dict, invariant: str) -> set:
+    return {(x["server"], x["port"]) for x in v["violations"] if x["invariant"] == invariant}
+
+
+def run_once(cfg: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CANARY), "--config", str(cfg), "--once", *args], env=ansible_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def lab(**labels) -> tuple:
+    return tuple(sorted(labels.items()))
+
+
+def check_where_reachable(rs, workdir: Path, default: int) -> None:
+    """A server without a route port is not probed there, a route port that does not answer is an error (never a
+    violation), and route probing switched off (probe_routes: false, --no-route-probes) probes no route port."""
+    workdir.mkdir()
+    probed, closed, bare = rs.servers
+    dead = free_port()
+    cfg = canary_config(rs, workdir, None, routes={probed["name"]: probed["cluster_port"], closed["name"]: dead}, name="routes.yml")
+    once = run_once(cfg)
+    doc = json.loads((workdir / "verdict.json").read_text())
+    by = {x["name"]: x for x in doc["servers"]}
+    assert by[probed["name"]]["route"]["reachable"] is True, by[probed["name"]]
+    assert by[probed["name"]]["route"]["accepted"][str(default)] is True
+    assert by[closed["name"]]["reachable"] is True and by[closed["name"]]["route"]["reachable"] is False
+    assert by[closed["name"]]["route"]["port"] == dead and by[closed["name"]]["route"]["accepted"] == {}
+    assert by[bare["name"]]["route"] is None and by[bare["name"]]["reachable"] is True
+    assert not [v for v in doc["violations"] if v["port"] == "route" and v["server"] != probed["name"]], doc["violations"]
+    route_errors = [e for e in doc["errors"] if e["source"] == "route"]
+    assert len(route_errors) == 1 and closed["name"] in route_errors[0]["where"] and str(dead) in route_errors[0]["msg"], doc["errors"]
+    assert once.returncode == (1 if doc["violation_count"] else 3), (once.returncode, doc["violations"], once.stderr[-2000:])
+    prom = samples((workdir / "canary.prom").read_text())
+    assert prom[("ca_trust_canary_server_up", lab(cluster="local", port="route", server=closed["name"]))] == 0
+    assert prom[("ca_trust_canary_server_up", lab(cluster="local", port="route", server=probed["name"]))] == 1
+    assert prom[("ca_trust_canary_server_up", lab(cluster="local", port="client", server=bare["name"]))] == 1
+    assert not [k for k in prom if dict(k[1]).get("server") == bare["name"] and dict(k[1]).get("port") == "route"]
+    assert prom[("ca_trust_canary_check_errors_last", lab(source="route"))] == 1
+
+    # switched off, in the file or on the command line: no route port is probed, whatever the servers name
+    off = canary_config(rs, workdir, None, name="off.yml", probe_routes=False)
+    for argv in ((off,), (cfg, "--no-route-probes")):
+        once = run_once(*argv)
+        doc = json.loads((workdir / "verdict.json").read_text())
+        assert [x["route"] for x in doc["servers"]] == [None, None, None], (argv, doc["servers"])
+        assert all(x["reachable"] for x in doc["servers"]) and not [e for e in doc["errors"] if e["source"] == "route"]
+        assert 'port="route"' not in (workdir / "canary.prom").read_text()
+        assert once.returncode == (1 if doc["violation_count"] else 0 if doc["complete"] else 3), once.stderr[-2000:]
+
+
+def rs_server(rs, name: str) -> dict:
+    return next(s for s in rs.servers if s["name"] == name)
 
 
 def sighup(server: dict) -> None:
@@ -154,10 +231,30 @@ def test_canary_beside_rotations_then_each_fault(rs, tmp_path):
         assert clean["ok"] and clean["default_epoch"] is not None
         default = clean["default_epoch"]
         for s in servers:
-            assert m[("ca_trust_canary_epoch_accepted", (("cluster", "local"), ("epoch", str(default)), ("server", s["name"])))] == 1
-            assert m[("ca_trust_canary_server_up", (("cluster", "local"), ("server", s["name"])))] == 1
-            assert ("ca_trust_canary_served_certificate_expiry_seconds", (("cluster", "local"), ("server", s["name"]))) in m
-        assert any(n == "ca_trust_canary_handshake_seconds_count" for n, _l in m)
+            for kind in PORTS:
+                assert m[("ca_trust_canary_epoch_accepted", lab(cluster="local", epoch=str(default), port=kind, server=s["name"]))] == 1
+                assert m[("ca_trust_canary_server_up", lab(cluster="local", port=kind, server=s["name"]))] == 1
+                assert ("ca_trust_canary_served_certificate_expiry_seconds", lab(cluster="local", port=kind, server=s["name"])) in m
+                assert m[("ca_trust_canary_handshake_seconds_count", lab(cluster="local", port=kind, server=s["name"]))] >= 1
+        # the route port answers as the client port does: valid epochs accepted, expired ones refused (one tls block,
+        # one ca_file); an epoch within seconds of its end may change state between the two handshakes
+        states = {e["epoch"]: e for e in clean["epochs"]}
+        expired_refused = set()
+        for entry in clean["servers"]:
+            route = entry["route"]
+            assert route and route["reachable"] is True and route["port"] == rs_server(rs, entry["name"])["cluster_port"], entry
+            assert route["served_epoch"] is not None and route["accepted"][str(default)] is True
+            for epoch, ok in entry["accepted"].items():
+                issuer = states.get(int(epoch))
+                ends = datetime.datetime.fromisoformat(issuer["not_after"].replace("Z", "+00:00")).timestamp() if issuer else 0
+                if issuer is None or abs(ends - checked_at(clean)) < 5:
+                    continue
+                assert route["accepted"].get(epoch) == ok, (entry["name"], epoch, issuer["state"], entry)
+                if issuer["state"] == "expired":
+                    assert ok is False
+                    expired_refused.add(int(epoch))
+        assert bootstrap in expired_refused, (bootstrap, clean["servers"])
+        check_where_reachable(rs, tmp_path / "where-reachable", default)
         assert any(n == "ca_trust_canary_bundle_member_expiry_seconds" for n, _l in m)
         textfile = samples((tmp_path / "canary.prom").read_text())
         assert ("ca_trust_canary_verdict_ok", ()) in textfile
@@ -189,16 +286,45 @@ def test_canary_beside_rotations_then_each_fault(rs, tmp_path):
         bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{ahead}")
         hit = wait_for(lambda: violation_after(tmp_path, injected, "default_not_trusted"), 2 * INTERVAL + 6,
                        "default_not_trusted")
-        found = {v["server"] for v in hit["violations"] if v["invariant"] == "default_not_trusted"}
-        assert found == {s["name"] for s in servers}
+        assert at_ports(hit, "default_not_trusted") == {(s["name"], p) for s in servers for p in PORTS}
         fault1 = time.time() - injected
         assert not [e for e in hit["errors"] if e["source"] == "openbao"]
         alert = samples(scrape(port))
-        assert alert[("ca_trust_canary_violation", (("cluster", "local"), ("invariant", "default_not_trusted"),
-                                                    ("server", servers[0]["name"])))] == 1
+        for kind in PORTS:
+            assert alert[("ca_trust_canary_violation", lab(cluster="local", invariant="default_not_trusted", port=kind,
+                                                           server=servers[0]["name"]))] == 1
         bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{default}")
         wait_for(lambda: (v := verdict(tmp_path)) and v["default_epoch"] == default and not v["violations"] and v, 10,
                  "the default issuer back, no violation")
+
+        # ---- fault 1b: the epoch ahead delivered to every server but one; the route ports follow their CA files
+        ahead_pem = client.read(f"{int_mount}/issuer/epoch-{ahead}")["data"]["certificate"].strip() + "\n"
+        left_out = servers[0]
+        saved = {s["name"]: Path(s["ca_file"]).read_text() for s in servers}
+        for s in servers[1:]:
+            Path(s["ca_file"]).write_text(saved[s["name"]] + ahead_pem)
+            sighup(s)
+        injected = time.time()
+        want = {(s["name"], p): s is not left_out for s in servers for p in PORTS}
+
+        def delivered():
+            v = verdict(tmp_path)
+            if not v or checked_at(v) < int(injected):
+                return None
+            got = {(x["name"], p): listener(x, p).get("accepted", {}).get(str(ahead)) for x in v["servers"] for p in PORTS}
+            return v if got == want else None
+        wait_for(delivered, 2 * INTERVAL + 6, f"epoch-{ahead} accepted on both ports of every server but {left_out['name']}")
+        injected = time.time()
+        bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{ahead}")
+        hit = wait_for(lambda: violation_after(tmp_path, injected, "default_not_trusted"), 2 * INTERVAL + 6,
+                       "default_not_trusted on the server left out")
+        assert at_ports(hit, "default_not_trusted") == {(left_out["name"], p) for p in PORTS}, hit["violations"]
+        bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{default}")
+        for s in servers[1:]:
+            Path(s["ca_file"]).write_text(saved[s["name"]])
+            sighup(s)
+        wait_for(lambda: (v := verdict(tmp_path)) and v["default_epoch"] == default and not v["violations"] and v, 10,
+                 "the default issuer and the CA files back, no violation")
 
         # ---- fault 2: an expired epoch still in one server's CA file (written and reloaded on that server only)
         victim = servers[0]
@@ -212,6 +338,11 @@ def test_canary_beside_rotations_then_each_fault(rs, tmp_path):
         fault2 = time.time() - injected
         bad = [v for v in hit["violations"] if v["invariant"] == "expired_in_bundle"]
         assert {v["server"] for v in bad} == {victim["name"]} and bad[0]["epoch"] == bootstrap
+        assert {v["port"] for v in bad} == {None}  # about the file, not a port
+        # with the expired intermediate back in its ca_file, both ports still refuse that epoch's leaf
+        entry = [x for x in hit["servers"] if x["name"] == victim["name"]][0]
+        assert {p: listener(entry, p)["accepted"].get(str(bootstrap)) for p in PORTS} == {"client": False, "route": False}
+        assert not at_ports(hit, "expired_accepted")
         Path(victim["ca_file"]).write_text(current)
         sighup(victim)
 
@@ -229,10 +360,13 @@ def test_canary_beside_rotations_then_each_fault(rs, tmp_path):
         hit = wait_for(lambda: violation_after(tmp_path, injected, "served_expiring", victim["name"]), 2 * INTERVAL + 4,
                        "served_expiring")
         fault3 = time.time() - injected
-        bad = [v for v in hit["violations"] if v["invariant"] == "served_expiring"]
-        assert {v["server"] for v in bad} == {victim["name"]}
+        # the route port serves the same cert_file (one tls block): is it reloaded there too by now?
+        hit = wait_for(lambda: (v := violation_after(tmp_path, injected, "served_expiring", victim["name"]))
+                       and (victim["name"], "route") in at_ports(v, "served_expiring") and v, 2 * INTERVAL + 4,
+                       "served_expiring on the route port")
+        assert at_ports(hit, "served_expiring") == {(victim["name"], p) for p in PORTS}, hit["violations"]
         served = [s for s in hit["servers"] if s["name"] == victim["name"]][0]
-        assert served["served_epoch"] == oldest
+        assert served["served_epoch"] == oldest and served["route"]["served_epoch"] == oldest
 
         m = samples(scrape(port))
         assert m[("ca_trust_canary_invariant_violations_total", (("invariant", "served_expiring"),))] >= 1

@@ -126,20 +126,108 @@ def test_metrics_parse_and_carry_every_invariant():
                                        {'epoch': None, 'kind': 'root', 'not_after': iso(NOW), 'sha256': 'r'}])])
     result = checks.evaluate(obs, 600, 3600)
     metrics = CanaryMetrics()
-    metrics.update(obs, result, [(('east', 'nats-0'), 0.012)], 30, 0.3)
+    metrics.update(obs, result, [(('east', 'nats-0', 'client'), 0.012)], 30, 0.3)
     samples = {}
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    assert samples[('ca_trust_canary_epoch_accepted', (('cluster', 'east'), ('epoch', '10'), ('server', 'nats-0')))] == 0
+    assert samples[('ca_trust_canary_epoch_accepted', (('cluster', 'east'), ('epoch', '10'), ('port', 'client'), ('server', 'nats-0')))] == 0
     assert samples[('ca_trust_canary_invariant_violations_total', (('invariant', 'default_not_trusted'),))] == 1
     assert samples[('ca_trust_canary_invariant_violations_total', (('invariant', 'expired_in_bundle'),))] == 0
-    assert samples[('ca_trust_canary_violation', (('cluster', 'east'), ('invariant', 'default_not_trusted'), ('server', 'nats-0')))] == 1
+    assert samples[('ca_trust_canary_violation', (('cluster', 'east'), ('invariant', 'default_not_trusted'), ('port', 'client'),
+                                                  ('server', 'nats-0')))] == 1
     assert ('ca_trust_canary_bundle_member_expiry_seconds', (('cluster', 'east'), ('epoch', 'root'), ('server', 'nats-0'))) in samples
-    assert samples[('ca_trust_canary_handshake_seconds_count', (('cluster', 'east'), ('server', 'nats-0')))] == 1
+    assert samples[('ca_trust_canary_handshake_seconds_count', (('cluster', 'east'), ('port', 'client'), ('server', 'nats-0')))] == 1
+    assert not [k for k in samples if dict(k[1]).get('port') == 'route']  # no route port probed: no route series
     # the next round clears what is no longer true
     metrics.update(observation([server(accepted=HEALTHY)]), {'ok': True, 'violations': [], 'errors': []}, [], 30, 0.3)
     assert b'ca_trust_canary_violation{' not in generate_latest(metrics.registry)
+
+
+def route(accepted=None, reachable=True, served_hours=20.0, port=6222, **extra):
+    entry = {'host': '127.0.0.1', 'port': port, 'reachable': reachable, 'error': None if reachable else 'cannot connect',
+             'accepted': accepted or {}, 'details': {}, 'problems': [],
+             'served': {'issuer_epoch': 10, 'not_after': iso(NOW + datetime.timedelta(hours=served_hours))} if reachable else None}
+    entry.update(extra)
+    return entry
+
+
+def at_ports(result):
+    return sorted((v['invariant'], v['server'], v['port'], v['epoch']) for v in result['violations'])
+
+
+def test_route_port_is_checked_like_the_client_port():
+    """A refusal, an acceptance of an expired epoch or an expiring certificate on the route port is a violation that
+    names the port; the client port's answers are unchanged."""
+    obs = observation([server(accepted=HEALTHY, route=route(accepted={**HEALTHY, 8: True, 9: False}, served_hours=0.5)),
+                       server('nats-1', accepted=HEALTHY, route=route(accepted=HEALTHY))])
+    assert at_ports(checks.evaluate(obs, 600, 3600)) == [('expired_accepted', 'nats-0', 'route', 8),
+                                                         ('served_expiring', 'nats-0', 'route', 10),
+                                                         ('valid_refused', 'nats-0', 'route', 9)]
+    obs = observation([server(accepted={**HEALTHY, 10: False}, route=route(accepted={**HEALTHY, 10: False}))])
+    assert at_ports(checks.evaluate(obs, 600, 3600)) == [('default_not_trusted', 'nats-0', 'client', 10),
+                                                         ('default_not_trusted', 'nats-0', 'route', 10)]
+
+
+def test_unreachable_route_port_is_an_error_and_a_server_without_one_is_not_probed():
+    obs = observation([server(accepted=HEALTHY, route=route(reachable=False, port=7222)), server('nats-1', accepted=HEALTHY)])
+    result = checks.evaluate(obs, 600, 3600)
+    assert result['ok'] and result['errors'] == [{'source': 'route', 'where': 'east/nats-0 route port 127.0.0.1:7222',
+                                                  'msg': 'cannot connect'}]
+    doc = checks.verdict_document(obs, result, 30)
+    assert doc['complete'] is False and doc['servers'][0]['route']['reachable'] is False and doc['servers'][1]['route'] is None
+    metrics = CanaryMetrics()
+    metrics.update(obs, result, [(('east', 'nats-0', 'client'), 0.01)], 30, 0.3)
+    text = generate_latest(metrics.registry).decode()
+    assert 'ca_trust_canary_server_up{cluster="east",port="route",server="nats-0"} 0.0' in text
+    assert 'ca_trust_canary_check_errors_last{source="route"} 1.0' in text
+    assert 'port="route",server="nats-1"' not in text and 'ca_trust_canary_epoch_accepted{cluster="east",epoch="9",port="route"' not in text
+    # an inconclusive route handshake is a tls error, not a refusal
+    obs = observation([server(accepted=HEALTHY, route=route(accepted={**HEALTHY, 10: None}, problems=['epoch-10: timed out']))])
+    result = checks.evaluate(obs, 600, 3600)
+    assert result['ok'] and [(e['source'], e['where']) for e in result['errors']] == [('tls', 'east/nats-0 route port 127.0.0.1:6222')]
+
+
+def test_route_port_in_verdict_timeline_and_metrics():
+    expired = [{'epoch': 7, 'kind': 'intermediate', 'not_after': iso(NOW - datetime.timedelta(hours=1)), 'sha256': 'sha-7'}]
+    obs = observation([server(accepted=HEALTHY, members=expired, route=route(accepted={**HEALTHY, 9: False}))])
+    result = checks.evaluate(obs, 600, 3600)
+    assert at_ports(result) == [('expired_in_bundle', 'nats-0', None, 7), ('valid_refused', 'nats-0', 'route', 9)]
+    doc = json.loads(json.dumps(checks.verdict_document(obs, result, 30)))
+    assert doc['servers'][0]['route']['accepted']['9'] is False
+    assert doc['servers'][0]['route']['port'] == 6222 and doc['servers'][0]['accepted']['9'] is True
+    model = checks.timeline_model(obs, result, ['east'])
+    rows = {r['name']: r for r in model['clusters'][0]['servers']}
+    assert rows['nats-0']['status'] == 'mismatch' and rows['nats-0']['note'] == 'expired_in_bundle'  # the CA file: its own row
+    assert rows['nats-0 route']['status'] == 'mismatch'
+    assert rows['nats-0 route']['note'] == 'route port 127.0.0.1:6222: valid_refused' and rows['nats-0 route']['loaded'] is None
+    page = render_timeline(model)
+    assert 'data-server="nats-0 route"' in page and 'data-status="mismatch"' in page
+    metrics = CanaryMetrics()
+    metrics.update(obs, result, [(('east', 'nats-0', 'client'), 0.01), (('east', 'nats-0', 'route'), 0.02)], 30, 0.3)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()) for s in f.samples}
+    key = (('cluster', 'east'), ('epoch', '9'), ('port', '%s'), ('server', 'nats-0'))
+    assert samples[('ca_trust_canary_epoch_accepted', tuple((k, v % 'route' if k == 'port' else v) for k, v in key))] == 0
+    assert samples[('ca_trust_canary_epoch_accepted', tuple((k, v % 'client' if k == 'port' else v) for k, v in key))] == 1
+    assert samples[('ca_trust_canary_violation', (('cluster', 'east'), ('invariant', 'valid_refused'), ('port', 'route'),
+                                                  ('server', 'nats-0')))] == 1
+    assert samples[('ca_trust_canary_handshake_seconds_count', (('cluster', 'east'), ('port', 'route'), ('server', 'nats-0')))] == 1
+    assert samples[('ca_trust_canary_violation', (('cluster', 'east'), ('invariant', 'expired_in_bundle'), ('port', ''),
+                                                  ('server', 'nats-0')))] == 1
+    assert ('ca_trust_canary_bundle_member_expiry_seconds', (('cluster', 'east'), ('epoch', '7'), ('server', 'nats-0'))) in samples
+
+
+def test_tls_errors_are_classified_without_calling_a_plaintext_peer_a_refusal():
+    import ssl  # pylint: disable=import-outside-toplevel
+    from catools.canary.probe import classify_tls_error  # pylint: disable=import-outside-toplevel
+    plain = ssl.SSLError(1, '[SSL: WRONG_VERSION_NUMBER] wrong version number')
+    plain.reason = 'WRONG_VERSION_NUMBER'
+    assert classify_tls_error(plain, 'h:1')[0] == 'unreachable'
+    alert = ssl.SSLError(1, '[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca')
+    alert.reason = 'TLSV1_ALERT_UNKNOWN_CA'
+    assert classify_tls_error(alert, 'h:1')[0] == 'refused'
+    assert classify_tls_error(ssl.SSLCertVerificationError(1, 'certificate has expired'), 'h:1')[0] == 'untrusted_server'
 
 
 def base_config(**extra):
@@ -159,6 +247,13 @@ def base_config(**extra):
     ({'listen': 'host:port'}, 'listen'),
     ({'surprise': 1}, 'config.surprise'),
     ({'tls': {'ca_file': '/does/not/exist'}}, 'tls.ca_file'),
+    ({'clusters': [{'name': 'a', 'servers': [{'url': 'tls://h:4222', 'route': 'h:six'}]}]}, 'clusters[0].servers[0].route'),
+    ({'clusters': [{'name': 'a', 'servers': [{'url': 'tls://h:4222', 'route': 70000}]}]}, 'clusters[0].servers[0].route'),
+    ({'clusters': [{'name': 'a', 'servers': [{'url': 'tls://h:4222', 'route': 'nats-route://h:4222'}]}]},
+     'clusters[0].servers[0].route'),
+    ({'clusters': [{'name': 'a', 'route_port': 0, 'servers': ['tls://h:4222']}]}, 'clusters[0].route_port'),
+    ({'clusters': [{'name': 'a', 'route_port': 4222, 'servers': ['tls://h:4222']}]}, 'clusters[0].route_port'),
+    ({'probe_routes': 'sometimes'}, 'probe_routes'),
 ])
 def test_bad_configuration_names_the_option(extra, option, monkeypatch):
     monkeypatch.delenv('BAO_ADDR', raising=False)
@@ -172,6 +267,24 @@ def test_configuration_defaults_and_overrides():
     cfg = build_config(base_config(schedule={'epoch_duration': '6h'}), args)
     assert cfg.interval == 5 and cfg.listen == ('127.0.0.1', 9464) and cfg.served_min_validity == 6 * 3600
     assert cfg.servers[0].where == 'east/127.0.0.1:4222' and cfg.role == 'ca-trust-canary'
+
+
+def test_route_port_configuration():
+    cfg = build_config(base_config(clusters=[
+        {'name': 'east', 'route_port': 6222, 'servers': [
+            'tls://n0:4222',
+            {'url': 'tls://n1:4222', 'route': 7222},
+            {'url': 'tls://n2:4222', 'route': 'nats-route://n2-cluster'},
+            {'url': 'tls://n3:4222', 'route': 'n3-cluster:7000'},
+            {'url': 'tls://n4:4222', 'route': False},
+        ]},
+        {'name': 'west', 'servers': ['tls://w0:4222']}]))
+    assert [s.route for s in cfg.servers] == [('n0', 6222), ('n1', 7222), ('n2-cluster', 6222), ('n3-cluster', 7000), None, None]
+    assert cfg.probe_routes is True and cfg.servers[0].endpoint('client') == ('n0', 4222)
+    args = types.SimpleNamespace(interval=None, listen=None, metrics_file=None, verdict_file=None, html_file=None,
+                                 no_route_probes=True)
+    assert build_config(base_config(), args).probe_routes is False
+    assert build_config(base_config(probe_routes=False)).probe_routes is False
 
 
 def test_cron_links_the_canary_verdict(tmp_path):

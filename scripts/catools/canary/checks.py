@@ -11,7 +11,13 @@ Observation (what ``cli.Canary.observe`` gathered)::
                   'accepted': {epoch: True | False | None},        # None: the handshake was inconclusive
                   'served': {'issuer_epoch', 'not_after', ...} | None,
                   'ca_file': str | None, 'ca_members': [{'epoch', 'kind', 'not_after', 'sha256'}] | None,
-                  'ca_error': str | None}]}
+                  'ca_error': str | None,
+                  'route': None | {'host', 'port', 'reachable', 'error', 'accepted', 'details', 'served', 'problems'}}]}
+
+The top-level ``reachable`` / ``accepted`` / ``served`` of a server are its client port's; ``route`` holds the same for
+its route (cluster) port, or is None when that port is not probed (none configured, or route probing off). The
+handshake invariants below hold on every probed port: each such violation names its ``port`` (``client`` or
+``route``); the CA file invariants are about the file and name no port.
 
 Invariants (each violation names one of these):
 
@@ -24,8 +30,8 @@ Invariants (each violation names one of these):
 ``distrusted_in_bundle``  a server's CA file holds the intermediate of a revoked issuer
 ``served_expiring``       a server serves a certificate that expires within ``served_min_validity`` (or has expired)
 
-Whatever could not be checked (OpenBao down, a server unreachable, a leaf that could not be issued, an unreadable
-CA file) is an *error*, never a violation.
+Whatever could not be checked (OpenBao down, a server or its route port unreachable, a leaf that could not be issued,
+an unreadable CA file) is an *error*, never a violation.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import datetime
 
 INVARIANTS = ('default_not_trusted', 'valid_refused', 'expired_accepted', 'distrusted_accepted', 'expired_in_bundle',
               'distrusted_in_bundle', 'served_expiring')
-ERROR_SOURCES = ('openbao', 'server', 'leaf', 'ca_file', 'tls')
+ERROR_SOURCES = ('openbao', 'server', 'route', 'leaf', 'ca_file', 'tls')
+PORTS = ('client', 'route')
 SCHEMA = 'securetransport.ca_trust_canary_verdict/v1'
 _VALID_STATES = ('active', 'valid', 'prepared')
 
@@ -49,15 +56,24 @@ def _seconds(delta):
     return round(delta.total_seconds(), 3)
 
 
+def listeners(server):
+    """``[(port, probe)]``: the server's probed listeners, the client port first (its results are the server's own
+    top-level fields), then the route port when it was probed."""
+    out = [('client', server)]
+    if server.get('route'):
+        out.append(('route', server['route']))
+    return out
+
+
 def evaluate(obs, expired_grace=0, served_min_validity=0):
     """``{'ok', 'violations': [...], 'errors': [...]}`` for one observation; ``ok`` means no violation
     (errors are reported beside it: nothing could be proven about what was not reached)."""
     now = obs['now']
     violations, errors = [], []
 
-    def violate(invariant, server, msg, epoch=None):
+    def violate(invariant, server, msg, epoch=None, port=None):
         violations.append({'invariant': invariant, 'cluster': server.get('cluster') if server else None,
-                           'server': server.get('name') if server else None, 'epoch': epoch, 'msg': msg})
+                           'server': server.get('name') if server else None, 'port': port, 'epoch': epoch, 'msg': msg})
 
     bao = obs.get('openbao') or {}
     if not bao.get('ok'):
@@ -71,36 +87,42 @@ def evaluate(obs, expired_grace=0, served_min_validity=0):
     proven = obs.get('proven') or {}
 
     for server in obs.get('servers') or []:
-        where = '%s/%s' % (server.get('cluster'), server.get('name'))
-        if server.get('reachable') is False:
-            errors.append({'source': 'server', 'where': where, 'msg': server.get('error') or 'unreachable'})
-        for problem in server.get('problems') or []:
-            errors.append({'source': 'tls', 'where': where, 'msg': problem})
-        accepted = server.get('accepted') or {}
-        if server.get('reachable'):
-            details = server.get('details') or {}
+        name = '%s/%s' % (server.get('cluster'), server.get('name'))
+        for port, probe in listeners(server):
+            where = name if port == 'client' else '%s route port %s:%s' % (name, probe.get('host'), probe.get('port'))
+            if probe.get('reachable') is False:
+                errors.append({'source': 'server' if port == 'client' else 'route', 'where': where,
+                               'msg': probe.get('error') or 'unreachable'})
+            for problem in probe.get('problems') or []:
+                errors.append({'source': 'tls', 'where': where, 'msg': problem})
+            if not probe.get('reachable'):
+                continue
+            accepted = probe.get('accepted') or {}
+            details = probe.get('details') or {}
             if default is not None and accepted.get(default) is False:
                 violate('default_not_trusted', server, '%s refuses a leaf of epoch-%s, the default issuer: new leaves are '
-                        'issued by an epoch this server does not trust (%s)' % (where, default, details.get(default)), default)
+                        'issued by an epoch this server does not trust (%s)' % (where, default, details.get(default)), default, port)
             record = proven.get(server.get('cluster')) or {}
             for epoch in record.get('epochs') or []:
                 if states.get(epoch) in _VALID_STATES and accepted.get(epoch) is False and epoch != default:
                     violate('valid_refused', server, '%s refuses a leaf of epoch-%s, which is valid and in the bundle its '
-                            'cluster proved (%s)' % (where, epoch, details.get(epoch)), epoch)
+                            'cluster proved (%s)' % (where, epoch, details.get(epoch)), epoch, port)
             for epoch, ok in sorted(accepted.items()):
                 if ok and states.get(epoch) == 'expired':
-                    violate('expired_accepted', server, '%s accepts a leaf of expired epoch-%s' % (where, epoch), epoch)
+                    violate('expired_accepted', server, '%s accepts a leaf of expired epoch-%s' % (where, epoch), epoch, port)
                 if ok and states.get(epoch) == 'revoked':
                     violate('distrusted_accepted', server, '%s accepts a leaf of distrusted (revoked) epoch-%s' % (where, epoch),
-                            epoch)
-            served = server.get('served') or {}
+                            epoch, port)
+            served = probe.get('served') or {}
             not_after = parse_time(served.get('not_after'))
             if not_after is not None:
                 left = (not_after - now).total_seconds()
                 if left < served_min_validity:
                     violate('served_expiring', server, '%s serves a certificate of epoch-%s that %s' % (
                         where, served.get('issuer_epoch'), 'expired %ss ago' % _seconds(now - not_after) if left < 0 else
-                        'expires in %ss (less than %ss)' % (round(left, 1), served_min_validity)), served.get('issuer_epoch'))
+                        'expires in %ss (less than %ss)' % (round(left, 1), served_min_validity)), served.get('issuer_epoch'),
+                        port)
+        where = name
         if server.get('ca_error'):
             errors.append({'source': 'ca_file', 'where': where, 'msg': server['ca_error']})
         for member in server.get('ca_members') or []:
@@ -139,8 +161,19 @@ def verdict_document(obs, result, interval, duration=None):
             'ca_epochs': sorted({m['epoch'] for m in s.get('ca_members') or [] if m.get('epoch') is not None}, reverse=True)
             if s.get('ca_members') is not None else None,
             'error': s.get('error'),
+            'route': _route_document(s.get('route')),
         } for s in obs.get('servers') or []],
     }
+
+
+def _route_document(route):
+    """The verdict's view of a server's route port; None when it was not probed."""
+    if not route:
+        return None
+    return {'host': route.get('host'), 'port': route.get('port'), 'reachable': route.get('reachable'),
+            'accepted': {str(k): v for k, v in sorted((route.get('accepted') or {}).items())},
+            'served_epoch': (route.get('served') or {}).get('issuer_epoch'),
+            'served_not_after': (route.get('served') or {}).get('not_after'), 'error': route.get('error')}
 
 
 _TIMELINE_STATES = {'active': 'active', 'prepared': 'prepared', 'valid': 'valid', 'expired': 'expired', 'revoked': 'distrusted'}
@@ -150,7 +183,7 @@ def timeline_model(obs, result, clusters):
     """The ``_status.html`` timeline model of one round."""
     bad = {}
     for v in result['violations']:
-        bad.setdefault((v['cluster'], v['server']), []).append(v['invariant'])
+        bad.setdefault((v['cluster'], v['server'], v.get('port')), []).append(v['invariant'])
     servers = {(s.get('cluster'), s.get('name')): s for s in obs.get('servers') or []}
     out_clusters = []
     for name in clusters:
@@ -158,17 +191,23 @@ def timeline_model(obs, result, clusters):
         for (cluster, sname), s in servers.items():
             if cluster != name:
                 continue
-            codes = bad.get((cluster, sname)) or []
-            status = 'unreachable' if s.get('reachable') is False else ('mismatch' if codes else (
-                'ok' if s.get('reachable') else 'unknown'))
-            members = s.get('ca_members')
-            rows.append({'name': sname, 'status': status,
-                         'loaded': None if members is None else sorted({m['epoch'] for m in members if m.get('epoch') is not None},
-                                                                       reverse=True),
-                         'served_epoch': (s.get('served') or {}).get('issuer_epoch'),
-                         'served_not_after': (s.get('served') or {}).get('not_after'),
-                         'accepted': {k: v for k, v in (s.get('accepted') or {}).items() if v is not None},
-                         'note': ', '.join(sorted(set(codes))) or s.get('error') or ''})
+            for port, probe in listeners(s):
+                codes = bad.get((cluster, sname, port)) or []
+                if port == 'client':  # a CA file violation is shown on the server's own (client) row
+                    codes = codes + (bad.get((cluster, sname, None)) or [])
+                status = 'unreachable' if probe.get('reachable') is False else ('mismatch' if codes else (
+                    'ok' if probe.get('reachable') else 'unknown'))
+                members = s.get('ca_members') if port == 'client' else None
+                note = ', '.join(sorted(set(codes))) or probe.get('error') or ''
+                if port == 'route':
+                    note = ('route port %s:%s' % (probe.get('host'), probe.get('port'))) + (': ' + note if note else '')
+                rows.append({'name': sname if port == 'client' else '%s route' % sname, 'status': status,
+                             'loaded': None if members is None else sorted({m['epoch'] for m in members if m.get('epoch') is not None},
+                                                                           reverse=True),
+                             'served_epoch': (probe.get('served') or {}).get('issuer_epoch'),
+                             'served_not_after': (probe.get('served') or {}).get('not_after'),
+                             'accepted': {k: v for k, v in (probe.get('accepted') or {}).items() if v is not None},
+                             'note': note})
         note = ((obs.get('proven') or {}).get(name) or {}).get('note')
         out_clusters.append({'name': name, 'servers': rows, 'note': note})
     now = obs['now'].strftime('%Y-%m-%dT%H:%M:%SZ')

@@ -106,30 +106,46 @@ class Canary:
         return obs
 
     # ------------------------------------------------------------------ servers
-    def _server(self, server, leaves):
+    def _probe(self, server, leaves, kind):
+        """Every leaf against one listener (``client`` or ``route``) of ``server``: ``{'reachable', 'error', 'accepted',
+        'details', 'served', 'problems', 'handshakes'}``; the first unreachable handshake ends it."""
         # pylint: disable-next=import-outside-toplevel
-        from catools.canary.probe import handshake, read_ca_file
+        from catools.canary.probe import handshake
         cfg = self.cfg
-        entry = {'cluster': server.cluster, 'name': server.name, 'url': server.url, 'reachable': None, 'error': None,
-                 'accepted': {}, 'served': None, 'problems': [], 'ca_file': server.ca_file, 'ca_members': None, 'ca_error': None,
-                 'handshakes': [], 'details': {}}
+        host, port = server.endpoint(kind)
+        out = {'host': host, 'port': port, 'reachable': None, 'error': None, 'accepted': {}, 'details': {}, 'served': None,
+               'problems': [], 'handshakes': []}
         for epoch, leaf in sorted(leaves.items()):
-            res = handshake(server, leaf, cfg.tls_ca_file, cfg.tls_server_name, cfg.timeout)
+            res = handshake(server, leaf, cfg.tls_ca_file, cfg.tls_server_name, cfg.timeout, kind)
             if res['seconds'] is not None:
-                entry['handshakes'].append(res['seconds'])
+                out['handshakes'].append(res['seconds'])
             if res['outcome'] == 'unreachable':
-                entry.update(reachable=False, error=res['detail'])
+                out.update(reachable=False, error=res['detail'])
                 break
-            entry['reachable'] = True
-            entry['served'] = entry['served'] or res['served']
-            if res.get('server_problem') and res['server_problem'] not in entry['problems']:
-                entry['problems'].append(res['server_problem'])
+            out['reachable'] = True
+            out['served'] = out['served'] or res['served']
+            if res.get('server_problem') and res['server_problem'] not in out['problems']:
+                out['problems'].append(res['server_problem'])
             if res['outcome'] in ('accepted', 'refused'):
-                entry['accepted'][epoch] = res['outcome'] == 'accepted'
-                entry['details'][epoch] = res['detail']
+                out['accepted'][epoch] = res['outcome'] == 'accepted'
+                out['details'][epoch] = res['detail']
             else:
-                entry['accepted'][epoch] = None
-                entry['problems'].append('epoch-%s: %s' % (epoch, res['detail']))
+                out['accepted'][epoch] = None
+                out['problems'].append('epoch-%s: %s' % (epoch, res['detail']))
+        return out
+
+    def _server(self, server, leaves):
+        """One server's observation: the client port's results at the top (``reachable``, ``accepted``, ...), the
+        route port's under ``route`` (None when it is not probed), and its CA file."""
+        # pylint: disable-next=import-outside-toplevel
+        from catools.canary.probe import read_ca_file
+        cfg = self.cfg
+        client = self._probe(server, leaves, 'client')
+        entry = {'cluster': server.cluster, 'name': server.name, 'url': server.url, 'ca_file': server.ca_file,
+                 'ca_members': None, 'ca_error': None, 'route': None}
+        entry.update({k: v for k, v in client.items() if k not in ('host', 'port')})
+        if cfg.probe_routes and server.route:
+            entry['route'] = self._probe(server, leaves, 'route')
         if server.ca_file:
             entry['ca_members'], entry['ca_error'] = read_ca_file(server.ca_file, cfg.schedule)
         return entry
@@ -164,7 +180,8 @@ class Canary:
         duration = round(time.monotonic() - started, 3)
         verdict = verdict_document(obs, result, cfg.interval, duration)
         page = render_timeline(timeline_model(obs, result, [c['name'] for c in cfg.clusters]))
-        handshakes = [((s['cluster'], s['name']), t) for s in obs['servers'] for t in s['handshakes']]
+        handshakes = [((s['cluster'], s['name'], 'client'), t) for s in obs['servers'] for t in s['handshakes']]
+        handshakes += [((s['cluster'], s['name'], 'route'), t) for s in obs['servers'] for t in (s.get('route') or {}).get('handshakes', [])]
         self.metrics.update(obs, result, handshakes, cfg.interval, duration)
         with self.lock:
             self.last = {'verdict': verdict, 'html': page}
@@ -180,12 +197,12 @@ class Canary:
     def _report(self, result):
         keys = set()
         for v in result['violations']:
-            key = (v['invariant'], v['cluster'], v['server'], v['epoch'])
+            key = (v['invariant'], v['cluster'], v['server'], v.get('port'), v['epoch'])
             keys.add(key)
             if key not in self.seen:
                 _log('VIOLATION %s: %s' % (v['invariant'], v['msg']))
         for key in self.seen - keys:
-            _log('resolved %s on %s/%s' % (key[0], key[1], key[2]))
+            _log('resolved %s on %s/%s%s' % (key[0], key[1], key[2], ' (%s port)' % key[3] if key[3] else ''))
         self.seen = keys
         for e in result['errors']:
             _log('not checked (%s) %s: %s' % (e['source'], e['where'], e['msg']))

@@ -15,13 +15,15 @@ DEFAULT_TIMEOUT = '5s'
 DEFAULT_EXPIRED_GRACE = '10m'
 
 TOP_KEYS = {'openbao', 'pki', 'schedule', 'clusters', 'tls', 'leaf', 'interval', 'timeout', 'expired_grace',
-            'served_min_validity', 'listen', 'metrics_file', 'verdict_file', 'html_file'}
+            'served_min_validity', 'listen', 'metrics_file', 'verdict_file', 'html_file', 'probe_routes'}
 PKI_KEYS = {'root_mount', 'int_mount', 'kv_mount', 'state_path', 'bundle_path'}
 LEAF_KEYS = {'role', 'ensure_role', 'ttl', 'common_name'}
 TLS_KEYS = {'ca_file', 'server_name'}
 SCHEDULE_KEYS = {'epoch_zero', 'epoch_duration', 'validity', 'lead_time', 'skew_allowance'}
-SERVER_KEYS = {'name', 'url', 'ca_file'}
-CLUSTER_KEYS = {'name', 'servers'}
+SERVER_KEYS = {'name', 'url', 'ca_file', 'route'}
+CLUSTER_KEYS = {'name', 'servers', 'route_port'}
+#: the NATS default cluster (route) port, when ``route`` names a host without a port
+DEFAULT_ROUTE_PORT = 6222
 
 
 class ConfigError(Exception):
@@ -40,10 +42,16 @@ class Server:
     host: str
     port: int
     ca_file: str | None = None
+    #: the route (cluster) listener, ``(host, port)``; None: not probed there
+    route: tuple | None = None
 
     @property
     def where(self):
         return '%s/%s' % (self.cluster, self.name)
+
+    def endpoint(self, kind):
+        """``(host, port)`` of the listener ``kind`` (``client`` or ``route``); None when it is not configured."""
+        return (self.host, self.port) if kind == 'client' else self.route
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Config:
     metrics_file: str | None = None
     verdict_file: str | None = None
     html_file: str | None = None
+    probe_routes: bool = True
 
     @property
     def servers(self):
@@ -126,11 +135,11 @@ def _listen(value, option='listen'):
     return (host.strip('[]') or '0.0.0.0', number)  # nosec
 
 
-def _host_port(url, option):
+def _host_port(url, option, default_port=4222):
     # pylint: disable-next=import-outside-toplevel
     from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import host_port
     try:
-        host, port = host_port(url)
+        host, port = host_port(url, default_port)
     except (TypeError, ValueError) as exc:
         raise ConfigError('%s %r is not a NATS URL (tls://host:port): %s' % (option, url, exc), option) from None
     if not host or not port:
@@ -159,6 +168,31 @@ def _openbao(raw):
     return conn
 
 
+def _port(value, option):
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ConfigError('%s %r must be a port number (1-65535)' % (option, value), option)
+    number = int(value)
+    if not 0 < number <= 65535:
+        raise ConfigError('%s %r: port out of range (1-65535)' % (option, value), option)
+    return number
+
+
+def _route(value, host, port, option):
+    """``(host, port)`` of a server's route listener: ``route`` is a port (on the host of ``url``) or
+    ``[nats-route://]host[:port]`` (default port 6222)."""
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        route = (host, _port(value, option))
+    elif isinstance(value, str) and value.strip():
+        route = _host_port(value.strip(), option, DEFAULT_ROUTE_PORT)
+        if not 0 < route[1] <= 65535:
+            raise ConfigError('%s %r: port out of range (1-65535)' % (option, value), option)
+    else:
+        raise ConfigError('%s %r must be a port number or nats-route://host:port' % (option, value), option)
+    if route == (host, port):
+        raise ConfigError('%s %r is the server\'s client port (url): name its cluster (route) listener' % (option, value), option)
+    return route
+
+
 def _clusters(raw):
     if not isinstance(raw, list) or not raw:
         raise ConfigError('clusters must be a non-empty list, each with a name and servers (name, url, ca_file)', 'clusters')
@@ -175,6 +209,9 @@ def _clusters(raw):
         servers = entry.get('servers')
         if not isinstance(servers, list) or not servers:
             raise ConfigError('%s.servers must be a non-empty list' % option, option + '.servers')
+        route_port = None
+        if entry.get('route_port') is not None:
+            route_port = _port(entry['route_port'], option + '.route_port')
         out = []
         for j, srv in enumerate(servers):
             sopt = '%s.servers[%d]' % (option, j)
@@ -184,8 +221,12 @@ def _clusters(raw):
             if not srv.get('url'):
                 raise ConfigError('%s.url is required' % sopt, sopt + '.url')
             host, port = _host_port(srv['url'], sopt + '.url')
+            route = srv.get('route', route_port)
+            if route is not None and route is not False:
+                route = _route(route, host, port, sopt + '.route' if 'route' in srv else option + '.route_port')
             out.append(Server(cluster=name, name=str(srv.get('name') or '%s:%s' % (host, port)), url=srv['url'], host=host,
-                              port=port, ca_file=os.path.expanduser(srv['ca_file']) if srv.get('ca_file') else None))
+                              port=port, ca_file=os.path.expanduser(srv['ca_file']) if srv.get('ca_file') else None,
+                              route=route or None))
         if len({s.name for s in out}) != len(out):
             raise ConfigError('%s.servers: server names must be unique' % option, option + '.servers')
         clusters.append({'name': name, 'servers': out})
@@ -237,6 +278,11 @@ def build_config(raw, args=None):
         raise ConfigError('leaf.ttl (%ds) must be at least two intervals (%ds): a leaf is renewed at a third of its lifetime'
                           % (leaf_ttl, 2 * interval), 'leaf.ttl')
     served = raw.get('served_min_validity')
+    probe_routes = raw.get('probe_routes', True)
+    if getattr(args, 'no_route_probes', False):
+        probe_routes = False
+    if not isinstance(probe_routes, bool):
+        raise ConfigError('probe_routes %r must be true or false' % (probe_routes,), 'probe_routes')
     return Config(
         openbao=_openbao(raw.get('openbao')),
         schedule=schedule,
@@ -257,6 +303,7 @@ def build_config(raw, args=None):
         metrics_file=_output(raw.get('metrics_file'), 'metrics_file'),
         verdict_file=_output(raw.get('verdict_file'), 'verdict_file'),
         html_file=_output(raw.get('html_file'), 'html_file'),
+        probe_routes=probe_routes,
     )
 
 
@@ -277,4 +324,7 @@ def build_parser():
     parser.add_argument('--metrics-file', help='write Prometheus textfile metrics here (name it *.prom)')
     parser.add_argument('--verdict-file', help='write the last verdict as JSON here (read by ca-rotate-cron --canary-verdict)')
     parser.add_argument('--html-file', help='write the epoch timeline page here')
+    parser.add_argument('--no-route-probes', action='store_true',
+                        help="do not probe the servers' route (cluster) ports, even where the configuration names them "
+                             '(probe_routes: false)')
     return parser

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import time
@@ -120,8 +122,14 @@ def _time(text):
     return datetime.datetime.fromisoformat(str(text).replace('Z', '+00:00'))
 
 
-def handshake(server, leaf, ca_file=None, server_name=None, timeout=5.0):
-    """A leaf-only TLS handshake with ``server`` (a ``config.Server``); proves acceptance by reading a protocol line.
+def handshake(server, leaf, ca_file=None, server_name=None, timeout=5.0, kind='client'):
+    """A leaf-only TLS handshake with the ``kind`` listener (``client`` or ``route``) of ``server`` (a
+    ``config.Server``); proves acceptance by reading a protocol line.
+
+    The client port greets in plaintext (INFO) and upgrades to TLS; the canary then sends CONNECT and PING and reads
+    the reply. A route port with TLS starts the handshake at once and sends its INFO over TLS once it accepted the
+    client certificate: the canary reads that INFO and closes, sending nothing (no CONNECT: the server never counts
+    the connection as a route).
 
     The server's certificate is verified against ``ca_file`` (with ``server_name``, its name too). When it does not
     verify (expired, say), the handshake is made again without verifying it: whether the server accepts the canary's
@@ -131,47 +139,109 @@ def handshake(server, leaf, ca_file=None, server_name=None, timeout=5.0):
     Returns ``{'outcome': 'accepted' | 'refused' | 'unreachable' | 'error', 'detail', 'seconds', 'served',
     'server_problem'}``; ``served`` is the facts of the server's certificate (``_status.cluster.certificate_facts``).
     """
-    out = _handshake(server, leaf, ca_file, server_name, timeout)
+    out = _handshake(server, leaf, ca_file, server_name, timeout, kind)
     if out['outcome'] == 'untrusted_server':
         problem = out['detail']
-        out = _handshake(server, leaf, None, None, timeout)
+        out = _handshake(server, leaf, None, None, timeout, kind)
         out['server_problem'] = problem
     return out
 
 
-def _handshake(server, leaf, ca_file, server_name, timeout):
+#: OpenSSL reasons of a peer that does not speak TLS (a plaintext listener): not a refusal of the leaf
+NOT_TLS_REASONS = ('WRONG_VERSION_NUMBER', 'RECORD_LAYER_FAILURE', 'PACKET_LENGTH_TOO_LONG', 'HTTP_REQUEST',
+                   'UNKNOWN_PROTOCOL', 'RECORD_TOO_LARGE')
+
+
+def classify_tls_error(exc, where):
+    """``(outcome, detail)`` of a failed TLS handshake: ``untrusted_server`` (the server's certificate does not verify),
+    ``unreachable`` (the peer does not speak TLS), else ``refused`` (the server's alert: it refused the leaf)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return 'untrusted_server', 'the certificate of %s does not verify against tls.ca_file: %s' % (
+            where, getattr(exc, 'verify_message', None) or exc)
+    reason = getattr(exc, 'reason', None) or ''
+    if isinstance(exc, ssl.SSLError) and (reason in NOT_TLS_REASONS or any(r.lower() in str(exc).lower() for r in NOT_TLS_REASONS)):
+        return 'unreachable', '%s does not speak TLS (%s): a plaintext listener, or not a NATS route port' % (where, reason or exc)
+    return 'refused', 'TLS handshake with %s failed: %s' % (where, exc)
+
+
+def _context(leaf, ca_file, server_name):
+    return client_context(ca_file=ca_file, cert_file=leaf['cert_file'], key_file=leaf['key_file'], verify=bool(ca_file),
+                          check_hostname=bool(server_name), partial_chain=None)
+
+
+def _connect_client(server, ctx, server_name, timeout):
+    """The client port: plaintext INFO, then TLS (``_common.tls.nats_tls_connect``)."""
+    where = '%s:%s' % (server.host, server.port)
+    try:
+        return nats_tls_connect(server.host, server.port, ctx, server_name, timeout, min(3.0, timeout), require_tls=True), None
+    except TLSError as exc:
+        if exc.stage in UNREACHABLE_STAGES:
+            return None, ('unreachable', str(exc))
+        if exc.stage == 'verify':
+            return None, ('untrusted_server', 'the certificate of %s does not verify against tls.ca_file: %s'
+                          % (where, getattr(exc.error, 'verify_message', None) or exc.error))
+        if isinstance(exc.error, ssl.SSLError):
+            outcome, _detail = classify_tls_error(exc.error, where)
+            if outcome == 'unreachable':
+                return None, (outcome, _detail)
+        return None, ('refused', str(exc))  # TLS 1.2: the server's alert during the handshake
+
+
+def _connect_route(host, port, ctx, server_name, timeout):
+    """A route port: TLS from the first byte (a NATS route listener with TLS sends nothing before the handshake)."""
+    where = '%s:%s' % (host, port)
+    try:
+        raw = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as exc:
+        return None, ('unreachable', 'cannot connect to the route port %s: %s' % (where, exc))
+    try:
+        raw.settimeout(timeout)
+        return ctx.wrap_socket(raw, server_hostname=server_name or host), None
+    except socket.timeout:
+        close_quietly(raw)
+        return None, ('error', 'the TLS handshake with the route port %s timed out after %gs' % (where, timeout))
+    except ssl.SSLError as exc:
+        close_quietly(raw)
+        return None, classify_tls_error(exc, 'the route port %s' % where)
+    except OSError as exc:
+        close_quietly(raw)
+        return None, ('refused', 'the route port %s closed the connection during the TLS handshake: %s' % (where, exc))
+
+
+def _handshake(server, leaf, ca_file, server_name, timeout, kind='client'):
     started = time.perf_counter()
     out = {'outcome': 'error', 'detail': None, 'seconds': None, 'served': None, 'server_problem': None}
     try:
-        ctx = client_context(ca_file=ca_file, cert_file=leaf['cert_file'], key_file=leaf['key_file'], verify=bool(ca_file),
-                             check_hostname=bool(server_name), partial_chain=None)
+        ctx = _context(leaf, ca_file, server_name)
     except TLSError as exc:
         out['detail'] = 'the canary leaf does not load: %s' % exc
         return out
-    where = '%s:%s' % (server.host, server.port)
-    try:
-        tls = nats_tls_connect(server.host, server.port, ctx, server_name, timeout, min(3.0, timeout), require_tls=True)
-    except TLSError as exc:
-        out['seconds'] = time.perf_counter() - started
-        if exc.stage in UNREACHABLE_STAGES:
-            out.update(outcome='unreachable', detail=str(exc))
-        elif exc.stage == 'verify':
-            out.update(outcome='untrusted_server', detail='the certificate of %s does not verify against tls.ca_file: %s'
-                       % (where, getattr(exc.error, 'verify_message', None) or exc.error))
-        else:  # TLS 1.2: the server's alert during the handshake
-            out.update(outcome='refused', detail=str(exc))
+    host, port = server.endpoint(kind)
+    where = '%s:%s' % (host, port) if kind == 'client' else 'the route port %s:%s' % (host, port)
+    if kind == 'client':
+        tls, failed = _connect_client(server, ctx, server_name, timeout)
+    else:
+        tls, failed = _connect_route(host, port, ctx, server_name, timeout)
+    if failed:
+        out.update(outcome=failed[0], detail=failed[1], seconds=time.perf_counter() - started)
         return out
     try:
         der = tls.getpeercert(binary_form=True)
         if der and x509 is not None:
             out['served'] = certificate_facts(x509.load_der_x509_certificate(der), tls.version())
-        tls.sendall(b'CONNECT {"verbose":false,"pedantic":false,"tls_required":true,"name":"ca-trust-canary"}\r\nPING\r\n')
+        if kind == 'client':
+            tls.sendall(b'CONNECT {"verbose":false,"pedantic":false,"tls_required":true,"name":"ca-trust-canary"}\r\nPING\r\n')
         reply = read_line(tls)
         out['seconds'] = time.perf_counter() - started
-        if reply:
-            out.update(outcome='accepted', detail=reply.decode('utf-8', 'replace').strip()[:80])
+        if kind == 'route' and reply and not reply.startswith(b'INFO '):
+            out.update(outcome='error', detail='%s answered %r, not a NATS route INFO' % (where, reply[:60]))
+        elif reply:
+            out.update(outcome='accepted', detail=_reply_detail(reply, kind))
         else:
             out.update(outcome='refused', detail='%s closed the connection after the handshake' % where)
+    except socket.timeout:  # a server that neither refuses nor answers: nothing is proven
+        out.update(outcome='error', seconds=time.perf_counter() - started,
+                   detail='%s sent nothing within %gs after the TLS handshake' % (where, timeout))
     except ssl.SSLError as exc:  # TLS 1.3: the server checks the client certificate after the handshake
         out.update(outcome='refused', seconds=time.perf_counter() - started,
                    detail='%s rejected the leaf: %s' % (where, getattr(exc, 'reason', None) or exc))
@@ -181,6 +251,18 @@ def _handshake(server, leaf, ca_file, server_name, timeout):
     finally:
         close_quietly(tls)
     return out
+
+
+def _reply_detail(reply, kind):
+    text = reply.decode('utf-8', 'replace').strip()
+    if kind == 'route':
+        try:
+            info = json.loads(text[5:])
+        except ValueError:
+            info = {}
+        if isinstance(info, dict) and (info.get('server_name') or info.get('cluster')):
+            return 'route INFO of %s (cluster %s)' % (info.get('server_name') or info.get('server_id'), info.get('cluster'))
+    return text[:80]
 
 
 def read_ca_file(path, schedule):
