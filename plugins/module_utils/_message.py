@@ -47,6 +47,8 @@ except ImportError:  # pragma: no cover - reported through _common.certs.CRYPTOG
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
     CRYPTOGRAPHY_IMPORT_ERROR,
+    cert_not_after,
+    cert_not_before,
     cert_sha256,
     load_cert,
     x509,
@@ -181,8 +183,8 @@ def _cert_entry(cert, epoch):
     return {
         'epoch': epoch,
         'sha256': cert_sha256(cert),
-        'not_before': isoformat(cert.not_valid_before_utc),
-        'not_after': isoformat(cert.not_valid_after_utc),
+        'not_before': isoformat(cert_not_before(cert)),
+        'not_after': isoformat(cert_not_after(cert)),
     }
 
 

@@ -57,8 +57,8 @@ USER_PREFIX = "cafleet-"
 DEFAULT_GROUP = "vmfleet"
 DEFAULT_CLUSTER = "fleet"
 SSHD = "/usr/sbin/sshd"
-#: the collection's host-side module needs cryptography >= 42 on the VM (Debian 12's python3-cryptography is 38)
-MIN_CRYPTOGRAPHY = 42
+#: the collection's host-side module needs cryptography >= 3.4 on the VM (Ubuntu 22.04's python3-cryptography: 3.4.8)
+MIN_CRYPTOGRAPHY = (3, 4)
 SUDOERS_DIR = Path("/etc/sudoers.d")
 AUTHORIZED_KEYS = ".ssh/fleet_authorized_keys"  # not the default name: only the fleet's sshd reads it
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -262,9 +262,9 @@ def requirements(python: str) -> None:
                          + " (apt-get install -y openssh-server sudo)")
     probe = subprocess.run([python, "-c", "import cryptography; print(cryptography.__version__)"], capture_output=True,
                            text=True, check=False)
-    version = probe.stdout.strip().split(".")[0] if probe.returncode == 0 else ""
-    if not version.isdigit() or int(version) < MIN_CRYPTOGRAPHY:
-        raise StackError(f"the VMs' Python {python} has no cryptography >= {MIN_CRYPTOGRAPHY} "
+    parts = probe.stdout.strip().split(".")[:2] if probe.returncode == 0 else []
+    if len(parts) < 2 or not all(p.isdigit() for p in parts) or tuple(int(p) for p in parts) < MIN_CRYPTOGRAPHY:
+        raise StackError(f"the VMs' Python {python} has no cryptography >= {'.'.join(map(str, MIN_CRYPTOGRAPHY))} "
                          f"({probe.stdout.strip() or probe.stderr.strip()[-200:]}); the host steps make the leaf key and CSR with it")
 
 

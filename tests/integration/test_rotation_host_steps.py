@@ -5,6 +5,8 @@ arguments are exactly those of an SSH host.)"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,45 @@ def test_leaf_key_is_made_on_the_host_and_only_the_csr_is_signed(rs):
         assert ok, detail
     again = rs.playbook("rotate.yml", extra_vars=ON_HOST)
     assert again["rc"] == 0 and again["report"]["clusters"]["local"]["renewed"] == [], again["report"]
+
+
+# The system Python of the VMs people run NATS on: Ubuntu 22.04 has python3-cryptography 3.4.8, Debian 12 has 38.0.4
+# (RHEL 9: 36.0.1). The host step must work with them: no venv on the VM, only its own packages.
+HOST_CRYPTOGRAPHY = ["3.4.8", "38.0.4"]
+
+
+@pytest.fixture(scope="module")
+def host_python(tmp_path_factory):
+    """A Python per cryptography version with nothing but that package installed (from PyPI), like a VM's system
+    Python; the venvs are kept under .build/hostpy between runs."""
+    made = {}
+
+    def python(version):
+        if version not in made:
+            root = Path(__file__).resolve().parents[2] / ".build" / "hostpy" / f"cryptography-{version}"
+            exe = root / "bin" / "python"
+            probe = [str(exe), "-c", "import cryptography; print(cryptography.__version__)"]
+            if not exe.exists() or subprocess.run(probe, capture_output=True, text=True, check=False).stdout.strip() != version:
+                subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
+                subprocess.run([str(exe), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                f"cryptography=={version}"], check=True)
+            made[version] = str(exe)
+        return made[version]
+    return python
+
+
+@pytest.mark.parametrize("version", HOST_CRYPTOGRAPHY)
+def test_host_step_runs_on_the_system_cryptography_of_common_vms(rs, host_python, version):
+    """Leaf key and CSR made, bundle checked and written, servers reloaded and proven by a host Python whose
+    cryptography predates the controller's (no not_valid_after_utc, verify_directly_issued_by or
+    public_key_algorithm_oid there)."""
+    keys = {s["name"]: _public(s["key_file"]) for s in rs.servers}
+    extra = dict(ON_HOST, ca_rotation_nats_reload_leaf_renew_before="30d", ansible_python_interpreter=host_python(version))
+    run = rs.playbook("rotate.yml", extra_vars=extra)
+    assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-2000:]
+    cluster = run["report"]["clusters"]["local"]
+    assert sorted(cluster["renewed"]) == sorted(keys), cluster
+    for server in rs.servers:
+        assert _public(server["key_file"]) != keys[server["name"]], "a new key, made by the host's cryptography"
+        assert _public(server["key_file"]) == _public(server["cert_file"])
+    assert rs.ca_file_sha256s() == {run["report"]["bundle_sha256"]}

@@ -19,11 +19,14 @@ import re
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     canonical_pem,
+    cert_not_after,
+    cert_not_before,
     cert_sha256,
     common_name,
     load_cert,
     serial_hex,
     verify_intermediate,
+    verify_issued_by,
     x509,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
@@ -66,7 +69,7 @@ def _self_signed(cert):
     if cert.subject != cert.issuer:
         return False
     try:
-        cert.verify_directly_issued_by(cert)
+        verify_issued_by(cert, cert)
     except Exception:  # pylint: disable=broad-except
         return False
     return True
@@ -91,8 +94,8 @@ def _facts(cert, epoch=None, kind='intermediate'):
         'subject': cert.subject.rfc4514_string(),
         'sha256': cert_sha256(cert),
         'serial': serial_hex(cert.serial_number),
-        'not_before': isoformat(cert.not_valid_before_utc),
-        'not_after': isoformat(cert.not_valid_after_utc),
+        'not_before': isoformat(cert_not_before(cert)),
+        'not_after': isoformat(cert_not_after(cert)),
     }
 
 
@@ -154,13 +157,13 @@ def _intermediate_epoch(cert, schedule, what):
     match = _CN_EPOCH_RE.search(cn)
     if match:
         return int(match.group(1))
-    epoch = epoch_from_not_after(schedule, cert.not_valid_after_utc)
+    epoch = epoch_from_not_after(schedule, cert_not_after(cert))
     if epoch is None:
         raise BundleError(
             '%s (%s): NotAfter %s is not the expiry of any epoch under this schedule (expiry(n) = epoch_zero + n * '
             'epoch_duration + validity, exactly), and its common name does not end in "Epoch <n>"; check the epoch '
             'options, or that the certificate was issued for an epoch' % (what, cert.subject.rfc4514_string(),
-                                                                          isoformat(cert.not_valid_after_utc)))
+                                                                          isoformat(cert_not_after(cert))))
     return epoch
 
 
@@ -214,9 +217,9 @@ def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_
     if not _is_ca(root):
         raise BundleError('root_pem (%s) is not a CA certificate (BasicConstraints CA:true missing)'
                           % root.subject.rfc4514_string(), option='root_pem')
-    if now >= root.not_valid_after_utc:
+    if now >= cert_not_after(root):
         raise BundleError('The root certificate (%s) expired at %s'
-                          % (root.subject.rfc4514_string(), isoformat(root.not_valid_after_utc)), option='root_pem')
+                          % (root.subject.rfc4514_string(), isoformat(cert_not_after(root))), option='root_pem')
 
     problems, dropped, by_epoch = [], [], {}
     for text, epoch, label in _normalise_inputs(intermediates):
@@ -239,7 +242,7 @@ def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_
         if found:
             problems.append('%s (%s, epoch %d): %s' % (label, subject, epoch, '; '.join(found)))
             continue
-        not_after = cert.not_valid_after_utc
+        not_after = cert_not_after(cert)
         if now >= not_after:
             if drop_expired:
                 dropped.append({'epoch': epoch, 'subject': subject, 'not_after': isoformat(not_after), 'reason': 'expired'})
@@ -329,7 +332,7 @@ def bundle_unverified(pem, schedule=None, what='pem'):
             continue
         match = _CN_EPOCH_RE.search(_cn(cert) or '')
         epoch = int(match.group(1)) if match else (
-            epoch_from_not_after(schedule, cert.not_valid_after_utc) if schedule is not None else None)
+            epoch_from_not_after(schedule, cert_not_after(cert)) if schedule is not None else None)
         certificates.append(_facts(cert, epoch))
         if epoch is not None:
             epochs.append(epoch)

@@ -3,11 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """X.509 certificate facts and the intermediate CA checks, shared by OpenBao and the bundle (private).
 
-Needs cryptography (guarded: :data:`CRYPTOGRAPHY_IMPORT_ERROR` says why it is missing).
+Needs cryptography (guarded: :data:`CRYPTOGRAPHY_IMPORT_ERROR` says why it is missing). The controller has the
+pinned version; a VM's system Python may have an older one (Debian 12: 38, RHEL 9: 36), so the few calls newer than
+that go through :func:`cert_not_before`, :func:`cert_not_after`, :func:`verify_issued_by` and :func:`key_family`, which fall
+back to what those versions have.
 """
 
 from __future__ import annotations
 
+import datetime
 import traceback
 
 CRYPTOGRAPHY_IMPORT_ERROR = None
@@ -20,6 +24,91 @@ except ImportError:  # pragma: no cover - reported by the modules with missing_r
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
+
+
+def cert_not_before(cert):
+    """The certificate's NotBefore as an aware UTC datetime (``not_valid_before_utc`` needs cryptography 42)."""
+    value = getattr(cert, 'not_valid_before_utc', None)
+    return value if value is not None else cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+
+
+def cert_not_after(cert):
+    """The certificate's NotAfter as an aware UTC datetime (``not_valid_after_utc`` needs cryptography 42)."""
+    value = getattr(cert, 'not_valid_after_utc', None)
+    return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+def verify_issued_by(cert, issuer):
+    """Raise unless ``issuer``'s key signed ``cert`` (and the names chain): ``verify_directly_issued_by`` from
+    cryptography 40, the signature checked by hand before that (RSA PKCS#1 v1.5 / PSS, ECDSA, Ed25519, Ed448)."""
+    if hasattr(cert, 'verify_directly_issued_by'):
+        cert.verify_directly_issued_by(issuer)
+        return
+    # pylint: disable-next=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+    if cert.issuer != issuer.subject:
+        raise ValueError("the certificate's issuer name is not the issuer's subject")
+    key = issuer.public_key()
+    signature, data = cert.signature, cert.tbs_certificate_bytes
+    if isinstance(key, rsa.RSAPublicKey):
+        if cert.signature_algorithm_oid.dotted_string == '1.2.840.113549.1.1.10':
+            # PSS.AUTO (the salt length the signature has) from cryptography 37; the usual one, the digest's, before
+            salt = getattr(padding.PSS, 'AUTO', None) or cert.signature_hash_algorithm.digest_size
+            pad = padding.PSS(mgf=padding.MGF1(cert.signature_hash_algorithm), salt_length=salt)
+        else:
+            pad = padding.PKCS1v15()
+        key.verify(signature, data, pad, cert.signature_hash_algorithm)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(cert.signature_hash_algorithm))
+    elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        key.verify(signature, data)
+    else:
+        raise ValueError('cannot check a signature by a %s key with this cryptography version' % type(key).__name__)
+
+
+def _der_items(data, offset, end):
+    """``(tag, content_start, content_end)`` of each DER element in ``data[offset:end]``."""
+    while offset < end:
+        tag, length = data[offset], data[offset + 1]
+        offset += 2
+        if length & 0x80:
+            count = length & 0x7F
+            length = int.from_bytes(data[offset:offset + count], 'big')
+            offset += count
+        yield tag, offset, offset + length
+        offset += length
+
+
+def _der_oid(content):
+    """The dotted string of a DER OBJECT IDENTIFIER's content octets."""
+    arcs, value = [], 0
+    for byte in content:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return '.'.join(str(a) for a in [first, arcs[0] - 40 * first] + arcs[1:])
+
+
+def public_key_oid(cert):
+    """The dotted OID of the certificate's public-key algorithm (``public_key_algorithm_oid`` from cryptography 41;
+    read from the DER before that, which also works for keys the installed version cannot load)."""
+    oid = getattr(cert, 'public_key_algorithm_oid', None)
+    if oid is not None:
+        return oid.dotted_string
+    return spki_oid(cert.tbs_certificate_bytes)
+
+
+def spki_oid(tbs):
+    """The dotted public-key algorithm OID in a DER TBSCertificate."""
+    _tag, start, end = next(_der_items(tbs, 0, len(tbs)))
+    fields = [item for item in _der_items(tbs, start, end) if item[0] != 0xA0]  # without [0] version
+    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+    _tag, spki_start, spki_end = fields[5]
+    _tag, alg_start, alg_end = next(_der_items(tbs, spki_start, spki_end))
+    _tag, oid_start, oid_end = next(_der_items(tbs, alg_start, alg_end))
+    return _der_oid(tbs[oid_start:oid_end])
 
 
 def load_cert(pem):
@@ -65,8 +154,8 @@ def cert_facts(pem):
         'common_name': common_name(cert.subject),
         'serial': serial_hex(cert.serial_number),
         'sha256': cert_sha256(cert),
-        'not_before': isoformat(cert.not_valid_before_utc),
-        'not_after': isoformat(cert.not_valid_after_utc),
+        'not_before': isoformat(cert_not_before(cert)),
+        'not_after': isoformat(cert_not_after(cert)),
     }
 
 
@@ -81,7 +170,7 @@ _FAMILY_OIDS = {
 def key_family(cert):
     """The family of a certificate's public key - ``ec``, ``rsa``, ``ed25519``, ``ed448``, ``mldsa`` - or the dotted
     OID of an algorithm not listed (read from the certificate, so it works for keys ``cryptography`` cannot load)."""
-    oid = cert.public_key_algorithm_oid.dotted_string
+    oid = public_key_oid(cert)
     return _FAMILY_OIDS.get(oid, oid)
 
 
@@ -109,7 +198,7 @@ def verify_intermediate(pem, root_pem, expected_not_after=None):
     cert = load_cert(pem)
     root = load_cert(root_pem)
     try:
-        cert.verify_directly_issued_by(root)
+        verify_issued_by(cert, root)
     except Exception as exc:  # pylint: disable=broad-except
         problems.append('not signed by the root issuer (%s)' % (exc or type(exc).__name__))
     try:
@@ -124,7 +213,7 @@ def verify_intermediate(pem, root_pem, expected_not_after=None):
             problems.append('KeyUsage lacks keyCertSign')
     except x509.ExtensionNotFound:
         problems.append('no KeyUsage extension')
-    if expected_not_after is not None and cert.not_valid_after_utc != expected_not_after.replace(microsecond=0):
+    if expected_not_after is not None and cert_not_after(cert) != expected_not_after.replace(microsecond=0):
         problems.append('NotAfter is %s, expected exactly %s'
-                        % (isoformat(cert.not_valid_after_utc), isoformat(expected_not_after)))
+                        % (isoformat(cert_not_after(cert)), isoformat(expected_not_after)))
     return problems

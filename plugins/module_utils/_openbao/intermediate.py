@@ -25,6 +25,8 @@ import time
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
     cert_facts,
+    cert_not_after,
+    cert_not_before,
     load_cert,
     normalize_pem,
     public_key_der,
@@ -93,7 +95,7 @@ def _sign_exact(client, root_mount, root_issuer, csr, common_name, not_after, ta
         pem = _data(resp).get('certificate')
         if not pem:
             raise OpenBaoError('%r returned no certificate' % path, path=path)
-        got = load_cert(pem).not_valid_before_utc
+        got = cert_not_before(load_cert(pem))
         deviation = int((got - target).total_seconds())
         if best is None or abs(deviation) < abs(best[1]):
             best = (resp, deviation)
@@ -155,9 +157,9 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
     warnings = []
     root_pem = root_certificate(client, root_mount, root_issuer)
     root = load_cert(root_pem)
-    if root.not_valid_after_utc < expiry:
+    if cert_not_after(root) < expiry:
         warnings.append('The root issuer %r on %r expires at %s, before epoch %d ends (%s): chains through it stop '
-                        'verifying early' % (root_issuer, root_mount, isoformat(root.not_valid_after_utc), epoch,
+                        'verifying early' % (root_issuer, root_mount, isoformat(cert_not_after(root)), epoch,
                                              isoformat(expiry)))
 
     issuers = list_issuers(client, int_mount)

@@ -20,10 +20,13 @@ except ImportError:  # pragma: no cover - reported through _common.certs.CRYPTOG
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
     cert_facts,
+    cert_not_after,
+    cert_not_before,
     load_cert,
     normalize_pem,
     public_key_der,
     serial_hex,
+    verify_issued_by,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import (
     atomic_write,
@@ -226,7 +229,7 @@ def find_leaf_issuer(cert, issuers):
         if ca.subject != cert.issuer:
             continue
         try:
-            cert.verify_directly_issued_by(ca)
+            verify_issued_by(cert, ca)
         except Exception:  # pylint: disable=broad-except
             continue
         return issuer_id, info
@@ -241,7 +244,7 @@ def leaf_renewal_reasons(cert, *, common_name, alt_names=(), ip_sans=(), renew_b
     ``issuers``: all issuers of the mount (:func:`issuer_certificates`), for the default.
     """
     reasons = []
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    not_before, not_after = cert_not_before(cert), cert_not_after(cert)
     if now >= not_after:
         reasons.append('the certificate expired at %s' % isoformat(not_after))
     elif now >= renewal_threshold(renew_before, not_before, not_after):
@@ -357,5 +360,5 @@ def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, sc
         changed = bool(result['files_written']) or changed_attrs
     result.update(facts)
     result['changed'] = changed
-    result['renew_at'] = isoformat(renewal_threshold(renew_before, cert.not_valid_before_utc, cert.not_valid_after_utc))
+    result['renew_at'] = isoformat(renewal_threshold(renew_before, cert_not_before(cert), cert_not_after(cert)))
     return result

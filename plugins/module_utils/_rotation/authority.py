@@ -22,7 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     kv_record,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_not_after, load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
     ensure_epoch_intermediate,
@@ -177,12 +177,12 @@ def leaf_issuer_ref(cfg, issuers):
 
     ``issuers``: ``_openbao.pki.issuer_certificates`` of the intermediate mount."""
     default = next((i for i in issuers.values() if i.get('is_default') and i.get('certificate')), None)
-    not_after = load_cert(default['certificate']).not_valid_after_utc if default else None
+    not_after = cert_not_after(load_cert(default['certificate'])) if default else None
     existing = []
     for issuer in issuers.values():
         name = str(issuer.get('issuer_name') or '')
         if name.startswith('epoch-') and name[6:].isdigit() and issuer.get('certificate'):
-            if load_cert(issuer['certificate']).not_valid_after_utc > cfg.now:
+            if cert_not_after(load_cert(issuer['certificate'])) > cfg.now:
                 existing.append(int(name[6:]))
     return decisions.leaf_issuer(not_after, cfg.now, cfg.schedule.epoch(cfg.now), existing=existing)
 

@@ -17,7 +17,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     DEFAULT_LIVE_SECRET_NAME,
     DEFAULT_LIVE_SECRET_NAMESPACE,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_sha256, common_name, x509
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    cert_not_after,
+    cert_not_before,
+    cert_sha256,
+    common_name,
+    x509,
+)
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context, close_quietly, nats_tls_connect
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
@@ -82,8 +88,8 @@ def certificate_facts(cert, tls_version=None):
         'issuer_cn': issuer_cn,
         'issuer_epoch': int(match.group(1)) if match else None,
         'authority_key_id': _key_identifier(cert, x509.AuthorityKeyIdentifier),
-        'not_before': isoformat(cert.not_valid_before_utc),
-        'not_after': isoformat(cert.not_valid_after_utc),
+        'not_before': isoformat(cert_not_before(cert)),
+        'not_after': isoformat(cert_not_after(cert)),
         'sha256': cert_sha256(cert),
         'tls_version': tls_version,
     }

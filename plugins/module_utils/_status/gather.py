@@ -18,7 +18,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     kv_epochs,
     read_kv,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_facts, cert_sha256, load_cert, x509
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    cert_facts,
+    cert_sha256,
+    load_cert,
+    verify_issued_by,
+    x509,
+)
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import CaRotationError
@@ -202,7 +208,7 @@ def _foreign_in_records(client, kv_mount, bundle_path, epochs, root_pem):
 
 def _signed_by(cert, issuer):
     try:
-        cert.verify_directly_issued_by(issuer)
+        verify_issued_by(cert, issuer)
     except Exception:  # pylint: disable=broad-except
         return False
     return True
