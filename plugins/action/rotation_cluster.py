@@ -58,10 +58,12 @@ class ActionModule(EngineAction):
             name = self.template_var(self._task_vars, 'ca_rotation_cluster_name')
         except Exception:  # pylint: disable=broad-except  # the error may be in that very variable
             name = None
-        name = name or self._task_vars.get('inventory_hostname')
-        self.say('Cluster %s FAILED: %s' % (name, msg))
+        host = self._task_vars.get('inventory_hostname')
+        name = name or host
+        self.say('Cluster %s FAILED: %s' % (name if name == host else '%s (host %s)' % (name, host), msg))
         out = {'changed': False, 'msg': msg,
-               'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg).to_fact()}}
+               'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg,
+                                                              host=self._task_vars.get('inventory_hostname')).to_fact()}}
         if option:
             out['option'] = option
         return out
@@ -69,6 +71,7 @@ class ActionModule(EngineAction):
     def run_step(self, args, cfg, task_vars):
         host = task_vars.get('inventory_hostname')
         cc = ClusterConfig(cfg, host)
+        cc.hosts = self.cluster_members(task_vars, cfg).get(cc.name) or [host]
         auth = self.fact_of(task_vars, self.authority_host(task_vars, cfg), AUTHORITY_FACT) or {'go': False}
         if not auth.get('go'):
             # no result of an earlier run may stand in for this one (persistent fact caches)
@@ -105,7 +108,8 @@ class ActionModule(EngineAction):
         finally:
             clients.close()
         res['module_calls'] = int(res.get('module_calls') or 0) + getattr(steps, 'calls', 0)
+        label = '%s (host %s)' % (cc.name, host) if cc.spread else cc.name
         if not res.get('ok'):
-            self.say('Cluster %s FAILED: %s.%s' % (cc.name, res.get('error'), '' if res.get('rollback') else ' No rollback was done.'))
-        return {'changed': changed, 'msg': 'cluster %s %s' % (cc.name, 'ok' if res.get('ok') else 'FAILED'),
+            self.say('Cluster %s FAILED: %s.%s' % (label, res.get('error'), '' if res.get('rollback') else ' No rollback was done.'))
+        return {'changed': changed, 'msg': 'cluster %s %s' % (label, 'ok' if res.get('ok') else 'FAILED'),
                 'ansible_facts': {CLUSTER_FACT: res}}

@@ -80,7 +80,10 @@ class ActionModule(EngineAction):
         if not auth.get('go'):
             return []
         out = []
-        for host in self.cluster_hosts(task_vars, cfg):
+        for name, hosts in self.cluster_members(task_vars, cfg).items():
+            if len(hosts) > 1:
+                continue  # judged from its hosts' results, a missing host included (cluster_facts)
+            host = hosts[0]
             fact = self.fact_of(task_vars, host, CLUSTER_FACT)
             if fact and fact.get('holder') == auth.get('holder'):
                 continue
@@ -106,7 +109,7 @@ class ActionModule(EngineAction):
             if args['mode'] == 'rollback':
                 # announce kind: rollback, record it and set the hold - once every cluster is back on the restored bundle
                 cfg.live_secret_locations = self.live_secret_locations(task_vars, cfg)
-                activation = self.complete_rollback(cfg, auth, clusters, len(self.cluster_hosts(task_vars, cfg)), clients)
+                activation = self.complete_rollback(cfg, auth, clusters, len(self.cluster_members(task_vars, cfg)), clients)
             else:
                 activation = self.template_var(task_vars, ACTIVATION_FACT) or {}
             clusters = clusters + self.missing_clusters(task_vars, cfg, auth)

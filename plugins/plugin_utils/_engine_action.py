@@ -20,7 +20,11 @@ from ansible.utils.display import Display
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import config as _config
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.clients import Clients
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import Timings, this_runs_clusters
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
+    Timings,
+    group_clusters,
+    this_runs_clusters,
+)
 
 display = Display()
 
@@ -160,9 +164,20 @@ class EngineAction(ActionBase):
     def authority_went_ahead(self):
         return bool(self.authority_fact().get('go'))
 
+    def cluster_members(self, task_vars, cfg):
+        """``{cluster name: [inventory hosts]}`` of the cluster group, in inventory order: a host's
+        ``ca_rotation_cluster_name`` (default: its own name); hosts sharing one form a cluster spread over hosts."""
+        members = {}
+        for host in self.cluster_hosts(task_vars, cfg):
+            name = self.fact_of(task_vars, host, 'ca_rotation_cluster_name') or host
+            members.setdefault(str(name), []).append(host)
+        return members
+
     def cluster_facts(self, task_vars, cfg, auth):
-        """The cluster results of this run, one per host of the cluster group that reported."""
-        return this_runs_clusters([self.fact_of(task_vars, h, CLUSTER_FACT) for h in self.cluster_hosts(task_vars, cfg)], auth)
+        """The cluster results of this run: one per cluster host that reported, and one per cluster spread over
+        several hosts, judged from its hosts' results (``results.group_clusters``)."""
+        results = this_runs_clusters([self.fact_of(task_vars, h, CLUSTER_FACT) for h in self.cluster_hosts(task_vars, cfg)], auth)
+        return group_clusters(results, self.cluster_members(task_vars, cfg), auth)
 
     def on_config_error(self, err, args):
         """The result for a configuration error found before anything was changed."""

@@ -176,7 +176,8 @@ def target(vm: dict) -> dict:
 
 
 def inventory(info: dict) -> dict:
-    """The fleet's inventory: one host per VM in group ``info['group']`` under ``nats_clusters``.
+    """The fleet's inventory: one host per VM in group ``info['group']`` under ``nats_clusters``, all of cluster
+    ``info['cluster']`` (``ca_rotation_cluster_name``).
 
     Connection and become settings are host variables, so that they win over an ``ansible_connection: local`` in
     the group_vars/all of an inventory this one is combined with (``-i inventories/local -i <this file>``).
@@ -196,6 +197,8 @@ def inventory(info: dict) -> dict:
             "ansible_become_method": "sudo",
             "ansible_become_user": "root",
             "ansible_python_interpreter": info["python"],
+            # the VMs' servers are one NATS cluster: the engine judges them as one (min_success across the VMs)
+            "ca_rotation_cluster_name": info["cluster"],
             "ca_rotation_nats_reload_transport": "signal",
             "ca_rotation_nats_reload_run_on": "host",
             "ca_rotation_nats_reload_renew_leaves": True,

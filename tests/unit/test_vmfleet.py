@@ -72,9 +72,11 @@ def test_the_nats_config_routes_to_the_other_vms_and_a_single_vm_is_standalone()
 
 def test_the_inventory_has_one_host_per_vm_with_ssh_become_and_its_targets():
     vms = [_vm(i) for i in range(2)]
-    info = {"group": "vmfleet", "vms": vms, "client_key": "/k/id", "known_hosts": "/k/known_hosts", "python": "/py"}
+    info = {"group": "vmfleet", "cluster": "fleet", "vms": vms, "client_key": "/k/id", "known_hosts": "/k/known_hosts",
+            "python": "/py"}
     hosts = vmfleet.inventory(info)["all"]["children"]["nats_clusters"]["children"]["vmfleet"]["hosts"]
     assert sorted(hosts) == ["vm-0", "vm-1"]
+    assert {h["ca_rotation_cluster_name"] for h in hosts.values()} == {"fleet"}, "one cluster spread over the VMs"
     host = hosts["vm-1"]
     assert (host["ansible_connection"], host["ansible_host"], host["ansible_port"], host["ansible_user"]) == (
         "ssh", "127.50.60.11", 2201, "cafleet-abc123-1")

@@ -116,10 +116,10 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
     steps = steps or LocalSteps()
     kv_mount = cfg.pki['kv_mount']
     previous_pem, delivered, reloaded, servers = None, False, False, []
-    min_success = cc.min_success or None
+    min_success = cc.own_min_success
     try:
         with timings.step('deliver'):
-            record = _state.read_cluster(clients.openbao(), cc.name, kv_mount, cfg.state_path)
+            record = _state.read_cluster(clients.openbao(), cc.record_name, kv_mount, cfg.state_path)
         unproven = decisions.cluster_needs_reload(False, record, auth['sha256'])
         probe = probe_options(auth) if cc.probe else None
         if probe is not None and not check_mode:
@@ -154,11 +154,13 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                 raise ClusterFailure(out['msg'], servers)
             reloaded = True
             with timings.step('record'):
-                _state.record_cluster(clients.openbao(), cc.name,
-                                      {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
-                                       'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
+                _state.record_cluster(clients.openbao(), cc.record_name,
+                                      dict({'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
+                                            'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
+                                           **({'host': cc.host} if cc.spread else {})),
                                       kv_mount, cfg.state_path, check_mode)
-        result = cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers,
+        result = cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, host=cc.host, min_success=cc.min_success,
+                                server_count=len(cc.targets) or len(servers),
                                 changed=delivered or reloaded or bool(repaired), timings=timings.as_dict())
         result.renewed = repaired
         return result
@@ -179,7 +181,8 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
             error += '. ' + rollback_summary(rollback, auth)
         elif previous_pem is None and delivered:
             error += '. No previous bundle was found to put back'
-        return cluster_result(cc.name, auth, False, servers=failed_servers, error=error,
+        return cluster_result(cc.name, auth, False, servers=failed_servers, error=error, host=cc.host, min_success=cc.min_success,
+                              server_count=len(cc.targets) or len(failed_servers),
                               rolled_back=bool(rollback and rollback['complete']), rollback=rollback,
                               changed=delivered, timings=timings.as_dict())
 

@@ -255,6 +255,9 @@ class ClusterConfig:
         v = cfg._v  # pylint: disable=protected-access
         self.name = str(v['cluster_name'] or host)
         self.host = host
+        #: every inventory host of this cluster (set by the step from the inventory): a cluster spread over several
+        #: hosts (VMs sharing ca_rotation_cluster_name) proves per host, and is judged as one cluster after them
+        self.hosts = [host]
         self.transport = v['nats_reload_transport']
         if self.transport not in TRANSPORTS:
             raise ConfigError('%snats_reload_transport must be one of %s, got %r' % (PREFIX, ', '.join(TRANSPORTS), self.transport),
@@ -302,6 +305,23 @@ class ClusterConfig:
         if self.run_on not in ('auto', 'controller', 'host'):
             raise ConfigError('%snats_reload_run_on must be auto, controller or host, got %r' % (PREFIX, self.run_on),
                               PREFIX + 'nats_reload_run_on')
+
+    @property
+    def spread(self):
+        """True when the cluster's servers are on several inventory hosts."""
+        return len(self.hosts) > 1
+
+    @property
+    def record_name(self):
+        """The proof record this host step keeps: the cluster's own, or for a spread cluster this host's part of it
+        (``<cluster>/hosts/<host>``; the cluster's record is written once every host is judged)."""
+        return '%s/hosts/%s' % (self.name, self.host) if self.spread else self.name
+
+    @property
+    def own_min_success(self):
+        """The min_success of this host step: on a spread cluster every server of the host (min_success counts the
+        servers of the hosts that proved, across the cluster), else the cluster's."""
+        return None if self.spread else (self.min_success or None)
 
     def reload_targets(self, targets=None):
         """Targets as the reload engine takes them (only the keys it knows)."""

@@ -28,6 +28,19 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 )
 
 
+def record_spread_clusters(cfg, auth, clusters, clients, check_mode=False):
+    """The proof record of each cluster spread over several hosts that proved the bundle (its hosts keep their own
+    parts, ``<cluster>/hosts/<host>``); clusters of one host wrote theirs in their own step."""
+    for cluster in clusters:
+        if cluster.get('hosts') is None or not cluster.get('ok'):
+            continue
+        _state.record_cluster(clients.openbao(), cluster['cluster'], {
+            'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cluster['cluster'],
+            'proven_at': isoformat(utcnow()), 'epoch': auth['epoch'],
+            'hosts': sorted(h for h, part in cluster['hosts'].items() if part.get('ok'))},
+            cfg.pki['kv_mount'], cfg.state_path, check_mode)
+
+
 def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mode=False):
     """Make the proven epoch OpenBao's default issuer once every cluster trusts it; renew the announcer's leaf.
 
@@ -43,6 +56,8 @@ def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mod
         return out
     epoch = decisions.activation_epoch(auth)
     out['epoch'] = epoch
+    with timings.step('record'):
+        record_spread_clusters(cfg, auth, clusters, clients, check_mode)
     proven = decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256'])
     if proven and auth.get('announce_error') and cfg.announce:
         with timings.step('announce'):
@@ -83,6 +98,8 @@ def complete_rollback(cfg, auth, clusters, expected_clusters, clients, timings, 
     if not auth.get('go'):
         out['timings'] = timings.as_dict()
         return out
+    with timings.step('record'):
+        record_spread_clusters(cfg, auth, clusters, clients, check_mode)
     if not decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256']):
         out['msg'] = 'The rollback is not complete: not every cluster is back on bundle %s' % auth['sha256'][:16]
         out['timings'] = timings.as_dict()

@@ -106,6 +106,11 @@ class ClusterResult:
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
     #: the run (lock holder) this result belongs to: a result left in a fact cache by an earlier run never counts
     holder: Optional[str] = None
+    #: the inventory host whose step this is, and the cluster's min_success (0: every server)
+    host: Optional[str] = None
+    min_success: int = 0
+    #: how many servers this step is for (its targets; the pods found for Kubernetes)
+    server_count: int = 0
 
     def to_fact(self):
         out = dataclasses.asdict(self)
@@ -118,12 +123,70 @@ class ClusterResult:
 
 
 def cluster_result(name, auth, ok, reloaded=False, servers=None, error=None, rolled_back=False, changed=False, timings=None,
-                   rollback=None):
-    """One cluster's outcome of the deliver phase."""
+                   rollback=None, host=None, min_success=0, server_count=None):
+    """One cluster's outcome of the deliver phase (of one host's part of it, for a cluster spread over hosts)."""
     return ClusterResult(ok=bool(ok), cluster=name, reloaded=bool(reloaded), sha256=auth.get('sha256') if ok else None,
                          epoch=auth.get('epoch') if ok else None, servers=list(servers or []), error=error,
                          rolled_back=bool(rolled_back), rollback=rollback, changed=bool(changed), timings=dict(timings or {}),
-                         holder=auth.get('holder'))
+                         holder=auth.get('holder'), host=host, min_success=int(min_success or 0),
+                         server_count=len(servers or []) if server_count is None else int(server_count))
+
+
+def group_clusters(results, members, auth):
+    """One result per cluster: a cluster spread over several inventory hosts (``members``: ``{cluster: [hosts]}``)
+    is judged as one from its hosts' results.
+
+    Every host proves all of its own servers or puts its previous bundle back; the cluster has proven the bundle
+    when every host did, or - with ``min_success`` - when the hosts that did hold at least that many servers. A host
+    without a result of this run (unreachable, or its step failed as a task) proved nothing. Clusters of one host
+    keep their own result as it is.
+    """
+    sha = (auth or {}).get('sha256')
+    spread = {name: hosts for name, hosts in members.items() if len(hosts) > 1}
+    by_host = {r.get('host'): r for r in results if r.get('host')}
+    out = [r for r in results if r.get('cluster') not in spread]
+    out.extend(_spread_result(name, hosts, by_host, sha, auth) for name, hosts in spread.items())
+    return out
+
+
+def _server_count(result):
+    return max(int(result.get('server_count') or 0), len(result.get('servers') or []))
+
+
+def _spread_result(name, hosts, by_host, sha, auth):
+    parts = {h: by_host.get(h) for h in hosts}
+    proven = [h for h, r in parts.items() if r and r.get('ok') and r.get('sha256') == sha]
+    need = max([int(r.get('min_success') or 0) for r in parts.values() if r] or [0])
+    servers, errors, renewed, timings, calls = [], [], [], {}, 0
+    for host, r in parts.items():
+        if r is None:
+            errors.append('host %s: no result of this run (it failed or was unreachable; see its task above)' % host)
+            continue
+        servers.extend(dict(s, host=host) for s in r.get('servers') or [])
+        renewed.extend(r.get('renewed') or [])
+        timings[host] = r.get('timings') or {}
+        calls += int(r.get('module_calls') or 0)
+        if not r.get('ok'):
+            errors.append('host %s: %s' % (host, r.get('error') or 'failed'))
+    proven_servers = sum(_server_count(parts[h]) for h in proven)
+    ok = len(proven) == len(hosts) if not need else proven_servers >= need
+    out = {
+        'ok': ok, 'cluster': name, 'holder': (auth or {}).get('holder'), 'hosts': {
+            h: {'ok': h in proven, 'reloaded': bool(r and r.get('reloaded')), 'servers': _server_count(r or {}),
+                'rolled_back': bool(r and r.get('rolled_back')), 'error': None if h in proven else (
+                    (r or {}).get('error') or 'no result of this run')} for h, r in parts.items()},
+        'reloaded': any(r and r.get('reloaded') for r in parts.values()),
+        'changed': any(r and r.get('changed') for r in parts.values()),
+        'rolled_back': any(r and r.get('rolled_back') for r in parts.values()),
+        'sha256': sha if ok else None, 'epoch': (auth or {}).get('epoch') if ok else None,
+        'servers': servers, 'renewed': sorted(set(renewed)), 'timings': timings, 'module_calls': calls,
+        'min_success': need, 'proven_servers': proven_servers,
+    }
+    if errors:
+        # with min_success met the cluster counts as proven: what did not is still said
+        out['error' if not ok else 'degraded'] = '; '.join(errors) + (
+            '' if not need else ' (%d of the %d server(s) min_success asks for proved the bundle)' % (proven_servers, need))
+    return out
 
 
 def this_runs_clusters(results, auth):

@@ -222,6 +222,16 @@ def _served_epoch(tls, issuers):
     return tls.get('issuer_epoch'), None
 
 
+def _merge_cluster_facts(first, more):
+    """The facts of a cluster spread over several hosts (one set per host) as one: every host's servers, every
+    error."""
+    merged = dict(first)
+    merged['servers'] = list(first.get('servers') or []) + list(more.get('servers') or [])
+    errors = [e for e in (first.get('error'), more.get('error')) if e]
+    merged['error'] = '; '.join(errors) or None
+    return merged
+
+
 def _check_cluster(f, name, facts, record, expected, bundle, auth, now, schedule):
     where = 'cluster %s' % name
     if facts is None:
@@ -331,8 +341,10 @@ def build_report(authority, clusters):
     by_name = {}
     for facts in clusters or []:
         if isinstance(facts, dict) and facts.get('cluster'):
+            if facts['cluster'] in by_name:  # a cluster spread over several hosts: one set of servers
+                facts = _merge_cluster_facts(by_name[facts['cluster']], facts)
             by_name[facts['cluster']] = facts
-    names = list(auth.get('clusters') or []) + sorted(n for n in by_name if n not in (auth.get('clusters') or []))
+    names = list(dict.fromkeys(auth.get('clusters') or [])) + sorted(n for n in by_name if n not in (auth.get('clusters') or []))
     records = auth.get('cluster_records') or {}
     for name in names:
         _check_cluster(f, name, by_name.get(name), records.get(name), expected, bundle, auth, now, schedule)

@@ -366,3 +366,18 @@ def test_module_cluster_scope_reports_bad_targets_as_facts(run_module):
     result = run_module('rotation_status', {'scope': 'cluster', 'cluster': 'east', 'transport': 'signal'})
     assert not result.get('failed') and result['changed'] is False
     assert 'targets is required' in result['facts']['error'] and result['facts']['transport'] == 'signal'
+
+
+def test_a_cluster_spread_over_hosts_is_checked_as_one():
+    """VM hosts sharing a cluster name each report their own servers: one cluster, every server, one proof record."""
+    authority, cluster = consistent()
+    authority['clusters'] = ['east', 'east', 'east']  # one name per host, as status.yml lists them
+    cluster.pop('live_secret')
+    parts = [dict(copy.deepcopy(cluster), servers=[server]) for server in cluster['servers']]
+    report = status_checks.build_report(authority, parts)
+    assert report['ok'] and report['findings'] == [], report['findings']
+    assert len(report['clusters']) == 1 and [s['name'] for s in report['clusters'][0]['servers']] == ['nats-0', 'nats-1', 'nats-2']
+    parts[1]['servers'][0]['ca_sha256'] = 'b' * 64
+    parts[2].update(error='host vm-2: unreachable', servers=[])
+    found = {(f['code'], f['where']) for f in status_checks.build_report(authority, parts)['findings']}
+    assert found == {('ca_file_sha256', 'east/nats-1'), ('cluster_error', 'cluster east')}, found
