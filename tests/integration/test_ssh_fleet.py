@@ -225,6 +225,9 @@ def test_a_run_with_nothing_due_changes_nothing_anywhere(world):
     recap = _recap(run["stdout"])
     assert set(recap) == {"authority", "local", "kube"} | {vm["name"] for vm in fleet.vms}, recap
     assert all(r["changed"] == 0 and r["failed"] == 0 and r["unreachable"] == 0 for r in recap.values()), recap
+    # per VM: one look at its leaves and one deliver_reload (nothing written, nothing reloaded); the leaf phase reuses
+    # the look, the issuers being unchanged
+    assert run["report"]["clusters"][CLUSTER]["module_calls"] == 2 * VMS, run["report"]["clusters"][CLUSTER]
 
 
 def test_leaf_keys_are_made_on_the_vm_and_only_their_csrs_are_signed(world):

@@ -8,7 +8,9 @@ phase of the same step (after activation, so that leaves come from the new defau
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import shutil
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
@@ -124,8 +126,9 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
         probe = probe_options(auth) if cc.probe else None
         if probe is not None and not check_mode:
             probe_context(probe)  # unreadable probe files stop here, before anything is written
+        look = {}
         with timings.step('repair_leaves'):
-            repaired = repair_dead_leaves(cfg, cc, clients, check_mode, steps)
+            repaired = repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=look)
         if uses_host_steps(cc):
             # verified by the authority in this run (against the root, which an intermediates-only bundle lacks);
             # delivered here byte for byte
@@ -163,6 +166,7 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                                 server_count=len(cc.targets) or len(servers),
                                 changed=delivered or reloaded or bool(repaired), timings=timings.as_dict())
         result.renewed = repaired
+        result.leaf_look = look or None
         return result
     except Exception as err:  # pylint: disable=broad-except
         where = 'Reload every server and prove it trusts the new bundle' if isinstance(err, ClusterFailure) else 'Deliver the bundle'
@@ -275,7 +279,15 @@ def _sign_and_install(cfg, cc, client, targets, requests, issuer_ref, check_mode
         raise ClusterFailure(out['msg'], out['targets'])
 
 
-def repair_dead_leaves(cfg, cc, clients, check_mode, steps):
+def issuers_digest(issuers):
+    """A digest of the intermediate mount's issuers (ids, names, default, certificates): equal digests, equal answers
+    to a leaf look."""
+    text = json.dumps(sorted((k, v.get('issuer_name'), bool(v.get('is_default')), v.get('certificate'))
+                             for k, v in issuers.items()))
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=None):
     """Before the bundle is delivered: server leaves nothing can connect with any more (expired, from an expired or
     deleted issuer, unreadable) are re-issued first - from the default issuer, or from the current epoch's when that
     has expired too (an outage longer than the validity) - and their servers reloaded, so that the reload with the
@@ -296,8 +308,11 @@ def repair_dead_leaves(cfg, cc, clients, check_mode, steps):
                                    now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), key_type=cfg.pki['key_type'],
                                    check_mode=look_only)
     # a look first (no key is made; on a VM the module runs in the task's check mode, and may keep a pending key)
-    dead = {r['name']: r for r in requests_for(wanted, True) if decisions.leaf_unusable(r['reasons'])}
+    looked = requests_for(wanted, True)
+    dead = {r['name']: r for r in looked if decisions.leaf_unusable(r['reasons'])}
     if not dead:
+        if look is not None:  # what the leaf phase would find, while the issuers stay as they are (renew_leaves)
+            look.update(issuers=issuers_digest(issuers), due=sorted(r['name'] for r in looked if r['reasons']))
         return []
     if not cc.renew_leaves:
         issuer = issuer_ref or next((i['issuer_name'] for i in issuers.values() if i.get('is_default')), 'default')
@@ -333,9 +348,16 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
         with timings.step('renew'):
             client = clients.openbao()
             issuers = issuer_certificates(client, cfg.pki['int_mount'])
-            requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
-                                           now=isoformat(cfg.now), schedule=cfg.schedule.to_params(),
-                                           key_type=cfg.pki['key_type'], check_mode=check_mode)
+            look = result.get('leaf_look') or {}
+            if look.get('issuers') == issuers_digest(issuers) and not look.get('due') and not steps.local:
+                # the deliver phase looked at these leaves against these very issuers (activation changed nothing)
+                # and none was due: no second module call on the host (a leaf that falls due in the seconds between
+                # is renewed by the next run)
+                requests = []
+            else:
+                requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
+                                               now=isoformat(cfg.now), schedule=cfg.schedule.to_params(),
+                                               key_type=cfg.pki['key_type'], check_mode=check_mode)
             due = {r['name']: r for r in requests if r['csr']}
             renewed = [t for t in wanted if t['name'] in due]
         if renewed:

@@ -111,6 +111,8 @@ class ClusterResult:
     min_success: int = 0
     #: how many servers this step is for (its targets; the pods found for Kubernetes)
     server_count: int = 0
+    #: the deliver phase's look at the host's leaves (``{issuers: digest, due: [names]}``), for the leaf phase
+    leaf_look: Optional[dict] = None
 
     def to_fact(self):
         out = dataclasses.asdict(self)
