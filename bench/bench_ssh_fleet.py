@@ -8,7 +8,7 @@ them (ansible-playbook), with the same stack:
   fleet   rotate.yml on the local group and every VM: changing (the VMs' first run) and no-op
 
 and prints them side by side with the per-VM cost ((fleet - floor) / VMs). Each VM costs its module calls over
-SSH with sudo (deliver_reload, two leaf_requests looks) plus the trust probe from the controller.
+SSH with sudo (a no-op: one leaf look and deliver_reload; the first run more) plus the trust probe from the controller.
 
     python bench/bench_ssh_fleet.py                   # 1 and 10 VMs
     python bench/bench_ssh_fleet.py --sizes 1,3 --forks 10 --json bench/results/ssh_fleet.json
