@@ -13,12 +13,14 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import nats
 import pytest
 from cryptography.hazmat.primitives import serialization
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _audit as A
@@ -81,11 +83,20 @@ def streams(stack):
     yield new
 
     async def cleanup(_nc, js):
+        # a JetStream API request may go unanswered while the meta group elects a leader (seen on a busy machine):
+        # asked again until it is answered, for at most a minute
+        deadline = time.monotonic() + 60
         for name in created:
-            try:
-                await js.delete_stream(name)
-            except NotFoundError:
-                pass
+            while True:
+                try:
+                    await js.delete_stream(name)
+                except NotFoundError:
+                    pass
+                except NatsTimeoutError:
+                    if time.monotonic() < deadline:
+                        continue
+                    raise
+                break
     independently(stack, cleanup)
 
 
