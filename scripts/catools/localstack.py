@@ -55,6 +55,8 @@ KV_MOUNT = "secret"
 CN_PREFIX = "NATS Intermediate CA"
 MEMBER_KEYS = ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")
 MAX_SERVERS = 7
+#: without JetStream (the benchmarks' many-server clusters) a cluster may be larger
+MAX_SERVERS_NO_JETSTREAM = 64
 
 # the names every server certificate carries (servers listen on 127.0.0.1); the inventory gives them to leaf renewal
 SERVER_ALT_NAMES = ["localhost"]
@@ -303,10 +305,12 @@ class LocalStack:
     ) -> None:
         self.state_dir = Path(state_dir or os.environ.get("CA_ROTATION_STACK_DIR") or DEFAULT_STATE_DIR).resolve()
         self.clusters = [(str(name), int(size)) for name, size in clusters]
+        limit = MAX_SERVERS if jetstream else MAX_SERVERS_NO_JETSTREAM
         for name, size in self.clusters:
-            if not 1 <= size <= MAX_SERVERS:
-                raise StackError(f"cluster {name}: {size} servers asked for (--servers); a local cluster has 1 to {MAX_SERVERS} "
-                                 f"servers (3 by default, the JetStream R3 the announcement stream uses)")
+            if not 1 <= size <= limit:
+                raise StackError(f"cluster {name}: {size} servers asked for (--servers); a local cluster has 1 to {limit} "
+                                 f"servers (3 by default, the JetStream R3 the announcement stream uses; up to "
+                                 f"{MAX_SERVERS_NO_JETSTREAM} without JetStream)")
         self.schedule = _epoch.EpochSchedule.from_params(
             {
                 "epoch_zero": epoch_zero,
