@@ -40,8 +40,8 @@ class ActionModule(EngineAction):
 
     def run_step(self, args, cfg, task_vars):
         auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False}
-        expected = len(self.cluster_members(task_vars, cfg))
-        clusters = self.cluster_facts(task_vars, cfg, auth)
+        members = self.cluster_members(task_vars, cfg)
+        clusters = self.cluster_facts(task_vars, members, auth)
         if not auth.get('go'):
             return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
                     'ansible_facts': {ACTIVATION_FACT: {'changed': False, 'epoch': None}}}
@@ -50,7 +50,7 @@ class ActionModule(EngineAction):
         timings = self.new_timings()
         step = finish.complete_rollback if args['mode'] == 'rollback' else finish.activate
         try:
-            res = step(cfg, auth, clusters, expected, clients, timings, check_mode=self._task.check_mode)
+            res = step(cfg, auth, clusters, len(members), clients, timings, check_mode=self._task.check_mode)
         except Exception as err:  # pylint: disable=broad-except  # the finish step reports it and fails the run
             res = {'changed': False, 'epoch': None, 'activated': False, 'timings': timings.as_dict(),
                    'error': '%s failed: %s' % ('Completing the rollback' if args['mode'] == 'rollback' else 'Activation', err)}

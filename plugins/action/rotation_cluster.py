@@ -62,8 +62,7 @@ class ActionModule(EngineAction):
         name = name or host
         self.say('Cluster %s FAILED: %s' % (name if name == host else '%s (host %s)' % (name, host), msg))
         out = {'changed': False, 'msg': msg,
-               'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg,
-                                                              host=self._task_vars.get('inventory_hostname')).to_fact()}}
+               'ansible_facts': {CLUSTER_FACT: cluster_result(name, self.authority_fact(), False, error=msg, host=host).to_fact()}}
         if option:
             out['option'] = option
         return out

@@ -74,13 +74,13 @@ class ActionModule(EngineAction):
             clients.close()
         return None
 
-    def missing_clusters(self, task_vars, cfg, auth):
+    def missing_clusters(self, task_vars, members, auth):
         """A failed result for every cluster host without a result of this run (its step failed as a task, or the
         host was unreachable): a cluster that did not report is a cluster that did not prove anything."""
         if not auth.get('go'):
             return []
         out = []
-        for name, hosts in self.cluster_members(task_vars, cfg).items():
+        for hosts in members.values():
             if len(hosts) > 1:
                 continue  # judged from its hosts' results, a missing host included (cluster_facts)
             host = hosts[0]
@@ -103,16 +103,17 @@ class ActionModule(EngineAction):
 
     def run_step(self, args, cfg, task_vars):
         auth = self.template_var(task_vars, AUTHORITY_FACT) or {'go': False, 'error': 'the authority step did not run'}
-        clusters = self.cluster_facts(task_vars, cfg, auth)
+        members = self.cluster_members(task_vars, cfg)
+        clusters = self.cluster_facts(task_vars, members, auth)
         clients = self.new_clients(cfg)
         try:
             if args['mode'] == 'rollback':
                 # announce kind: rollback, record it and set the hold - once every cluster is back on the restored bundle
                 cfg.live_secret_locations = self.live_secret_locations(task_vars, cfg)
-                activation = self.complete_rollback(cfg, auth, clusters, len(self.cluster_members(task_vars, cfg)), clients)
+                activation = self.complete_rollback(cfg, auth, clusters, len(members), clients)
             else:
                 activation = self.template_var(task_vars, ACTIVATION_FACT) or {}
-            clusters = clusters + self.missing_clusters(task_vars, cfg, auth)
+            clusters = clusters + self.missing_clusters(task_vars, members, auth)
             report = finish.finish(cfg, auth, clusters, activation, clients, check_mode=self._task.check_mode)
         finally:
             clients.close()

@@ -112,13 +112,19 @@ created:
 '''
 
 import base64
-import hashlib
 import os
 import shutil
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import FileError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import (
+    atomic_write,
+    file_needs_write,
+    parse_mode,
+    set_attributes,
+)
 
 ARGUMENT_SPEC = {
     'root': {'type': 'path', 'required': True},
@@ -136,8 +142,8 @@ ARGUMENT_SPEC = {
 }
 
 
-class TreeError(Exception):
-    """Bad input: the message names the option."""
+class TreeError(FileError):
+    """Bad input, found before anything is written: the message names the option."""
 
 
 def relative(path, option):
@@ -150,24 +156,9 @@ def relative(path, option):
 
 def octal(mode, option):
     try:
-        value = int(str(mode), 8)
-    except ValueError:
-        raise TreeError('%s %r must be an octal mode such as 0644' % (option, mode)) from None
-    if not 0 <= value <= 0o7777:
-        raise TreeError('%s %r must be an octal mode such as 0644' % (option, mode))
-    return value
-
-
-def _mode_of(path):
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(65536), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return parse_mode(mode, option)
+    except FileError as err:
+        raise TreeError(str(err)) from None
 
 
 def _makedirs(root, rel, mode, check_mode, created):
@@ -209,35 +200,24 @@ def install(root, files, directories, absent, check_mode=False):
     for rel, mode in dirs:
         _makedirs(root, rel, mode, check_mode, created)
         target = os.path.join(root, rel)
-        if os.path.isdir(target) and _mode_of(target) != mode:
+        if os.path.isdir(target) and stat.S_IMODE(os.stat(target).st_mode) != mode:
             installed.append(rel + '/')
             if not check_mode:
                 os.chmod(target, mode)
     for rel, mode, data in plan:
         target = os.path.join(root, rel)
         _makedirs(root, os.path.dirname(rel), 0o755, check_mode, created)
-        same = (os.path.isfile(target) and not os.path.islink(target)
-                and _sha256(target) == hashlib.sha256(data).hexdigest())
-        if same and _mode_of(target) == mode:
+        # a symlink in the way is replaced, never written through
+        differs, attrs = (True, True) if os.path.islink(target) else file_needs_write(target, data, mode)
+        if not (differs or attrs):
             continue
         installed.append(rel)
         if check_mode:
             continue
-        if same:
-            os.chmod(target, mode)
-            continue
-        fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(rel), dir=os.path.dirname(target))
-        try:
-            with os.fdopen(fd, 'wb') as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
+        if differs:
+            atomic_write(target, data, mode)
+        else:
+            set_attributes(target, mode)
     for rel in gone:
         target = os.path.join(root, rel)
         if not os.path.lexists(target):
@@ -259,7 +239,7 @@ def main():
         result = install(p['root'], p['files'], p['directories'], p['absent'], check_mode=module.check_mode)
     except TreeError as err:
         module.fail_json(msg='%s. Nothing was changed.' % err)
-    except OSError as err:
+    except (FileError, OSError) as err:
         module.fail_json(msg='Installing under %s failed: %s' % (p['root'], err))
     module.exit_json(**result)
 

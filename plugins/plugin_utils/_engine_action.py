@@ -173,11 +173,12 @@ class EngineAction(ActionBase):
             members.setdefault(str(name), []).append(host)
         return members
 
-    def cluster_facts(self, task_vars, cfg, auth):
+    def cluster_facts(self, task_vars, members, auth):
         """The cluster results of this run: one per cluster host that reported, and one per cluster spread over
-        several hosts, judged from its hosts' results (``results.group_clusters``)."""
-        results = this_runs_clusters([self.fact_of(task_vars, h, CLUSTER_FACT) for h in self.cluster_hosts(task_vars, cfg)], auth)
-        return group_clusters(results, self.cluster_members(task_vars, cfg), auth)
+        several hosts, judged from its hosts' results (``results.group_clusters``). ``members``: from
+        :meth:`cluster_members`."""
+        hosts = [h for names in members.values() for h in names]
+        return group_clusters(this_runs_clusters([self.fact_of(task_vars, h, CLUSTER_FACT) for h in hosts], auth), members, auth)
 
     def on_config_error(self, err, args):
         """The result for a configuration error found before anything was changed."""

@@ -72,11 +72,16 @@ def file_needs_write(path, content, mode, owner=None, group=None):
     if st is None:
         return True, True
     uid, gid = resolve_owner(owner, group)
-    return current != content.encode('utf-8'), attributes_differ(st, mode, uid, gid)
+    return current != _bytes(content), attributes_differ(st, mode, uid, gid)
+
+
+def _bytes(content):
+    """``content`` as bytes (str is UTF-8 encoded)."""
+    return content if isinstance(content, bytes) else content.encode('utf-8')
 
 
 def atomic_write(path, content, mode, owner=None, group=None):
-    """Write ``content`` to ``path`` atomically (temp file in the same directory, fsync, rename),
+    """Write ``content`` (str or bytes) to ``path`` atomically (temp file in the same directory, fsync, rename),
     created with ``mode`` from the start so a private key is never readable by others."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -88,7 +93,7 @@ def atomic_write(path, content, mode, owner=None, group=None):
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         with os.fdopen(fd, 'wb') as handle:
-            handle.write(content.encode('utf-8'))
+            handle.write(_bytes(content))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

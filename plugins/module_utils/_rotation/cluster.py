@@ -8,7 +8,6 @@ phase of the same step (after activation, so that leaves come from the new defau
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import shutil
@@ -156,12 +155,12 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
             if out['failed']:
                 raise ClusterFailure(out['msg'], servers)
             reloaded = True
+            record = {'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
+                      'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']}
+            if cc.spread:
+                record['host'] = cc.host
             with timings.step('record'):
-                _state.record_cluster(clients.openbao(), cc.record_name,
-                                      dict({'generation': auth['generation'], 'sha256': auth['sha256'], 'cluster': cc.name,
-                                            'proven_at': isoformat(utcnow()), 'epoch': auth['epoch']},
-                                           **({'host': cc.host} if cc.spread else {})),
-                                      kv_mount, cfg.state_path, check_mode)
+                _state.record_cluster(clients.openbao(), cc.record_name, record, kv_mount, cfg.state_path, check_mode)
         result = cluster_result(cc.name, auth, True, reloaded=reloaded, servers=servers, host=cc.host, min_success=cc.min_success,
                                 server_count=len(cc.targets) or len(servers),
                                 changed=delivered or reloaded or bool(repaired), timings=timings.as_dict())
@@ -284,7 +283,7 @@ def issuers_digest(issuers):
     to a leaf look."""
     text = json.dumps(sorted((k, v.get('issuer_name'), bool(v.get('is_default')), v.get('certificate'))
                              for k, v in issuers.items()))
-    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+    return sha256_hex(text)
 
 
 def repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=None):
