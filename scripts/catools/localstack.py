@@ -53,7 +53,7 @@ TRANSIT_MOUNT = "transit"
 TRANSIT_KEY = "ca-bundle-signer"
 KV_MOUNT = "secret"
 CN_PREFIX = "NATS Intermediate CA"
-MEMBER_KEYS = ("name", "url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")
+MEMBER_KEYS = ("name", "url", "route_url", "monitor_url", "pid_file", "ca_file", "config_file", "cert_file", "key_file")
 MAX_SERVERS = 7
 #: without JetStream (the benchmarks' many-server clusters) a cluster may be larger
 MAX_SERVERS_NO_JETSTREAM = 64
@@ -597,7 +597,8 @@ class LocalStack:
                 servers.append({
                     "name": name, "cluster": cluster_name, "host": "127.0.0.1",
                     "client_port": ports[0], "cluster_port": ports[1], "monitor_port": ports[2],
-                    "url": f"tls://127.0.0.1:{ports[0]}", "monitor_url": f"http://127.0.0.1:{ports[2]}",
+                    "url": f"tls://127.0.0.1:{ports[0]}", "route_url": f"tls://127.0.0.1:{ports[1]}" if size > 1 else None,
+                    "monitor_url": f"http://127.0.0.1:{ports[2]}",
                     "config_file": str(base / "nats.conf"), "pid_file": str(base / "nats.pid"),
                     "log_file": str(base / "nats.log"), "cert_file": str(base / "server.pem"),
                     "key_file": str(base / "server-key.pem"), "ca_dir": str(base / "ca"),
@@ -715,7 +716,7 @@ class LocalStack:
             "ca_rotation_nats_clusters": {
                 c["name"]: {
                     "servers": [s["url"] for s in c["servers"]],
-                    "members": [dict({k: s[k] for k in MEMBER_KEYS}, alt_names=SERVER_ALT_NAMES, ip_sans=SERVER_IP_SANS)
+                    "members": [dict({k: s[k] for k in MEMBER_KEYS if s.get(k) is not None}, alt_names=SERVER_ALT_NAMES, ip_sans=SERVER_IP_SANS)
                                 for s in c["servers"]],
                 } for c in self.info["clusters"]
             },

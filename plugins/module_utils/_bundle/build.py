@@ -24,6 +24,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._commo
     cert_sha256,
     common_name,
     load_cert,
+    replacement_number,
     serial_hex,
     verify_intermediate,
     verify_issued_by,
@@ -87,8 +88,8 @@ def _cn(cert):
 
 
 def _facts(cert, epoch=None, kind='intermediate'):
-    """JSON-safe facts about one certificate of a bundle."""
-    return {
+    """JSON-safe facts about one certificate of a bundle (``replacement`` only on a replacement intermediate)."""
+    out = {
         'epoch': epoch,
         'kind': kind,
         'subject': cert.subject.rfc4514_string(),
@@ -97,6 +98,9 @@ def _facts(cert, epoch=None, kind='intermediate'):
         'not_before': isoformat(cert_not_before(cert)),
         'not_after': isoformat(cert_not_after(cert)),
     }
+    if kind == 'intermediate' and replacement_number(cert):
+        out['replacement'] = replacement_number(cert)
+    return out
 
 
 def split_pem(text, what='pem', option=None):
@@ -135,12 +139,23 @@ def parse_bundle(pem, what='pem'):
 
 
 # --------------------------------------------------------------------------- selection & building
-def select_epochs(issuers, schedule, now):
+def select_epochs(issuers, schedule, now, keep=(), distrusted=()):
     """The issuers that belong in the bundle at ``now``: every valid epoch plus the prepared next
-    epoch, newest first. Revoked issuers are left out (revoking distrusts the epoch)."""
+    epoch, newest first; of an epoch with replacements, the newest replacement. Revoked issuers are
+    left out (revoking distrusts the epoch), and so is any certificate whose SHA-256 is in
+    ``distrusted``, except the issuer ids in ``keep``: a distrusted intermediate kept while its
+    replacement is proven and its leaves are re-issued (the servers still present them)."""
     wanted = set(schedule.desired_epochs(now))
-    chosen = [i for i in issuers if i.get('epoch') in wanted and not i.get('revoked')]
-    return sorted(chosen, key=lambda i: i['epoch'], reverse=True)
+    keep, distrusted = set(keep or ()), set(distrusted or ())
+    chosen = {}
+    for issuer in issuers:
+        if issuer.get('epoch') not in wanted or issuer.get('revoked') or issuer.get('sha256') in distrusted:
+            continue
+        best = chosen.get(issuer['epoch'])
+        if best is None or int(issuer.get('replacement') or 0) > int(best.get('replacement') or 0):
+            chosen[issuer['epoch']] = issuer
+    out = list(chosen.values()) + [i for i in issuers if i.get('issuer_id') in keep and i.get('epoch') in wanted]
+    return sorted(out, key=lambda i: (i['epoch'], int(i.get('replacement') or 0)), reverse=True)
 
 
 def epoch_from_not_after(schedule, not_after):
@@ -188,7 +203,7 @@ def _normalise_inputs(intermediates):
 
 
 def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_certificates=DEFAULT_MAX_CERTIFICATES,
-                 drop_expired=False):
+                 drop_expired=False, distrusted=()):
     """Verify the intermediates and render the bundle.
 
     ``intermediates``: PEM strings, or dicts with ``certificate`` and optionally ``epoch`` (issuers
@@ -197,7 +212,8 @@ def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_
 
     Every intermediate must be signed by the root, have CA:true and keyCertSign, NotAfter exactly
     ``schedule.expiry(epoch)`` and not be expired at ``now`` (``drop_expired`` leaves expired ones
-    out instead of failing). At most ``max_certificates`` intermediates, at least one. Raises
+    out instead of failing); an intermediate whose SHA-256 is in ``distrusted`` is left out (``dropped``, reason
+    ``distrusted``). At most ``max_certificates`` intermediates, at least one. Raises
     BundleError listing every problem; nothing is returned half-verified.
 
     Returns ``{pem, sha256, epoch (newest), epochs (newest first), certificates, include_root,
@@ -222,6 +238,7 @@ def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_
                           % (root.subject.rfc4514_string(), isoformat(cert_not_after(root))), option='root_pem')
 
     problems, dropped, by_epoch = [], [], {}
+    distrusted = set(distrusted or ())
     for text, epoch, label in _normalise_inputs(intermediates):
         cert = _load(text, label)
         subject = cert.subject.rfc4514_string()
@@ -251,26 +268,33 @@ def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_
                             % (label, subject, epoch, isoformat(not_after), isoformat(now)))
             continue
         sha = cert_sha256(cert)
-        if epoch in by_epoch:
-            if cert_sha256(by_epoch[epoch][1]) != sha:
-                problems.append('%s (%s): a different certificate for epoch %d is already in the bundle (%s); give one '
-                                'intermediate per epoch' % (label, subject, epoch, by_epoch[epoch][1].subject.rfc4514_string()))
+        if sha in distrusted:
+            dropped.append({'epoch': epoch, 'subject': subject, 'not_after': isoformat(not_after), 'reason': 'distrusted',
+                            'sha256': sha})
             continue
-        by_epoch[epoch] = (text, cert)
+        # one intermediate per epoch, and its replacements (a distrusted one kept while its replacement takes over)
+        slot = (epoch, replacement_number(cert))
+        if slot in by_epoch:
+            if cert_sha256(by_epoch[slot][1]) != sha:
+                problems.append('%s (%s): a different certificate for epoch %d is already in the bundle (%s); give one '
+                                'intermediate per epoch' % (label, subject, epoch, by_epoch[slot][1].subject.rfc4514_string()))
+            continue
+        by_epoch[slot] = (text, cert)
     if problems:
         raise BundleError('The CA bundle was not built and nothing was written: %s' % ' | '.join(problems))
     if not by_epoch:
         raise BundleError('No intermediate to put in the CA bundle (an empty set of epochs)%s; nothing was written'
                           % (' - every one given has expired' if dropped else ''))
+    slots = sorted(by_epoch, reverse=True)
+    epochs = sorted({n for n, _k in slots}, reverse=True)
     if len(by_epoch) > max_certificates:
         raise BundleError('The CA bundle would hold %d intermediates (epochs %s), more than max_certificates=%d; raise '
                           'max_certificates or shorten validity. Nothing was written'
-                          % (len(by_epoch), ', '.join(str(n) for n in sorted(by_epoch, reverse=True)), max_certificates),
+                          % (len(by_epoch), ', '.join(str(n) for n, _k in slots), max_certificates),
                           option='max_certificates')
 
-    epochs = sorted(by_epoch, reverse=True)
-    parts = [by_epoch[n][0] for n in epochs]
-    certificates = [_facts(by_epoch[n][1], n) for n in epochs]
+    parts = [by_epoch[slot][0] for slot in slots]
+    certificates = [_facts(by_epoch[slot][1], slot[0]) for slot in slots]
     if include_root:
         parts.append(root_text)
         certificates.append(_facts(root, None, 'root'))
@@ -289,7 +313,7 @@ def build_bundle(intermediates, root_pem, schedule, now, include_root=True, max_
 
 
 def bundle_from_pem(pem, schedule, now, root_pem=None, include_root=True, max_certificates=DEFAULT_MAX_CERTIFICATES,
-                    drop_expired=False, what='pem'):
+                    drop_expired=False, what='pem', distrusted=()):
     """Rebuild (and re-verify) a bundle given as PEM text, e.g. an earlier bundle put back for rollback.
 
     The self-signed certificate in ``pem`` is the root unless ``root_pem`` is given (then any
@@ -313,7 +337,7 @@ def bundle_from_pem(pem, schedule, now, root_pem=None, include_root=True, max_ce
                           option='root_pem')
     intermediates = [text for text, cert in certs if not _self_signed(cert)]
     return build_bundle(intermediates, root_text, schedule, now, include_root=include_root,
-                        max_certificates=max_certificates, drop_expired=drop_expired)
+                        max_certificates=max_certificates, drop_expired=drop_expired, distrusted=distrusted)
 
 
 def bundle_unverified(pem, schedule=None, what='pem'):

@@ -17,18 +17,22 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 
 
 def bundle_from_openbao(client, schedule, now, int_mount='pki_int', root_mount='pki', include_root=True,
-                        max_certificates=DEFAULT_MAX_CERTIFICATES, root_issuer='default'):
+                        max_certificates=DEFAULT_MAX_CERTIFICATES, root_issuer='default', keep=(), distrusted=(),
+                        issuers=None):
     """Build the bundle fresh from OpenBao: the ``epoch-<n>`` issuers of ``int_mount`` for every
     valid epoch plus the prepared one, verified against the root of ``root_mount``.
 
-    Adds ``skipped`` (revoked issuers of wanted epochs) and ``missing`` (wanted epochs with no
-    issuer) to the :func:`build_bundle` result. Raises OpenBaoError / BundleError.
+    Adds ``skipped`` (revoked and distrusted issuers of wanted epochs) and ``missing`` (wanted epochs with no
+    issuer) to the :func:`build_bundle` result. ``keep``, ``distrusted``: see :func:`select_epochs`;
+    ``issuers``: :func:`list_epoch_issuers` when the caller has it. Raises OpenBaoError / BundleError.
     """
-    issuers = list_epoch_issuers(client, int_mount)
+    issuers = list_epoch_issuers(client, int_mount) if issuers is None else issuers
     wanted = schedule.desired_epochs(now)
-    selected = select_epochs(issuers, schedule, now)
-    skipped = [{'epoch': i['epoch'], 'issuer_name': i['issuer_name'], 'reason': 'revoked'}
-               for i in issuers if i.get('epoch') in set(wanted) and i.get('revoked')]
+    selected = select_epochs(issuers, schedule, now, keep=keep, distrusted=distrusted)
+    skipped = [{'epoch': i['epoch'], 'issuer_name': i['issuer_name'],
+                'reason': 'distrusted' if i.get('sha256') in set(distrusted or ()) else 'revoked'}
+               for i in issuers if i.get('epoch') in set(wanted) and (i.get('revoked') or i.get('sha256') in set(distrusted or ()))
+               and i.get('issuer_id') not in set(keep or ())]
     have = {i['epoch'] for i in issuers}
     missing = [n for n in sorted(wanted, reverse=True) if n not in have]
     if not selected:
@@ -41,5 +45,5 @@ def bundle_from_openbao(client, schedule, now, int_mount='pki_int', root_mount='
     bundle = build_bundle(selected, root_pem, schedule, now, include_root=include_root, max_certificates=max_certificates)
     bundle['skipped'] = skipped
     bundle['missing'] = missing
-    bundle['issuers'] = {i['epoch']: i['issuer_id'] for i in selected}
+    bundle['issuers'] = {i['epoch']: i['issuer_id'] for i in reversed(selected) if i.get('issuer_id') not in set(keep or ())}
     return bundle

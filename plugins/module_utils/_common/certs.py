@@ -12,6 +12,7 @@ back to what those versions have.
 from __future__ import annotations
 
 import datetime
+import re
 import traceback
 
 CRYPTOGRAPHY_IMPORT_ERROR = None
@@ -132,6 +133,20 @@ def cert_sha256(cert):
 def canonical_pem(cert):
     """Canonical PEM of a certificate (re-encoded from DER: 64-column lines, '\\n' endings)."""
     return cert.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+
+#: the subject OU of the k-th replacement of an epoch's intermediate (issued after a distrust)
+REPLACEMENT_OU = 'replacement %d'
+_REPLACEMENT_OU_RE = re.compile(r'^replacement ([1-9][0-9]*)$')
+
+
+def replacement_number(cert):
+    """``k`` of a replacement intermediate (subject OU ``replacement <k>``), else 0."""
+    for attr in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        match = _REPLACEMENT_OU_RE.match(str(attr.value))
+        if match:
+            return int(match.group(1))
+    return 0
 
 
 def common_name(name):

@@ -20,10 +20,12 @@ OpenBao behaviour this code relies on (verified against OpenBao 2.7.2, see DESIG
 from __future__ import annotations
 
 import datetime
+import re
 import secrets
 import time
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    REPLACEMENT_OU,
     cert_facts,
     cert_not_after,
     cert_not_before,
@@ -40,10 +42,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     KEY_TYPES,
     _key_epoch,
     _parse_iso,
+    epoch_issuer_name,
     list_epoch_issuers,
     list_issuers,
     list_keys,
+    live_epoch_names,
     read_issuer,
+    replacement_of,
     root_certificate,
 )
 
@@ -70,7 +75,7 @@ def _orphan_keys(keys, issuers, epoch=None):
     return sorted(out, key=lambda k: (k['epoch'], k['key_name']))
 
 
-def _sign_exact(client, root_mount, root_issuer, csr, common_name, not_after, target_not_before, attempts=3):
+def _sign_exact(client, root_mount, root_issuer, csr, common_name, not_after, target_not_before, attempts=3, ou=None):
     """Sign ``csr`` with NotAfter = ``not_after`` and NotBefore as close to ``target_not_before`` as
     OpenBao allows.
 
@@ -91,6 +96,8 @@ def _sign_exact(client, root_mount, root_issuer, csr, common_name, not_after, ta
             'not_before_duration': max(duration, 1), 'exclude_cn_from_sans': True, 'max_path_length': 0,
             'use_csr_values': False,
         }
+        if ou:
+            payload['ou'] = ou
         resp = _request(client, 'POST', path, 'signing the intermediate with the root', data=payload)
         pem = _data(resp).get('certificate')
         if not pem:
@@ -105,10 +112,10 @@ def _sign_exact(client, root_mount, root_issuer, csr, common_name, not_after, ta
     return best
 
 
-def _predicted(schedule, epoch, cn_prefix, real_now):
+def _predicted(schedule, epoch, cn_prefix, real_now, replacement=0):
     return {
-        'issuer_id': None, 'issuer_name': 'epoch-%d' % epoch, 'key_id': None, 'key_name': None,
-        'epoch': epoch, 'certificate': None, 'common_name': '%s Epoch %d' % (cn_prefix, epoch),
+        'issuer_id': None, 'issuer_name': epoch_issuer_name(epoch, replacement), 'key_id': None, 'key_name': None,
+        'epoch': epoch, 'replacement': replacement, 'certificate': None, 'common_name': '%s Epoch %d' % (cn_prefix, epoch),
         'serial': None, 'sha256': None,
         'not_before': isoformat(min(schedule.start(epoch), real_now) - datetime.timedelta(seconds=schedule.skew)),
         'not_after': isoformat(schedule.expiry(epoch)), 'revoked': False, 'is_default': False,
@@ -123,8 +130,12 @@ def _name_issuer(client, mount, issuer_id, name):
 
 def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_mount='pki_int',
                               cn_prefix='NATS Intermediate CA', key_type='ec', key_bits=0, root_issuer='default',
-                              check_mode=False, now=None):
+                              check_mode=False, now=None, distrusted=()):
     """Make sure issuer ``epoch-<epoch>`` exists on ``int_mount``, signed by the root on ``root_mount``.
+
+    An epoch whose intermediate was distrusted (its SHA-256 in ``distrusted``; it is revoked) gets a replacement:
+    issuer ``epoch-<n>-r<k>`` with the next k, subject OU ``replacement <k>``, the same NotAfter. Without being in
+    ``distrusted`` a revoked issuer is refused, as any other invalid one.
 
     The key is generated inside OpenBao (``internal``) as ``epoch-<n>-<6 hex>``; NotAfter is
     exactly ``schedule.expiry(n)``; NotBefore is ``schedule.not_before(n)`` (start - skew) when
@@ -152,7 +163,10 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
             'Epoch %d starts at %s, more than one epoch ahead of the current epoch %d: intermediates are issued at most '
             'one epoch in advance' % (epoch, isoformat(schedule.start(epoch)), current), operation='checking the epoch')
 
-    name = 'epoch-%d' % epoch
+    issuers = list_issuers(client, int_mount)
+    replacement = replacement_of(live_epoch_names(issuers).get(epoch)) or 0
+    name = epoch_issuer_name(epoch, replacement)
+    distrusted = set(distrusted or ())
     common_name = '%s Epoch %d' % (cn_prefix, epoch)
     warnings = []
     root_pem = root_certificate(client, root_mount, root_issuer)
@@ -162,14 +176,19 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
                         'verifying early' % (root_issuer, root_mount, isoformat(cert_not_after(root)), epoch,
                                              isoformat(expiry)))
 
-    issuers = list_issuers(client, int_mount)
     keys = list_keys(client, int_mount)
     result = {'changed': False, 'created': False, 'orphan_keys_deleted': [], 'adopted': False,
-              'root_certificate': root_pem, 'warnings': warnings}
+              'root_certificate': root_pem, 'warnings': warnings, 'replacement': replacement}
 
     existing = next((iid for iid, info in issuers.items() if info.get('issuer_name') == name), None)
     if existing:
         facts = read_issuer(client, int_mount, existing)
+        if facts['sha256'] in distrusted:
+            # distrusted (and revoked): the epoch gets its next replacement, under its own name
+            replacement += 1
+            name, existing = epoch_issuer_name(epoch, replacement), None
+            result['replacement'] = replacement
+    if existing:
         problems = verify_intermediate(facts['certificate'], root_pem, expiry)
         if facts['revoked']:
             problems.append('it is revoked')
@@ -195,7 +214,7 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
     # An issuer imported by an interrupted run but never named: adopt it if it is right.
     for issuer_id, info in sorted(issuers.items()):
         key_name = (keys.get(info.get('key_id')) or {}).get('key_name')
-        if info.get('issuer_name') or _key_epoch(key_name) != epoch:
+        if info.get('issuer_name') or _key_epoch(key_name) != epoch or not re.match(re.escape(name) + r'-[0-9a-z]+$', key_name or ''):
             continue
         facts = read_issuer(client, int_mount, issuer_id)
         if not facts['revoked'] and not verify_intermediate(facts['certificate'], root_pem, expiry):
@@ -216,22 +235,23 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
     _cleanup_orphans(client, int_mount, keys, issuers, epoch, check_mode, result)
     result.update(changed=True, created=True)
     if check_mode:
-        result.update(_predicted(schedule, epoch, cn_prefix, real_now))
+        result.update(_predicted(schedule, epoch, cn_prefix, real_now, replacement))
         # OpenBao makes the first issuer of a mount without issuers its default.
         result['is_default'] = not issuers
         return result
 
     key_name = '%s-%s' % (name, secrets.token_hex(3))
+    ou = {'ou': REPLACEMENT_OU % replacement} if replacement else {}
     gen = _data(_request(client, 'POST', '%s/intermediate/generate/internal' % int_mount,
                          'generating the key and CSR for epoch %d' % epoch,
-                         data={'common_name': common_name, 'key_type': key_type, 'key_bits': int(key_bits or 0),
-                               'key_name': key_name, 'exclude_cn_from_sans': True, 'format': 'pem'}))
+                         data=dict({'common_name': common_name, 'key_type': key_type, 'key_bits': int(key_bits or 0),
+                                    'key_name': key_name, 'exclude_cn_from_sans': True, 'format': 'pem'}, **ou)))
     csr, key_id = gen.get('csr'), gen.get('key_id')
     if not csr or not key_id:
         raise OpenBaoError('%s/intermediate/generate/internal returned no CSR or key_id' % int_mount)
 
     target_nb = min(schedule.start(epoch), utcnow()) - datetime.timedelta(seconds=schedule.skew)
-    signed, deviation = _sign_exact(client, root_mount, root_issuer, csr, common_name, expiry, target_nb)
+    signed, deviation = _sign_exact(client, root_mount, root_issuer, csr, common_name, expiry, target_nb, ou=ou.get('ou'))
     pem = normalize_pem(_data(signed)['certificate'])
     problems = verify_intermediate(pem, root_pem, expiry)
     csr_key = x509.load_pem_x509_csr(csr.encode('ascii')).public_key()
@@ -260,13 +280,14 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
             _delete_key(client, int_mount, key_id, False)
             retry = ensure_epoch_intermediate(
                 client, schedule, epoch, root_mount=root_mount, int_mount=int_mount, cn_prefix=cn_prefix,
-                key_type=key_type, key_bits=key_bits, root_issuer=root_issuer, check_mode=check_mode, now=now)
+                key_type=key_type, key_bits=key_bits, root_issuer=root_issuer, check_mode=check_mode, now=now,
+                distrusted=distrusted)
             retry['changed'] = True
             return retry
         raise
     facts = cert_facts(pem)
     facts.update(issuer_id=issuer_id, issuer_name=name, key_id=key_id, key_name=key_name, epoch=epoch,
-                 revoked=False, leaf_not_after_behavior='truncate',
+                 replacement=replacement, revoked=False, leaf_not_after_behavior='truncate',
                  is_default=bool((list_issuers(client, int_mount).get(issuer_id) or {}).get('is_default')))
     result.update(facts)
     return result

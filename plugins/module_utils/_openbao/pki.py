@@ -20,7 +20,8 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 UTC = datetime.timezone.utc
 
 KEY_TYPES = ('ec', 'rsa', 'ed25519')
-EPOCH_ISSUER_RE = re.compile(r'^epoch-(\d+)$')
+#: ``epoch-<n>``, or ``epoch-<n>-r<k>``: the k-th replacement of epoch n's intermediate (after a distrust)
+EPOCH_ISSUER_RE = re.compile(r'^epoch-(\d+)(?:-r([1-9]\d*))?$')
 
 
 def _parse_iso(text):
@@ -38,13 +39,43 @@ def list_keys(client, mount):
 
 
 def epoch_of(name):
-    """Epoch number of an issuer named ``epoch-<n>``, else None."""
+    """Epoch number of an issuer named ``epoch-<n>`` or ``epoch-<n>-r<k>``, else None."""
     match = EPOCH_ISSUER_RE.match(name or '')
     return int(match.group(1)) if match else None
 
 
+def replacement_of(name):
+    """``k`` of an issuer named ``epoch-<n>-r<k>``, 0 for ``epoch-<n>``, None for any other name."""
+    match = EPOCH_ISSUER_RE.match(name or '')
+    if not match:
+        return None
+    return int(match.group(2) or 0)
+
+
+def epoch_issuer_name(epoch, replacement=0):
+    """The issuer name of epoch ``epoch``'s intermediate (``replacement`` k > 0: ``epoch-<n>-r<k>``)."""
+    return 'epoch-%d' % int(epoch) if not replacement else 'epoch-%d-r%d' % (int(epoch), int(replacement))
+
+
+def live_epoch_names(issuers):
+    """``{epoch: issuer name}`` of the intermediate that stands for each epoch: its newest replacement (one is issued
+    only after the one before was distrusted), else ``epoch-<n>``. ``issuers``: ``{id: {issuer_name, ...}}``."""
+    best = {}
+    for info in issuers.values():
+        name = info.get('issuer_name')
+        n, k = epoch_of(name), replacement_of(name)
+        if n is not None and (n not in best or k > best[n][0]):
+            best[n] = (k, name)
+    return {n: name for n, (_k, name) in best.items()}
+
+
+def live_issuer_name(client, int_mount, epoch):
+    """The issuer name that stands for ``epoch`` on ``int_mount`` (see :func:`live_epoch_names`)."""
+    return live_epoch_names(list_issuers(client, int_mount)).get(int(epoch)) or epoch_issuer_name(epoch)
+
+
 def _key_epoch(key_name):
-    match = re.match(r'^epoch-(\d+)-[0-9a-z]+$', key_name or '')
+    match = re.match(r'^epoch-(\d+)(?:-r\d+)?-[0-9a-z]+$', key_name or '')
     return int(match.group(1)) if match else None
 
 
@@ -61,14 +92,15 @@ def read_issuer(client, mount, issuer_ref):
         'leaf_not_after_behavior': data.get('leaf_not_after_behavior'),
         'usage': data.get('usage'),
         'epoch': epoch_of(data.get('issuer_name')),
+        'replacement': replacement_of(data.get('issuer_name')),
     })
     return facts
 
 
 def list_epoch_issuers(client, int_mount, issuers=None, keys=None):
-    """Every issuer named ``epoch-<n>`` on ``int_mount``, ascending by epoch.
+    """Every issuer named ``epoch-<n>`` (or ``epoch-<n>-r<k>``) on ``int_mount``, ascending by epoch, then replacement.
 
-    Each entry: issuer_id, issuer_name, epoch, certificate (PEM), common_name, not_before,
+    Each entry: issuer_id, issuer_name, epoch, replacement, certificate (PEM), common_name, not_before,
     not_after, serial, sha256, is_default, key_id, key_name, revoked, leaf_not_after_behavior.
     """
     issuers = list_issuers(client, int_mount) if issuers is None else issuers
@@ -81,7 +113,7 @@ def list_epoch_issuers(client, int_mount, issuers=None, keys=None):
         facts['is_default'] = bool(info.get('is_default'))
         facts['key_name'] = (keys.get(facts['key_id']) or {}).get('key_name') or ''
         out.append(facts)
-    out.sort(key=lambda i: i['epoch'])
+    out.sort(key=lambda i: (i['epoch'], i['replacement']))
     return out
 
 

@@ -395,3 +395,16 @@ def test_secret_helpers():
     assert k8s_secrets.live_secret_annotations(7, 'ab') == {'rotation.watcher.io/epoch': '7', 'rotation.watcher.io/sha256': 'ab'}
     assert k8s_secrets.live_secret_annotations(None, 'ab') == {'rotation.watcher.io/epoch': None, 'rotation.watcher.io/sha256': 'ab'}
     assert base64.b64decode(k8s_secrets._b64('x')) == b'x'
+
+
+def test_a_distrusted_intermediate_is_left_out_and_said_so():
+    distrusted = {pem_certs(GOOD[10])[0].fingerprint(hashes.SHA256()).hex()}
+    bundle = build([10, 9, 8], distrusted=distrusted)
+    assert bundle['epochs'] == [9, 8]
+    assert [d['reason'] for d in bundle['dropped']] == ['distrusted'] and bundle['dropped'][0]['epoch'] == 10
+    # so is a stored bundle that held it (what a rollback restores)
+    stored = build([10, 9, 8])['pem']
+    again = bundle_build.bundle_from_pem(stored, SCHED, NOW, root_pem=ROOT_PEM, distrusted=distrusted)
+    assert again['epochs'] == [9, 8] and again['pem'] == bundle['pem']
+    with pytest.raises(BundleError):
+        build([10], distrusted=distrusted)  # nothing left to trust
