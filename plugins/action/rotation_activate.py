@@ -16,7 +16,7 @@ ACTIVATION_FACT = 'ca_rotation_activation_result'
 
 class ActionModule(EngineAction):
 
-    ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback']}}
+    ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback', 'distrust']}}
 
     def on_config_error(self, err, args):
         return self._failed('%s. Nothing was activated.' % err, err.option)
@@ -48,7 +48,7 @@ class ActionModule(EngineAction):
         cfg.live_secret_locations = self.live_secret_locations(task_vars, cfg)
         clients = self.new_clients(cfg)
         timings = self.new_timings()
-        step = finish.complete_rollback if args['mode'] == 'rollback' else finish.activate
+        step = {'rollback': finish.complete_rollback, 'distrust': finish.activate_replacement}.get(args['mode'], finish.activate)
         try:
             res = step(cfg, auth, clusters, len(members), clients, timings, check_mode=self._task.check_mode)
         except Exception as err:  # pylint: disable=broad-except  # the finish step reports it and fails the run

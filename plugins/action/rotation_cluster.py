@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster, refusal
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import (
     MODULE,
@@ -22,7 +22,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.plugin_utils._engin
 
 class ActionModule(EngineAction):
 
-    ARGUMENT_SPEC = {'phase': {'type': 'str', 'default': 'deliver', 'choices': ['deliver', 'renew', 'restore']}}
+    ARGUMENT_SPEC = {'phase': {'type': 'str', 'default': 'deliver', 'choices': ['deliver', 'renew', 'restore', 'distrust']}}
 
     def _steps(self, cc, task_vars):
         """In the controller, or on the inventory host (one module call per step) for servers on other machines."""
@@ -67,6 +67,29 @@ class ActionModule(EngineAction):
             out['option'] = option
         return out
 
+    def _prove_distrust(self, res, cc, auth, steps, timings):
+        """Once the bundle without the distrusted intermediate is in place: every server must refuse its witness leaf,
+        alone and with the intermediate, on the client and route ports (nothing is proven in check mode)."""
+        dis = auth.get('distrust') or {}
+        if dis.get('stage') != 'complete' or self._task.check_mode:
+            return
+        witness = dis.get('witness') or {}
+        if not witness.get('exists'):
+            res['distrust_proof'] = {'ok': False, 'servers': [], 'accepted': [], 'errors': [
+                'no witness leaf of the distrusted intermediate (it was revoked before one was issued): the refusal is '
+                'not proven']}
+        else:
+            with timings.step('prove_distrust'):
+                probe = cluster.probe_options(auth)
+                res['distrust_proof'] = refusal.prove_refused(cc.targets, witness, getattr(steps, 'probe_host', None),
+                                                              ca_file=probe['ca_file'], partial_chain=probe['partial_chain'])
+        res.setdefault('timings', {}).update(timings.as_dict())
+        proof = res['distrust_proof']
+        if not proof['ok']:
+            what = ['still accepted by %s' % ', '.join(proof['accepted'])] if proof['accepted'] else []
+            what += proof['errors'] or ([] if proof['servers'] else ['no server has a url to try'])
+            res.update(ok=False, error='the refusal of distrusted epoch %s is not proven: %s' % (dis.get('epoch'), '; '.join(what)))
+
     def run_step(self, args, cfg, task_vars):
         host = task_vars.get('inventory_hostname')
         cc = ClusterConfig(cfg, host)
@@ -104,6 +127,8 @@ class ActionModule(EngineAction):
                                                 steps=steps)
                 res = obj.to_fact()
                 changed = obj.changed
+                if args['phase'] == 'distrust' and res.get('ok'):
+                    self._prove_distrust(res, cc, auth, steps, timings)
         finally:
             clients.close()
         res['module_calls'] = int(res.get('module_calls') or 0) + getattr(steps, 'calls', 0)

@@ -20,7 +20,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.action.rotation_act
 
 class ActionModule(EngineAction):
 
-    ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback']}}
+    ARGUMENT_SPEC = {'mode': {'type': 'str', 'default': 'rotate', 'choices': ['rotate', 'rollback', 'distrust']}}
 
     def on_config_error(self, err, args):
         """Still release the lock and write the report (usually the authority step refused the same input before it

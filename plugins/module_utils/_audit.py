@@ -13,7 +13,7 @@ Record (UTF-8 canonical JSON, one JetStream message per record, stream ``CA_AUDI
     prev_hash      hash of the previous record; 64 zeros for the first one
     epoch          newest epoch of the bundle
     generation     announcement generation (rotation state)
-    kind           "rotation" | "rollback"
+    kind           "rotation" | "rollback" | "distrust"
     bundle_sha256  SHA-256 of the distributed bundle
     reloads        [{cluster, name, ok, reload_ms, error}] per NATS server
     at             "YYYY-MM-DDTHH:MM:SSZ"
@@ -70,7 +70,7 @@ SCHEMA = 'securetransport.ca_audit/v1'
 DEFAULT_STREAM = 'CA_AUDIT'
 DEFAULT_SUBJECT = 'audit.ca.rotation'
 GENESIS_HASH = '0' * 64
-KINDS = ('rotation', 'rollback')
+KINDS = ('rotation', 'rollback', 'distrust')
 FIELDS = ('schema', 'seq', 'prev_hash', 'epoch', 'generation', 'kind', 'bundle_sha256', 'reloads', 'at', 'hash', 'signature')
 HASHED_FIELDS = tuple(f for f in FIELDS if f not in ('hash', 'signature'))
 RELOAD_FIELDS = ('cluster', 'name', 'ok', 'reload_ms', 'error')

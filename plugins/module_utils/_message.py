@@ -63,7 +63,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
 )
 
 SCHEMA = 'securetransport.ca_bundle/v1'
-KINDS = ('rotation', 'rollback')
+KINDS = ('rotation', 'rollback', 'distrust')
 #: Every field of a v1 message, signature included.
 FIELDS = ('schema', 'epoch', 'generation', 'kind', 'bundle_pem', 'bundle_sha256', 'certificates',
           'secret_locations', 'kv_location', 'valid_from', 'valid_until', 'created_at', 'signature')

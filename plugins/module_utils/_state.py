@@ -11,6 +11,8 @@ One document (default ``secret/ca-rotation/state``), always written with check-a
 ``lock``            ``{holder, acquired_at, expires_at}`` of the run in progress, or null
 ``hold``            ``{epoch, sha256, generation, since, reason}`` after a rollback, or null
 ``history``         the last announcements ``[{generation, epoch, sha256, kind, at}]``, newest first
+``distrusted``      every distrusted intermediate ``[{epoch, issuer_name, serial, sha256, not_after, at, by, reason}]``
+``distrust_pending`` ``{epoch, issuer_name, replacement, since}`` while a distrusted default issuer is being replaced
 
 Per-cluster proof records live next to it (``ca-rotation/clusters/<name>``) so clusters
 reloading in parallel never contend for the same check-and-set version.
@@ -172,6 +174,23 @@ def record(client, holder, *, epoch, sha256, generation, kind='rotation', now, h
         elif clear_hold:
             new['hold'] = None
         return new, {'generation': new['generation']}
+    return _mutate(client, mount, path, change, check_mode)
+
+
+def record_distrust(client, holder, entry, pending, mount=DEFAULT_MOUNT, path=DEFAULT_PATH, check_mode=False):
+    """Add ``entry`` to ``distrusted`` (once per SHA-256: a distrust is never undone) and set ``distrust_pending``
+    (None clears it). The caller must hold the lock."""
+    def change(state):
+        lock = state.get('lock')
+        if holder and not check_mode and (not lock or lock.get('holder') != holder):
+            raise StateError('cannot record the distrust of epoch %s: this run (%s) does not hold the rotation lock (held by '
+                             '%s)' % (entry.get('epoch'), holder, (lock or {}).get('holder') or 'nobody'))
+        distrusted = list(state.get('distrusted') or [])
+        if not any(d.get('sha256') == entry['sha256'] for d in distrusted):
+            distrusted.append(entry)
+        state['distrusted'] = distrusted
+        state['distrust_pending'] = pending
+        return state, {}
     return _mutate(client, mount, path, change, check_mode)
 
 

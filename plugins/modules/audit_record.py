@@ -73,7 +73,7 @@ options:
   kind:
     description: What happened.
     type: str
-    choices: [rotation, rollback]
+    choices: [rotation, rollback, distrust]
     default: rotation
   bundle_sha256:
     description: SHA-256 (hex) of the distributed CA bundle.

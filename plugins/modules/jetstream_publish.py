@@ -136,9 +136,10 @@ options:
         required: true
       kind:
         description:
-          - Why the bundle is announced.
+          - Why the bundle is announced; V(distrust) is a bundle without a distrusted intermediate (clients apply it
+            although its epoch is not newer).
         type: str
-        choices: [rotation, rollback]
+        choices: [rotation, rollback, distrust]
         default: rotation
       bundle_pem:
         description:
@@ -384,7 +385,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 ANNOUNCEMENT_SPEC = dict(
     epoch=dict(type='int', required=True),
     generation=dict(type='int', required=True),
-    kind=dict(type='str', default='rotation', choices=['rotation', 'rollback']),
+    kind=dict(type='str', default='rotation', choices=['rotation', 'rollback', 'distrust']),
     bundle_pem=dict(type='str', required=True),
     certificates=dict(type='list', elements='dict'),
     secret_locations=dict(type='list', elements='str', default=[], no_log=False),

@@ -29,9 +29,12 @@ extends_documentation_fragment:
   - securetransport.ca_rotation.engine
 options:
   mode:
-    description: C(rotate) or C(rollback).
+    description:
+      - C(rotate) or C(rollback).
+      - C(distrust) - make the replacement of a distrusted default issuer the default once every cluster proved the
+        bundle that holds it (nothing else is activated).
     type: str
-    choices: [rotate, rollback]
+    choices: [rotate, rollback, distrust]
     default: rotate
 requirements:
   - hvac

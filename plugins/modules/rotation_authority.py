@@ -40,9 +40,15 @@ extends_documentation_fragment:
   - securetransport.ca_rotation.engine
 options:
   mode:
-    description: C(rotate) for C(rotate.yml), C(rollback) for C(rollback.yml).
+    description:
+      - C(rotate) for C(rotate.yml), C(rollback) for C(rollback.yml).
+      - C(distrust) for C(distrust.yml) (C(ca_rotation_distrust_epoch)) - revoke the epoch's intermediate on both mounts,
+        record it, issue its replacement when it is the default issuer and build the bundle of this stage.
+      - C(distrust_complete) - the second pass of C(distrust.yml), after the leaf phase - the bundle without the distrusted
+        intermediate, once every cluster proved its replacement and re-issued its leaves; keeps the first pass's
+        result when that has not happened.
     type: str
-    choices: [rotate, rollback]
+    choices: [rotate, rollback, distrust, distrust_complete]
     default: rotate
 requirements:
   - hvac

@@ -43,8 +43,11 @@ options:
     description:
       - C(deliver) (after the authority step), C(renew) (after activation), or C(restore) (rollback - server leaves from
         the restored epoch, then the restored bundle).
+      - C(distrust) (the last cluster play of C(distrust.yml)) - deliver like C(deliver), then prove that every server
+        refuses a leaf of the distrusted intermediate, sent alone and with the intermediate, on its client port (C(url))
+        and its route port (C(route_url) of the target, when given).
     type: str
-    choices: [deliver, renew, restore]
+    choices: [deliver, renew, restore, distrust]
     default: deliver
 requirements:
   - hvac

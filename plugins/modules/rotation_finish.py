@@ -29,8 +29,9 @@ options:
     description:
       - C(rotate), or C(rollback) to first complete a rollback - announce C(kind=rollback) with the new generation, record
         it and set the hold, once every cluster proved the restored bundle.
+      - C(distrust) - as C(rotate); the run also fails while the distrust is not complete.
     type: str
-    choices: [rotate, rollback]
+    choices: [rotate, rollback, distrust]
     default: rotate
 requirements:
   - hvac

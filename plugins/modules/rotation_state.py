@@ -71,7 +71,7 @@ options:
   kind:
     description: Kind of the recorded announcement.
     type: str
-    choices: [rotation, rollback]
+    choices: [rotation, rollback, distrust]
     default: rotation
   reason:
     description: Why a hold is set (shown by the status report); for O(action=hold).
@@ -168,7 +168,7 @@ def main():
         epoch=dict(type='int'),
         sha256=dict(type='str'),
         generation=dict(type='int'),
-        kind=dict(type='str', default='rotation', choices=['rotation', 'rollback']),
+        kind=dict(type='str', default='rotation', choices=['rotation', 'rollback', 'distrust']),
         reason=dict(type='str'),
         pem=dict(type='str'),
         cluster=dict(type='str'),

@@ -30,8 +30,14 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     set_default_issuer,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import ensure_leaf, parse_renew_before
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates, root_certificate
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
+    epoch_issuer_name,
+    epoch_of,
+    issuer_certificates,
+    live_epoch_names,
+    root_certificate,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions, distrust
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce, last_announcement
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
     authority_stopped,
@@ -115,12 +121,16 @@ def announce_bundle(cfg, clients, fields, check_mode):
                     cfg.pki['transit_mount'], cfg.pki['transit_key'], check_mode=check_mode)
 
 
-def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None):
-    """A client certificate of ``epoch`` for the trust probe (kept until it is due)."""
+def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None, issuer_ref=None):
+    """A client certificate of ``epoch`` (of its newest replacement, if it has one; ``issuer_ref``: of that issuer)
+    for the trust probe (kept until it is due)."""
     try:
+        if issuers is None:
+            issuers = issuer_certificates(clients.openbao(), cfg.pki['int_mount'])
+        ref = issuer_ref or live_epoch_names(issuers).get(epoch) or epoch_issuer_name(epoch)
         return ensure_leaf(clients.openbao(), int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=PROBE_CN,
                            cert_file=probe['cert_file'], key_file=probe['key_file'], schedule=cfg.schedule, now=cfg.now,
-                           renew_before=parse_renew_before(PROBE_RENEW_BEFORE), issuer_ref='epoch-%d' % epoch,
+                           renew_before=parse_renew_before(PROBE_RENEW_BEFORE), issuer_ref=ref,
                            renew_if_not_default=False, check_mode=check_mode, issuers=issuers)
     except Exception:
         if check_mode:  # the issuer may exist only as a prediction
@@ -148,6 +158,16 @@ def _plan_and_lock(cfg, clients, holder, started_at, kind, timings, check_mode):
     except Exception as err:  # pylint: disable=broad-except  # OpenBao unreachable, login refused
         msg = 'The %s could not start: %s. Nothing was changed.' % (kind, err)
         return None, None, authority_stopped(started_at, kind, msg, error=msg, timings=timings.as_dict())
+
+
+def _plan_and_state(cfg, clients, holder, started_at, kind, timings, check_mode):
+    """``(plan, state, stopped)`` for a run that must hold the lock (a rollback, a distrust): ``stopped`` is the
+    result to return when OpenBao could not be reached or another run holds the lock (nothing was changed)."""
+    plan, lock, stopped = _plan_and_lock(cfg, clients, holder, started_at, kind, timings, check_mode)
+    if stopped is None and not lock['acquired']:
+        msg = '%s. Re-run the %s when it is released.' % (lock['msg'], kind)
+        stopped = authority_stopped(started_at, kind, msg, locked_out=True, plan=plan, error=msg, timings=timings.as_dict())
+    return plan, (lock or {}).get('state'), stopped
 
 
 def _plan_and_lock_once(cfg, clients, holder, timings, check_mode):
@@ -179,12 +199,14 @@ def leaf_issuer_ref(cfg, issuers):
     default = next((i for i in issuers.values() if i.get('is_default') and i.get('certificate')), None)
     not_after = cert_not_after(load_cert(default['certificate'])) if default else None
     existing = []
+    live = live_epoch_names(issuers)
     for issuer in issuers.values():
-        name = str(issuer.get('issuer_name') or '')
-        if name.startswith('epoch-') and name[6:].isdigit() and issuer.get('certificate'):
+        name = issuer.get('issuer_name')
+        if name in live.values() and issuer.get('certificate'):
             if cert_not_after(load_cert(issuer['certificate'])) > cfg.now:
-                existing.append(int(name[6:]))
-    return decisions.leaf_issuer(not_after, cfg.now, cfg.schedule.epoch(cfg.now), existing=existing)
+                existing.append(epoch_of(name))
+    ref = decisions.leaf_issuer(not_after, cfg.now, cfg.schedule.epoch(cfg.now), existing=existing)
+    return live.get(epoch_of(ref), ref) if ref else None
 
 
 def refresh_announcer_leaf(cfg, clients, check_mode):
@@ -214,6 +236,61 @@ def _release(clients, cfg, holder):
         pass
 
 
+def store_bundle(cfg, clients, bundle, probe, timings, check_mode):
+    """The bundle to OpenBao KV, the per-epoch Secret (when enabled) and the probe file; older copies pruned.
+    Returns whether anything was written."""
+    epoch = bundle['epoch']
+    with timings.step('store'):
+        kv = {'mount': cfg.pki['kv_mount'], 'path': DEFAULT_KV_PATH}
+        dests = [('kv', kv)]
+        if cfg.epoch_secret:
+            dests.append(('epoch_secret', _epoch_secret_dest(cfg)))
+        probe_file = _probe_file_dest(probe, check_mode)
+        dests.extend(probe_file)
+        stored = deliver(dests, bundle, epoch, kv_record(bundle, epoch, cfg.schedule, created_at=cfg.now), clients, check_mode)
+        changed = any(r['changed'] for r in stored) or not probe_file
+        if cfg.prune:
+            pruned = prune_copies(cfg.schedule, cfg.now, cfg.keep_epochs, [epoch], clients, check_mode, kv=kv,
+                                  epoch_secret=_epoch_secret_dest(cfg) if cfg.epoch_secret else None)
+            changed = changed or pruned['changed']
+    return changed
+
+
+def announce_and_record(cfg, clients, holder, state, bundle, kind, notes, timings, check_mode):
+    """Announce a bundle that is new to the state (signed, the next generation) and record it.
+
+    A failed announcement must not keep the servers from the new bundle: it is returned, the generation is not
+    recorded, activation waits, and the run fails at the end; the next run announces again.
+    Returns ``(new_bundle, generation, announce_error, resynced)``."""
+    epoch = bundle['epoch']
+    current = cfg.schedule.epoch(cfg.now)
+    new_bundle, generation = decisions.generation(state, bundle['sha256'])
+    announce_error = resync = None
+    if cfg.announce and new_bundle:
+        with timings.step('announce'):
+            try:  # after an outage: the announcer's expired leaf from this epoch's issuer (the servers' follow)
+                renewed = refresh_announcer_leaf(cfg, clients, check_mode)
+                if renewed and renewed.get('changed'):
+                    notes.append('The announcer leaf was re-issued by epoch-%d: %s' % (current, '; '.join(renewed['reasons'])))
+            except Exception as err:  # pylint: disable=broad-except  # the announcement fails and says why
+                notes.append('Renewing the announcer leaf from epoch-%d failed: %s' % (current, err))
+            try:
+                new_bundle, generation, resync = _continue_count(cfg, clients, state, bundle['sha256'], notes)
+                auth_like = {'epoch': epoch, 'generation': generation, 'certificates': bundle['certificates'],
+                             'pem': bundle['pem']}
+                if new_bundle:
+                    announce_bundle(cfg, clients, announcement_fields(cfg, auth_like, kind, cfg.live_secret_locations),
+                                    check_mode)
+            except Exception as err:  # pylint: disable=broad-except
+                announce_error = str(err) or type(err).__name__
+    with timings.step('state'):
+        if (new_bundle or resync) and announce_error is None:
+            _state.record(clients.openbao(), holder, epoch=epoch, sha256=bundle['sha256'], generation=generation,
+                          kind=kind, now=utcnow(), mount=cfg.pki['kv_mount'], path=cfg.state_path, check_mode=check_mode,
+                          resync=resync)
+    return new_bundle, generation, announce_error, bool(resync)
+
+
 def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
     """The authority step of ``rotate.yml``; returns an AuthorityResult."""
     pki, kind = cfg.pki, 'rotation'
@@ -226,6 +303,9 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
     step, changed = 'plan', False
     try:
         decisions.check_clock(plan, state)
+        distrust.refuse_while_pending(state)
+        distrusted = distrust.distrusted_shas(state)
+        include_root = distrust.bundle_includes_root(cfg.include_root, state, cfg.now)
         hold, hold_expired = decisions.hold_decision(state.get('hold'), cfg.release_hold, plan['current_epoch'], cfg.schedule,
                                                      now=cfg.now, min_validity=cfg.rollback_min_validity)
         notes = [n for n in (cfg.lock_ttl_note, lock.get('outlived')) if n]
@@ -240,7 +320,8 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
             for epoch in decisions.epochs_to_issue(plan):
                 res = ensure_epoch_intermediate(
                     clients.openbao(), cfg.schedule, epoch, root_mount=pki['root_mount'], int_mount=pki['int_mount'],
-                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], check_mode=check_mode, now=cfg.now)
+                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], check_mode=check_mode, now=cfg.now,
+                    distrusted=distrusted)
                 notes.extend(res.get('warnings') or [])
                 changed = changed or res['changed']
                 issued.append(res)
@@ -250,56 +331,25 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
         with timings.step('bundle'):
             if hold:
                 bundle = bundle_from_pem(hold['pem'], cfg.schedule, cfg.now, root_pem=issued[0]['root_certificate'],
-                                         include_root=cfg.include_root, max_certificates=cfg.max_certificates, drop_expired=True)
+                                         include_root=include_root, max_certificates=cfg.max_certificates, drop_expired=True,
+                                         distrusted=distrusted)
             else:
                 bundle = bundle_from_openbao(clients.openbao(), cfg.schedule, cfg.now, int_mount=pki['int_mount'],
-                                             root_mount=pki['root_mount'], include_root=cfg.include_root,
-                                             max_certificates=cfg.max_certificates)
+                                             root_mount=pki['root_mount'], include_root=include_root,
+                                             max_certificates=cfg.max_certificates, distrusted=distrusted)
+        if include_root != cfg.include_root:
+            notes.append('The root stays out of the bundle while a distrusted intermediate is valid (epochs %s, until %s)'
+                         % (', '.join(str(d['epoch']) for d in distrust.valid_distrusted(state, cfg.now)),
+                            max(d['not_after'] for d in distrust.valid_distrusted(state, cfg.now))))
         epoch = bundle['epoch']
         step = 'store'
-        with timings.step('store'):
-            kv = {'mount': pki['kv_mount'], 'path': DEFAULT_KV_PATH}
-            dests = [('kv', kv)]
-            if cfg.epoch_secret:
-                dests.append(('epoch_secret', _epoch_secret_dest(cfg)))
-            probe_file = _probe_file_dest(probe, check_mode)
-            dests.extend(probe_file)
-            stored = deliver(dests, bundle, epoch, kv_record(bundle, epoch, cfg.schedule, created_at=cfg.now), clients, check_mode)
-            changed = changed or any(r['changed'] for r in stored) or not probe_file
-            if cfg.prune:
-                pruned = prune_copies(cfg.schedule, cfg.now, cfg.keep_epochs, [epoch], clients, check_mode, kv=kv,
-                                      epoch_secret=_epoch_secret_dest(cfg) if cfg.epoch_secret else None)
-                changed = changed or pruned['changed']
-        new_bundle, generation = decisions.generation(state, bundle['sha256'])
-        announce_error = resync = None
-        if cfg.announce and new_bundle:
-            step = 'announce'
-            with timings.step('announce'):
-                # a failed announcement must not keep the servers from the new bundle: it is recorded, the generation
-                # is not, activation waits, and the run fails at the end; the next run announces again
-                try:  # after an outage: the announcer's expired leaf from this epoch's issuer (the servers' follow)
-                    renewed = refresh_announcer_leaf(cfg, clients, check_mode)
-                    if renewed and renewed.get('changed'):
-                        notes.append('The announcer leaf was re-issued by epoch-%d: %s'
-                                     % (plan['current_epoch'], '; '.join(renewed['reasons'])))
-                except Exception as err:  # pylint: disable=broad-except  # the announcement fails and says why
-                    notes.append('Renewing the announcer leaf from epoch-%d failed: %s' % (plan['current_epoch'], err))
-                try:
-                    new_bundle, generation, resync = _continue_count(cfg, clients, state, bundle['sha256'], notes)
-                    auth_like = {'epoch': epoch, 'generation': generation, 'certificates': bundle['certificates'],
-                                 'pem': bundle['pem']}
-                    if new_bundle:
-                        announce_bundle(cfg, clients, announcement_fields(cfg, auth_like, kind, cfg.live_secret_locations),
-                                        check_mode)
-                except Exception as err:  # pylint: disable=broad-except
-                    announce_error = str(err) or type(err).__name__
+        changed = store_bundle(cfg, clients, bundle, probe, timings, check_mode) or changed
+        step = 'announce'
+        new_bundle, generation, announce_error, resynced = announce_and_record(cfg, clients, holder, state, bundle, kind,
+                                                                               notes, timings, check_mode)
+        changed = changed or resynced
         step = 'state'
         with timings.step('state'):
-            if (new_bundle or resync) and announce_error is None:
-                _state.record(clients.openbao(), holder, epoch=epoch, sha256=bundle['sha256'], generation=generation,
-                              kind=kind, now=utcnow(), mount=pki['kv_mount'], path=cfg.state_path, check_mode=check_mode,
-                              resync=resync)
-                changed = changed or bool(resync)
             if hold_expired:
                 _state.set_hold(clients.openbao(), holder, None, pki['kv_mount'], cfg.state_path, check_mode)
         step = 'probe leaf'
@@ -317,7 +367,7 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
         return authority_stopped(started_at, kind, msg, plan=plan, error=msg, timings=timings.as_dict(), changed=changed)
     result = authority_went_ahead(
         started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle, generation=generation,
-        new_bundle=new_bundle, hold=hold, include_root=cfg.include_root, announce_error=announce_error, probe=probe,
+        new_bundle=new_bundle, hold=hold, include_root=include_root, announce_error=announce_error, probe=probe,
         pki=pki, changed=changed or new_bundle, timings=timings.as_dict(), logins=clients.logins)
     result.msg = '; '.join(notes) or None
     return result
@@ -331,15 +381,13 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     lose trust.
     """
     pki, kind = cfg.pki, 'rollback'
-    plan, lock, stopped = _plan_and_lock(cfg, clients, holder, started_at, kind, timings, check_mode)
+    plan, state, stopped = _plan_and_state(cfg, clients, holder, started_at, kind, timings, check_mode)
     if stopped is not None:
         return stopped
-    if not lock['acquired']:
-        msg = '%s. Re-run the rollback when it is released.' % lock['msg']
-        return authority_stopped(started_at, kind, msg, locked_out=True, plan=plan, error=msg, timings=timings.as_dict())
-    state = lock['state']
     step = 'choose'
     try:
+        distrust.refuse_while_pending(state)
+        include_root = distrust.bundle_includes_root(cfg.include_root, state, cfg.now)
         target = decisions.rollback_target(cfg.rollback_epoch, state.get('history'))
         step = 'check the safety margin'
         # first on the epoch asked for (a bundle whose intermediates have all expired is refused by this, not by the
@@ -355,8 +403,10 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             root_pem = root_certificate(clients.openbao(), pki['root_mount'])
             # intermediates that expired since the bundle was stored are left out (they could not be trusted anyway)
             # with the root in or out as configured, so that rotation under the hold rebuilds the very same bytes
+            # and so are distrusted ones: a rollback never puts one back
             bundle = bundle_from_pem(stored['ca-bundle.pem'], cfg.schedule, cfg.now, root_pem=root_pem,
-                                     include_root=cfg.include_root, max_certificates=cfg.max_certificates, drop_expired=True)
+                                     include_root=include_root, max_certificates=cfg.max_certificates, drop_expired=True,
+                                     distrusted=distrust.distrusted_shas(state))
         step = 'check the safety margin'
         default_epoch = decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch'])
         # before anything is written: the leaves the rollback issues come from this epoch and cannot outlive it
@@ -372,8 +422,9 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             _probe_leaf(cfg, clients, bundle['epoch'], probe, check_mode, issuers=issuers)
         step = 'point the default issuer back'
         with timings.step('activate'):
-            act = set_default_issuer(clients.openbao(), pki['int_mount'], 'epoch-%d' % default_epoch, check_mode=check_mode,
-                                     now=cfg.now)
+            act = set_default_issuer(clients.openbao(), pki['int_mount'],
+                                     live_epoch_names(issuers).get(default_epoch) or epoch_issuer_name(default_epoch),
+                                     check_mode=check_mode, now=cfg.now)
         if cfg.renew_client_leaf and cfg.announce:
             step = 'renew the announcer leaf'
             with timings.step('renew'):
@@ -386,7 +437,7 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
     result = authority_went_ahead(
         started_at=started_at, kind=kind, holder=holder, plan=plan, bundle=bundle,
         generation=int(state.get('generation') or 0) + 1, new_bundle=new_bundle, hold={'epoch': bundle['epoch']},
-        include_root=cfg.include_root, announce_error=None, probe=probe, pki=pki,
+        include_root=include_root, announce_error=None, probe=probe, pki=pki,
         changed=new_bundle or act['changed'] or any(r['changed'] for r in stored_probe), timings=timings.as_dict(),
         logins=clients.logins)
     result.activated_epoch = default_epoch if act['changed'] else None

@@ -80,6 +80,10 @@ DEFAULTS = {
     'rollback_reason': 'rollback',
     #: the validity a rollback must leave (None: two epoch durations); also when a rollback hold ends
     'rollback_min_validity': None,
+    # distrust (playbooks/distrust.yml)
+    'distrust_epoch': 0,
+    'distrust_force_intermediates_only': False,
+    'distrust_reason': 'key compromise',
     # one NATS cluster (or VM group) per inventory host
     'cluster_name': None,  # the role default: inventory_hostname
     'nats_reload_transport': 'signal',
@@ -227,6 +231,10 @@ class Config:
             raise ConfigError('%srollback_min_validity is %ds, not less than the validity of an epoch (%ds): no rollback could '
                               'ever be made. Set it below schedule.validity (default: two epoch durations)'
                               % (PREFIX, self.rollback_min_validity, self.schedule.validity), PREFIX + 'rollback_min_validity')
+        self.distrust_epoch = _int(merged['distrust_epoch'], 'distrust_epoch', 0)
+        self.distrust_force_intermediates_only = _bool(merged['distrust_force_intermediates_only'],
+                                                       'distrust_force_intermediates_only')
+        self.distrust_reason = str(merged['distrust_reason'] or 'key compromise')
         self.stream = _dict(merged['authority_stream'], 'authority_stream')
         #: ``namespace/name`` of every cluster's live CA Secret, for the announcement (set by the caller)
         self.live_secret_locations = []

@@ -13,6 +13,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils import
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import atomic_write
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import set_default_issuer
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import list_issuers, live_issuer_name
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import (
     announce_bundle,
@@ -71,8 +72,8 @@ def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mod
     ok, reason = decisions.may_activate(auth, proven, cfg.activate_enabled)
     with timings.step('activate'):
         if ok:
-            act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], 'epoch-%d' % epoch, check_mode=check_mode,
-                                     now=cfg.now)
+            name = live_issuer_name(clients.openbao(), cfg.pki['int_mount'], epoch)
+            act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], name, check_mode=check_mode, now=cfg.now)
             out['activated'] = act['changed']
             out['changed'] = out['changed'] or act['changed']
         elif out['msg'] and auth.get('announce_error'):
@@ -86,6 +87,42 @@ def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mod
     if cfg.renew_client_leaf and cfg.announce:
         with timings.step('renew'):
             res = announcer_leaf(cfg, clients, check_mode, cfg.authority_client_leaf_renew_before)
+            out['announcer'] = {'changed': res['changed'], 'reasons': res['reasons'], 'epoch': res.get('epoch')}
+            out['changed'] = out['changed'] or res['changed']
+    out['timings'] = timings.as_dict()
+    return out
+
+
+def activate_replacement(cfg, auth, clusters, expected_clusters, clients, timings, check_mode=False):
+    """Distrust, stage ``replacing``: make the replacement the default issuer once every cluster proved the bundle that
+    holds it, then renew the announcer's leaf from it (the servers' leaves follow in the leaf phase)."""
+    out = {'changed': False, 'epoch': None, 'activated': False, 'msg': None, 'announcer': None, 'announced': None}
+    dis = auth.get('distrust') or {}
+    if not auth.get('go') or dis.get('stage') != 'replacing':
+        out['timings'] = timings.as_dict()
+        return out
+    out['epoch'] = dis['epoch']
+    with timings.step('record'):
+        record_spread_clusters(cfg, auth, clusters, clients, check_mode)
+    if not decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256']):
+        out['msg'] = ('Not making %s the default issuer: %d of %d cluster(s) have not proven trust of bundle %s'
+                      % (dis.get('replacement'), decisions.unproven_count(clusters, expected_clusters), expected_clusters,
+                         auth['sha256'][:16]))
+    elif auth.get('announce_error'):
+        out['msg'] = 'Not making %s the default issuer: the bundle that holds it was not announced' % dis.get('replacement')
+    elif dis.get('replacement'):
+        with timings.step('activate'):
+            names = {i.get('issuer_name') for i in list_issuers(clients.openbao(), cfg.pki['int_mount']).values()}
+            if check_mode and dis['replacement'] not in names:
+                # the authority step only predicted issuing it: so is its activation
+                act = {'changed': True}
+            else:
+                act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], dis['replacement'], check_mode=check_mode,
+                                         now=cfg.now)
+        out.update(activated=act['changed'], changed=act['changed'])
+    if out['activated'] and cfg.renew_client_leaf and cfg.announce:
+        with timings.step('renew'):
+            res = announcer_leaf(cfg, clients, check_mode, None)
             out['announcer'] = {'changed': res['changed'], 'reasons': res['reasons'], 'epoch': res.get('epoch')}
             out['changed'] = out['changed'] or res['changed']
     out['timings'] = timings.as_dict()

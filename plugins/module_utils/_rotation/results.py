@@ -67,6 +67,8 @@ class AuthorityResult:
     logins: int = 0
     #: a rollback points the default issuer back at this epoch (None when it already was)
     activated_epoch: Optional[int] = None
+    #: a distrust (playbooks/distrust.yml): the distrusted intermediate, the stage and the witness leaf
+    distrust: Optional[dict] = None
 
     def to_fact(self):
         return dataclasses.asdict(self)
@@ -113,6 +115,8 @@ class ClusterResult:
     server_count: int = 0
     #: the deliver phase's look at the host's leaves (``{issuers: digest, due: [names]}``), for the leaf phase
     leaf_look: Optional[dict] = None
+    #: a distrust's proof on this cluster (``refusal.prove_refused``), None when there was none
+    distrust_proof: Optional[dict] = None
 
     def to_fact(self):
         out = dataclasses.asdict(self)
@@ -121,6 +125,8 @@ class ClusterResult:
             out.pop('rollback')
             if out['error'] is None:
                 out.pop('error')
+        if out['distrust_proof'] is None:
+            out.pop('distrust_proof')
         return out
 
 
@@ -211,10 +217,19 @@ def run_report(auth, clusters, activation, finished_at):
         activated = auth.get('activated_epoch')
     # an announcement that failed in the authority step and was made after the clusters' proof (activation) counts
     announce_error = None if activation.get('announced') is not None else auth.get('announce_error')
+    dis = auth.get('distrust')
+    distrust_error = None
+    if dis and auth.get('go') and dis.get('stage') != 'complete':
+        distrust_error = ('The distrust of epoch %s is not complete: its replacement %s is in the bundle next to the '
+                          'distrusted %s, which stays in until every cluster proved the replacement and re-issued its '
+                          'leaves. Re-run playbooks/distrust.yml' % (dis.get('epoch'), dis.get('replacement'),
+                                                                     dis.get('issuer_name')))
     return {
+        'distrust': dict(dis, error=distrust_error) if dis else None,
         'started_at': auth.get('started_at'),
         'finished_at': finished_at,
-        'ok': not failed and announce_error is None and auth.get('error') is None and not activation.get('error'),
+        'ok': (not failed and announce_error is None and auth.get('error') is None and not activation.get('error')
+               and distrust_error is None),
         'activation_error': activation.get('error'),
         'announce_error': announce_error,
         'error': auth.get('error'),
@@ -254,7 +269,9 @@ def failure_message(report):
     if failed:
         parts.append('Rotation failed on cluster(s) %s: %s.' % (', '.join(c['cluster'] for c in failed),
                                                                 '; '.join(c.get('error') or 'failed' for c in failed)))
-    if report.get('activated_epoch') is None and report.get('kind') != 'rollback' and report.get('current_epoch') is not None:
+    if (report.get('distrust') or {}).get('error'):
+        parts.append(report['distrust']['error'] + '.')
+    if report.get('activated_epoch') is None and report.get('kind') == 'rotation' and report.get('current_epoch') is not None:
         parts.append('Epoch %s was NOT activated.' % report.get('current_epoch'))
     return ' '.join(parts)
 

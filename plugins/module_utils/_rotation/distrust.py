@@ -1,0 +1,182 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Distrusting an epoch (``playbooks/distrust.yml``, DESIGN section 11): the decisions and the OpenBao side.
+
+A distrusted intermediate is revoked on the intermediate mount (it stops issuing) and on the root mount (the root's
+OCSP responder and CRL say REVOKED), recorded in the rotation state (``distrusted``: every later bundle, rollback and
+hold leaves it out by SHA-256) and taken out of every bundle. With the root in the servers' CA file a client sending
+leaf + intermediate would still reach the root, so a distrust makes the bundles intermediates-only while the
+distrusted intermediate is valid (docs/distrust-facts.md).
+
+When the distrusted intermediate is the default issuer - the one every server and the announcer hold a leaf of - it
+is replaced first, trust-first: a replacement ``epoch-<n>-r<k>`` is issued, delivered next to it and proven on every
+server (stage ``replacing``), then made the default, the leaves are re-issued from it, and only then is the
+distrusted intermediate taken out (stage ``complete``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import atomic_write
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, parse_time
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import issue_leaf
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.decisions import Refusal
+
+KIND = 'distrust'
+WITNESS_CN = 'ca-rotation-distrust-witness'
+STAGE_REPLACING = 'replacing'
+STAGE_COMPLETE = 'complete'
+
+
+def distrusted_shas(state):
+    """SHA-256 of every intermediate the state records as distrusted."""
+    return {d['sha256'] for d in (state or {}).get('distrusted') or [] if d.get('sha256')}
+
+
+def valid_distrusted(state, now):
+    """The distrusted intermediates that have not expired at ``now`` (they must stay out, and the root with them)."""
+    out = []
+    for entry in (state or {}).get('distrusted') or []:
+        try:
+            if parse_time(entry.get('not_after'), 'distrusted.not_after') > now:
+                out.append(entry)
+        except ValueError:
+            out.append(entry)  # unreadable: kept out, never trusted again
+    return out
+
+
+def bundle_includes_root(include_root, state, now):
+    """The root goes into the bundle only as configured and while no distrusted intermediate is valid: with the root
+    as anchor, a client that sends its distrusted intermediate with its leaf would still be accepted."""
+    return bool(include_root) and not valid_distrusted(state, now)
+
+
+def pending(state):
+    """The distrust in stage ``replacing`` (a replacement proven, the distrusted intermediate still in the bundle),
+    or None. rotate.yml refuses to run while one is pending."""
+    return (state or {}).get('distrust_pending') or None
+
+
+def refuse_while_pending(state):
+    """rotate.yml and rollback.yml must not build a bundle without the distrusted intermediate while the servers
+    still present leaves it signed: the distrust finishes first."""
+    p = pending(state)
+    if p:
+        raise Refusal('The distrust of epoch %s (issuer %s, since %s) is not complete: its replacement %s is in the bundle, '
+                      'the distrusted intermediate too, until every leaf it signed is re-issued. Finish it with '
+                      'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s; nothing was changed'
+                      % (p.get('epoch'), p.get('issuer_name'), p.get('since'), p.get('replacement'), p.get('epoch')))
+
+
+def _valid(issuer, now):
+    return not issuer.get('revoked') and parse_time(issuer['not_after'], 'not_after') > now
+
+
+def choose_target(epoch, issuers, state, now, include_root, force_intermediates_only):
+    """The issuer to distrust for ``ca_rotation_distrust_epoch``, or the state's record of it when it already is.
+
+    ``issuers``: ``_openbao.pki.list_epoch_issuers`` of the intermediate mount. Returns ``(issuer, entry)``: the
+    issuer facts, and the state's ``distrusted`` entry when this epoch's distrust was recorded (a re-run converges).
+    Raises Refusal (nothing changed) for an unknown or expired epoch, a distrust that would leave no epoch trusted,
+    and the root in the bundle without ``ca_rotation_distrust_force_intermediates_only``.
+    """
+    epoch = int(epoch)
+    mine = [i for i in issuers if i.get('epoch') == epoch]
+    recorded = [d for d in (state or {}).get('distrusted') or [] if d.get('epoch') == epoch]
+    entry = recorded[-1] if recorded else None
+    if entry is not None:
+        issuer = next((i for i in mine if i.get('sha256') == entry['sha256']), None)
+        return issuer or dict(entry, revoked=True, missing=True), entry
+    names = ', '.join(sorted({i['issuer_name'] for i in issuers}, key=lambda n: (len(n), n))) or 'none'
+    if not mine:
+        raise Refusal('Epoch %d has no intermediate on this mount (issuers: %s): it was never issued, or it was pruned after '
+                      'it expired. Check ca_rotation_distrust_epoch; nothing was changed' % (epoch, names))
+    live = max(mine, key=lambda i: int(i.get('replacement') or 0))
+    if parse_time(live['not_after'], 'not_after') <= now:
+        raise Refusal('Epoch %d expired at %s: no server or client trusts it any more (an expired intermediate is never in a '
+                      'bundle), so there is nothing to distrust. Check ca_rotation_distrust_epoch; nothing was changed'
+                      % (epoch, live['not_after']))
+    if live.get('revoked'):
+        raise Refusal('Issuer %s of epoch %d is revoked but the rotation state does not record it as distrusted: it was '
+                      'revoked by hand. Nothing was changed; to record the distrust, issue a replacement and prove it, '
+                      'delete the issuer (its leaves stop working) or restore the state'
+                      % (live['issuer_name'], epoch))
+    others = [i for i in issuers if i is not live and i.get('sha256') not in distrusted_shas(state) and _valid(i, now)]
+    if not others and not live.get('is_default'):  # the default issuer is replaced first, so trust never lapses
+        raise Refusal('Distrusting epoch %d would leave no epoch trusted: it is the only valid intermediate that is not '
+                      'distrusted (valid ones: %s), so every leaf a server or a client holds would stop verifying at once. '
+                      'Nothing was changed' % (epoch, ', '.join(i['issuer_name'] for i in issuers if _valid(i, now)) or 'none'))
+    if include_root and not force_intermediates_only:
+        raise Refusal('The bundle includes the root (ca_rotation_authority_include_root: true): a client that sends its '
+                      'intermediate of epoch %d with its leaf would still be accepted through the root, and nats-server\'s '
+                      'ocsp_peer does not check routes or an anchor taken from ca_file (docs/distrust-facts.md). Re-run '
+                      'with -e ca_rotation_distrust_force_intermediates_only=true: the bundles are then built without the '
+                      'root while a distrusted intermediate is valid (clients verifying servers need the intermediates '
+                      'as trust anchors: partial-chain verification). Nothing was changed' % epoch)
+    return live, None
+
+
+def distrust_entry(issuer, holder, now, reason):
+    """The state's record of a distrusted intermediate."""
+    return {'epoch': issuer['epoch'], 'issuer_id': issuer['issuer_id'], 'issuer_name': issuer['issuer_name'],
+            'serial': issuer['serial'], 'sha256': issuer['sha256'], 'not_after': issuer['not_after'],
+            'at': isoformat(now), 'by': holder, 'reason': reason}
+
+
+def _root_revoked(client, root_mount, serial):
+    data = _data(_request(client, 'GET', '%s/cert/%s' % (root_mount, serial), 'reading the intermediate on the root mount'))
+    return bool(int(data.get('revocation_time') or 0))
+
+
+def revoke(client, issuer, int_mount, root_mount, check_mode=False):
+    """Revoke the intermediate on both mounts; ``{changed, revoked_issuer, revoked_on_root}``.
+
+    The issuer revoke on the intermediate mount stops it issuing but shows nowhere a peer looks; the revoke of its
+    serial on the root mount puts it on the root's CRL and makes the root's OCSP answer REVOKED."""
+    out = {'changed': False, 'revoked_issuer': False, 'revoked_on_root': False}
+    if not issuer.get('revoked'):
+        out.update(changed=True, revoked_issuer=True)
+        if not check_mode:
+            _request(client, 'POST', '%s/issuer/%s/revoke' % (int_mount, issuer['issuer_id']), 'revoking issuer %s'
+                     % issuer['issuer_name'])
+    serial = issuer.get('serial')
+    if serial:
+        try:
+            on_root = _root_revoked(client, root_mount, serial)
+        except OpenBaoError as err:
+            why = ('The intermediate %s (serial %s) is not known to the root mount %r, so its revocation cannot reach the '
+                   'root\'s CRL and OCSP responder: %s' % (issuer['issuer_name'], serial, root_mount, err))
+            raise OpenBaoError(why) from None
+        if not on_root:
+            out.update(changed=True, revoked_on_root=True)
+            if not check_mode:
+                _request(client, 'POST', '%s/revoke' % root_mount, 'revoking %s on the root mount' % issuer['issuer_name'],
+                         data={'serial_number': serial})
+    return out
+
+
+def witness_paths(probe_dir, epoch):
+    base = os.path.join(os.path.expanduser(probe_dir), 'distrusted-epoch-%d' % int(epoch))
+    return {'dir': base, 'chain_file': os.path.join(base, 'leaf-and-intermediate.pem'),
+            'leaf_file': os.path.join(base, 'leaf.pem'), 'key_file': os.path.join(base, 'key.pem')}
+
+
+def witness_leaf(client, issuer, int_mount, role, probe_dir, check_mode=False):
+    """A client leaf of the distrusted intermediate, issued before it is revoked (a revoked issuer issues nothing),
+    kept in the probe directory: every server must refuse it, sent alone and with its intermediate. Returns the paths
+    (``exists`` False when it could not be issued any more: the issuer was revoked before)."""
+    paths = witness_paths(probe_dir, issuer['epoch'])
+    paths['exists'] = all(os.path.exists(paths[k]) for k in ('chain_file', 'leaf_file', 'key_file'))
+    if paths['exists'] or check_mode or issuer.get('revoked'):
+        return paths
+    leaf = issue_leaf(client, int_mount=int_mount, role=role, common_name=WITNESS_CN, issuer_ref=issuer['issuer_id'])
+    os.makedirs(paths['dir'], mode=0o700, exist_ok=True)
+    atomic_write(paths['key_file'], leaf['private_key'].strip() + '\n', 0o600)
+    atomic_write(paths['leaf_file'], leaf['certificate'].strip() + '\n', 0o644)
+    atomic_write(paths['chain_file'], leaf['certificate'].strip() + '\n' + leaf['issuing_ca'].strip() + '\n', 0o644)
+    paths['exists'] = True
+    return paths
