@@ -66,12 +66,12 @@ def test_refusals_name_the_reason_and_change_nothing(epoch, issuers, include_roo
 
 
 def test_the_only_valid_default_issuer_may_be_distrusted_because_it_is_replaced_first():
-    target, _ = distrust.choose_target(10, [issuer(10, default=True)], {}, NOW, False, False)
+    target = distrust.choose_target(10, [issuer(10, default=True)], {}, NOW, False, False)[0]
     assert target['issuer_name'] == 'epoch-10'
 
 
 def test_the_force_option_allows_a_bundle_configured_with_the_root():
-    target, _ = distrust.choose_target(10, ISSUERS, {}, NOW, include_root=True, force_intermediates_only=True)
+    target = distrust.choose_target(10, ISSUERS, {}, NOW, include_root=True, force_intermediates_only=True)[0]
     assert target['issuer_name'] == 'epoch-10'
 
 
