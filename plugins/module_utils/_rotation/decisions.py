@@ -139,9 +139,10 @@ def unproven_count(results, expected_clusters):
 
 
 def activation_epoch(auth):
-    """The epoch that becomes the default issuer: the held epoch under a hold, else the current one."""
-    hold = auth.get('hold')
-    return int(hold['epoch']) if hold else int(auth['plan']['current_epoch'])
+    """The epoch that becomes the default issuer: the held epoch under a hold (never one that has not started, as the
+    rollback itself chose), else the current one."""
+    hold, current = auth.get('hold'), int(auth['plan']['current_epoch'])
+    return rollback_default_epoch(hold['epoch'], current) if hold else current
 
 
 def may_activate(auth, proven, enabled=True):

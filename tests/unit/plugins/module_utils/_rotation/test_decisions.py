@@ -115,6 +115,9 @@ def auth(**kw):
 def test_activation_epoch_is_the_held_one_under_a_hold():
     assert d.activation_epoch(auth()) == 7
     assert d.activation_epoch(auth(hold={'epoch': 5})) == 5
+    # a hold of a bundle whose newest intermediate is the prepared epoch: leaves keep coming from the current one,
+    # as the rollback chose (the prepared epoch has not started)
+    assert d.activation_epoch(auth(hold={'epoch': 8})) == 7
 
 
 @pytest.mark.parametrize('kw, proven, enabled, expect', [
