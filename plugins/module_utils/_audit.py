@@ -152,7 +152,9 @@ def reloads_from_report(report):
             info = clusters[cluster] if isinstance(clusters[cluster], dict) else {}
             for server in info.get('servers') or []:
                 if isinstance(server, dict):
-                    reloads.append(dict(server, cluster=cluster))
+                    # the run reports of the playbooks name a server by its reload target
+                    name = server.get('name') or server.get('target') or server.get('server_name')
+                    reloads.append(dict(server, cluster=cluster, name=name))
     return normalize_reloads(reloads)
 
 

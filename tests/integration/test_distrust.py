@@ -9,20 +9,25 @@ option) fails with a clear message and changes nothing; check mode predicts and 
 default issuer revokes it, replaces it trust-first with ``epoch-<n>-r1``, re-issues the server leaves, and every
 server then refuses a leaf of it - sent alone and with its intermediate, on client and route ports - while leaves of
 the other epochs and of the replacement connect; a re-run and the next rotate.yml change nothing; distrusting the
-prepared epoch works without a replacement, and the next rotate.yml issues one for it; rollback.yml never puts a
-distrusted intermediate back.
+prepared epoch during a rollback hold takes it out of the held bundle (and issues its replacement); rollback.yml
+never puts a distrusted intermediate back; both distrusts are in the audit log; under JetStream traffic nothing acked
+is lost, and open connections of a distrusted certificate are kept (a reload does not re-check them).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from rotation_harness import RotationStack
+from helpers import REPO
+from rotation_harness import RotationStack, Traffic
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -45,6 +50,10 @@ def _certs(pem: str) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem.encode())
 
 
+def _key_id(cert: x509.Certificate) -> bytes:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+
 def _sha(pem: str) -> str:
     """SHA-256 of the DER certificate (as the state records a distrusted intermediate)."""
     return _certs(pem)[0].fingerprint(hashes.SHA256()).hex()
@@ -63,7 +72,7 @@ def _issuers(rs) -> dict[str, dict]:
         data = client.read(f"{mount}/issuer/{issuer_id}")["data"]
         out[meta.get("issuer_name") or issuer_id] = {
             "id": issuer_id, "default": bool(meta.get("is_default")), "revoked": bool(data.get("revoked")),
-            "sha256": _sha(data["certificate"])}
+            "sha256": _sha(data["certificate"]), "key_id": _key_id(_certs(data["certificate"])[0])}
     return out
 
 
@@ -101,9 +110,21 @@ def _failed(run) -> str:
 def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path):
     first = rs.playbook("rotate.yml", extra_vars=EXTRA)
     assert first["rc"] == 0, _failed(first)
+    # the traffic's clients connect with the stack's application certificate, which epoch n (the default) signed;
+    # a copy is kept: the run renews the file from the replacement
+    auth = rs.info["nats_auth"]
+    app_cert, app_key = tmp_path / "app.pem", tmp_path / "app-key.pem"
+    app_cert.write_bytes(Path(auth["client_cert_file"]).read_bytes())
+    app_key.write_bytes(Path(auth["client_key_file"]).read_bytes())
+    traffic = Traffic(rs)
+    traffic.start()
+    assert traffic.ready.wait(30), traffic.errors
     n = first["report"]["current_epoch"]
     assert rs.default_issuer_epoch() == n
     issuers = _issuers(rs)
+    app_signer = _certs(app_cert.read_text())[0].extensions.get_extension_for_class(
+        x509.AuthorityKeyIdentifier).value.key_identifier
+    assert app_signer == issuers[f"epoch-{n}"]["key_id"], "the application certificate is not from epoch %d" % n
     assert {f"epoch-{n}", f"epoch-{n + 1}"} <= set(issuers), sorted(issuers)  # current + prepared, both trusted
     assert {issuers[f"epoch-{n}"]["sha256"], issuers[f"epoch-{n + 1}"]["sha256"]} <= _servers_ca_shas(rs)
     current, prepared = _leaves(rs, tmp_path, f"epoch-{n}"), _leaves(rs, tmp_path, f"epoch-{n + 1}")
@@ -154,6 +175,7 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert _verdicts(rs, prepared) == {True}
     assert _verdicts(rs, _leaves(rs, tmp_path, "default")) == {True}
     assert _state(rs)["distrusted"][0]["sha256"] == issuers[f"epoch-{n}"]["sha256"]
+    acked_at_distrust = len(traffic.acked)
 
     # a re-run confirms the same distrust; the next rotate.yml converges without it
     after = _snapshot(rs)
@@ -163,27 +185,49 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert rotate["rc"] == 0 and rotate["report"]["changed"] is False, _failed(rotate)
     assert _snapshot(rs) == after
 
-    # the prepared epoch (not the default) is taken out in one stage; being due, it gets a replacement at once
+    # a rollback after the distrust restores the epoch's bundle without the distrusted intermediate, and holds it
+    rollback = rs.playbook("rollback.yml", extra_vars=dict(EXTRA, ca_rotation_rollback_epoch=n + 1))
+    assert rollback["rc"] == 0 and rollback["report"]["ok"], _failed(rollback)
+    assert _state(rs)["hold"] and issuers[f"epoch-{n}"]["sha256"] not in _servers_ca_shas(rs)
+
+    # during the hold: the prepared epoch (not the default) is taken out in one stage, and the hold keeps the bundle
+    # without it; being due, the epoch gets a replacement at once
     run = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n + 1))
     assert run["rc"] == 0, _failed(run)
     dis = run["report"]["distrust"]
     assert dis["stage"] == "complete" and dis["issuer_name"] == f"epoch-{n + 1}", dis
     assert dis["replacement"] == f"epoch-{n + 1}-r1", dis
     assert run["report"]["clusters"]["local"]["distrust_proof"]["ok"]
+    assert _state(rs)["hold"]["sha256"] == run["report"]["bundle_sha256"]
     assert _verdicts(rs, prepared) == {False} and _verdicts(rs, current) == {False}
     assert _verdicts(rs, _leaves(rs, tmp_path, f"epoch-{n}-r1")) == {True}
-    assert _verdicts(rs, _leaves(rs, tmp_path, f"epoch-{n + 1}-r1")) == {True}
     issuers = _issuers(rs)
     assert issuers[f"epoch-{n}-r1"]["default"] and issuers[f"epoch-{n + 1}"]["revoked"]
-    assert issuers[f"epoch-{n + 1}-r1"]["sha256"] in _servers_ca_shas(rs)
+    distrusted = {issuers[f"epoch-{n}"]["sha256"], issuers[f"epoch-{n + 1}"]["sha256"]}
+    assert not distrusted & _servers_ca_shas(rs)
     after = _snapshot(rs)
     rotate = rs.playbook("rotate.yml", extra_vars=EXTRA)
     assert rotate["rc"] == 0 and rotate["report"]["changed"] is False, _failed(rotate)
     assert _snapshot(rs) == after
 
-    # no rollback puts a distrusted intermediate back
-    distrusted = {issuers[f"epoch-{n}"]["sha256"], issuers[f"epoch-{n + 1}"]["sha256"]}
+    # the stored bundle of epoch n + 1 still holds its distrusted intermediate: a rollback to it leaves it out
     rollback = rs.playbook("rollback.yml", extra_vars=dict(EXTRA, ca_rotation_rollback_epoch=n + 1))
     assert rollback["rc"] == 0 and rollback["report"]["ok"], _failed(rollback)
     assert not distrusted & _servers_ca_shas(rs), _failed(rollback)
     assert _verdicts(rs, current) == {False} and _verdicts(rs, prepared) == {False}
+
+    # every distrust is in the audit log
+    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "ca-audit"), "show", "--stack", str(rs.base / "state"),
+                            "--json"], capture_output=True, text=True, timeout=240, check=False)
+    assert shown.returncode == 0, shown.stderr
+    kinds = [(e["record"] or {}).get("kind") for e in json.loads(shown.stdout)]
+    assert kinds.count("distrust") == 2, kinds
+
+    # open connections are not re-checked by a reload: the traffic's clients, whose certificate the distrusted epoch
+    # signed, kept publishing and consuming without a loss; a new connection with that certificate is refused
+    acked_before_stop = len(traffic.acked)
+    traffic.stop()
+    assert traffic.errors == [], traffic.errors[:5]
+    assert traffic.reconnects == 0 and acked_before_stop > acked_at_distrust > 0
+    assert set(traffic.acked) <= traffic.consumed and traffic.stream_messages == len(traffic.acked)
+    assert {rs.handshake(str(app_cert), str(app_key), server)[0] for server in rs.servers} == {False}

@@ -221,6 +221,10 @@ def test_reloads_from_report():
         {'cluster': 'b', 'name': 'n1', 'ok': False, 'reload_ms': None, 'error': 'boom'},
     ]
     assert A.reloads_from_report(None) == []
+    # a report written by rotate.yml / distrust.yml names each server by its reload target
+    played = {'clusters': {'local': {'servers': [{'target': 'nats-0', 'server_name': 'nats-0', 'ok': True, 'reload_ms': None,
+                                                  'error': None, 'signalled': False}]}}}
+    assert A.reloads_from_report(played) == [{'cluster': 'local', 'name': 'nats-0', 'ok': True, 'reload_ms': None, 'error': None}]
 
 
 def test_stream_config_protects():
