@@ -321,6 +321,15 @@ findings:
     msg:
       description: What is wrong and what to do.
       type: str
+distrusted:
+  description:
+    - The intermediates the rotation state records as distrusted (C(playbooks/distrust.yml)), each with V(valid) (not
+      expired), V(pending) (its replacement is not complete) and V(held_by), every place that still holds it (the stored
+      bundle, a Secret, a server's CA file or the leaf it serves). A valid one held anywhere is a V(distrusted_held)
+      mismatch.
+  returned: when scope is report
+  type: list
+  elements: dict
 table:
   description: The report as lines of text.
   returned: when scope is report
@@ -484,7 +493,8 @@ def main():
         report = build_report(p['authority'], p['clusters_facts'])
         extra = {'html': render_timeline(model_from_report(report))} if p['html'] else {}
         module.exit_json(changed=False, ok=report['ok'], mismatch_count=report['mismatch_count'], warning_count=report['warning_count'],
-                         findings=report['findings'], table=report['table'], report=report, **extra)
+                         findings=report['findings'], distrusted=report['distrusted'], table=report['table'], report=report,
+                         **extra)
 
     with module.failures():
         schedule, now = schedule_from_module_params(p)

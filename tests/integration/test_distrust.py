@@ -11,7 +11,8 @@ server then refuses a leaf of it - sent alone and with its intermediate, on clie
 the other epochs and of the replacement connect; a re-run and the next rotate.yml change nothing; distrusting the
 prepared epoch during a rollback hold takes it out of the held bundle (and issues its replacement); rollback.yml
 never puts a distrusted intermediate back; both distrusts are in the audit log; under JetStream traffic nothing acked
-is lost, and open connections of a distrusted certificate are kept (a reload does not re-check them).
+is lost, and open connections of a distrusted certificate are kept (a reload does not re-check them); status.yml
+lists the distrusted epochs and flags a CA file that holds one again.
 """
 
 from __future__ import annotations
@@ -231,3 +232,20 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert traffic.reconnects == 0 and acked_before_stop > acked_at_distrust > 0
     assert set(traffic.acked) <= traffic.consumed and traffic.stream_messages == len(traffic.acked)
     assert {rs.handshake(str(app_cert), str(app_key), server)[0] for server in rs.servers} == {False}
+
+    # status.yml lists both distrusted epochs, held nowhere; a CA file that holds one again is flagged where it is
+    status_json = tmp_path / "status.json"
+    status = rs.playbook("status.yml", extra_vars=dict(EXTRA, ca_rotation_status_json=str(status_json)))
+    report = json.loads(status_json.read_text())
+    assert [(d["epoch"], d["held_by"]) for d in report["distrusted"]] == [(n, []), (n + 1, [])], report["distrusted"]
+    assert not {f["code"] for f in report["findings"]} & {"distrusted_held", "distrusted_not_revoked"}, report["findings"]
+    assert any(line.startswith("distrusted: epoch %d" % n) for line in report["table"]), status["stdout"][-3000:]
+    victim = Path(rs.servers[1]["ca_file"])
+    victim.write_text(victim.read_text() + rs.bao().read(
+        f"{rs.info['pki']['int_mount']}/issuer/{issuers[f'epoch-{n}']['id']}")["data"]["certificate"].strip() + "\n")
+    status = rs.playbook("status.yml", extra_vars=dict(EXTRA, ca_rotation_status_json=str(status_json),
+                                                         ca_rotation_status_strict=True))
+    report = json.loads(status_json.read_text())
+    assert status["rc"] != 0
+    assert ("distrusted_held", f"local/{rs.servers[1]['name']}") in {(f["code"], f["where"]) for f in report["findings"]}, \
+        report["findings"]

@@ -69,7 +69,11 @@ def _check_issuers(f, auth, now, bundle, held):
     if issuers is None:
         return
     plan = auth['plan']
-    by_epoch = {i['epoch']: i for i in issuers}
+    by_epoch = {}
+    for issuer in issuers:  # an epoch's original and its replacements: the one standing for it (default, else not revoked)
+        kept = by_epoch.get(issuer['epoch'])
+        if kept is None or (issuer.get('is_default'), not issuer.get('revoked')) > (kept.get('is_default'), not kept.get('revoked')):
+            by_epoch[issuer['epoch']] = issuer
     current, prepared = plan['current_epoch'], plan['prepared_epoch']
     if current not in by_epoch:
         f.mismatch('issuer_missing', 'openbao', 'no issuer epoch-%d for the current epoch on %s: run rotate.yml'
@@ -86,10 +90,11 @@ def _check_issuers(f, auth, now, bundle, held):
                    % (auth['openbao']['int_mount'], default.get('issuer_name') or default.get('issuer_id')))
     else:
         n = default['epoch']
-        issuer = by_epoch.get(n) or {}
+        issuer = next((i for i in issuers if i.get('is_default')), None) or by_epoch.get(n) or {}
         not_after = _time(issuer.get('not_after'))
         if issuer.get('revoked'):
-            f.mismatch('default_issuer_revoked', 'openbao', 'the default issuer epoch-%d is revoked' % n)
+            f.mismatch('default_issuer_revoked', 'openbao', 'the default issuer %s is revoked'
+                       % (issuer.get('issuer_name') or 'epoch-%d' % n))
         if not_after is not None and not_after <= now:
             f.mismatch('default_issuer_expired', 'openbao', 'the default issuer epoch-%d expired at %s' % (n, issuer['not_after']))
         if n > current:
@@ -103,9 +108,10 @@ def _check_issuers(f, auth, now, bundle, held):
                        'servers trusting only the bundle reject the leaves it issues' % (n, bundle['location']))
     if bundle is not None:
         in_bundle = {c['sha256'] for c in bundle['certificates']}
+        distrusted = {d.get('sha256') for d in (auth.get('state') or {}).get('distrusted') or []}
         for issuer in issuers:
             n = issuer['epoch']
-            if issuer.get('revoked') or n not in plan['desired_epochs'] or issuer['sha256'] in in_bundle:
+            if issuer.get('revoked') or n not in plan['desired_epochs'] or issuer['sha256'] in in_bundle | distrusted:
                 continue
             if _time(issuer.get('not_after')) is not None and _time(issuer['not_after']) <= now:
                 continue
@@ -209,6 +215,75 @@ def _check_announcement(f, auth, state, now):
     if valid_until is not None and now >= valid_until:
         f.mismatch('announcement_expired', where, 'the last announcement expired at %s: clients refuse it'
                    % ann.get('valid_until'))
+
+
+def _distrusted(auth, now):
+    """The state's distrusted intermediates, each with ``valid`` (not expired at ``now``) and ``held_by`` (filled by
+    :func:`_check_distrust`)."""
+    out = []
+    for entry in ((auth.get('state') or {}).get('distrusted') or []):
+        not_after = _time(entry.get('not_after'))
+        out.append(dict(entry, valid=not_after is None or not_after > now, pending=False, held_by=[]))
+    return out
+
+
+def _held(f, entry, where, what):
+    entry['held_by'].append(where)
+    if entry['valid'] and not entry.get('pending'):
+        f.mismatch('distrusted_held', where, '%s holds the distrusted intermediate of epoch %s (%s, sha256 %s, distrusted at %s): '
+                   'run playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s to deliver a bundle without it'
+                   % (what, entry.get('epoch'), entry.get('issuer_name'), _sha(entry.get('sha256')), entry.get('at'),
+                      entry.get('epoch')))
+
+
+def _check_distrust(f, auth, clusters, now):
+    """Every place that still holds a distrusted intermediate: OpenBao (not revoked, or the default), the stored
+    bundle, the per-epoch and live Secrets, the servers' CA files and the leaves they serve. Returns the list of
+    distrusted intermediates for the report."""
+    listed = _distrusted(auth, now)
+    pending = (auth.get('state') or {}).get('distrust_pending')
+    if isinstance(pending, dict):
+        f.mismatch('distrust_pending', 'state', 'the distrust of epoch %s (%s, since %s) is not complete: its replacement %s '
+                   'is trusted, the distrusted intermediate too; rotate.yml and rollback.yml refuse until '
+                   'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s finishes it'
+                   % (pending.get('epoch'), pending.get('issuer_name'), pending.get('since'), pending.get('replacement'),
+                      pending.get('epoch')))
+    if not listed:
+        return listed
+    if isinstance(pending, dict):
+        for entry in listed:
+            entry['pending'] = entry.get('sha256') == pending.get('sha256')  # still trusted until it finishes: said above
+    issuers = {i.get('sha256'): i for i in auth.get('issuers') or []}
+    for entry in listed:
+        issuer = issuers.get(entry.get('sha256'))
+        if issuer and not issuer.get('revoked') and entry['valid'] and not entry.get('pending'):
+            f.mismatch('distrusted_not_revoked', 'openbao', 'issuer %s is distrusted but not revoked: run playbooks/distrust.yml '
+                       '-e ca_rotation_distrust_epoch=%s' % (issuer.get('issuer_name'), entry.get('epoch')))
+        if issuer and issuer.get('is_default'):
+            _held(f, entry, 'openbao', 'the default issuer')
+        places = []
+        kv = auth.get('kv_bundle') or {}
+        places.append(('kv', 'the stored bundle %s' % kv.get('location'), [c['sha256'] for c in kv.get('certificates') or []]))
+        secret = auth.get('epoch_secret') or {}
+        places.append(('kubernetes', 'the per-epoch Secret %s/%s' % (secret.get('namespace'), secret.get('name')),
+                       secret.get('cert_sha256s')))
+        for facts in clusters:
+            live = facts.get('live_secret') or {}
+            places.append(('cluster %s secret %s/%s' % (facts['cluster'], live.get('namespace'), live.get('name')),
+                           'the live CA Secret', live.get('cert_sha256s')))
+            for server in facts.get('servers') or []:
+                where = '%s/%s' % (facts['cluster'], server.get('name'))
+                shas = server.get('ca_cert_sha256s')
+                if shas is None and live.get('sha256') and server.get('ca_sha256') == live.get('sha256'):
+                    shas = live.get('cert_sha256s')  # a pod's mounted copy of the live Secret
+                places.append((where, 'CA file %s' % server.get('ca_file'), shas))
+                tls = server.get('tls') or {}
+                if issuer and issuer.get('ski') and tls.get('authority_key_id') == issuer['ski']:
+                    _held(f, entry, where, 'the certificate it serves (issued by %s)' % issuer.get('issuer_name'))
+        for where, what, shas in places:
+            if entry.get('sha256') in (shas or ()):
+                _held(f, entry, where, what)
+    return listed
 
 
 def _served_epoch(tls, issuers):
@@ -348,6 +423,7 @@ def build_report(authority, clusters):
     records = auth.get('cluster_records') or {}
     for name in names:
         _check_cluster(f, name, by_name.get(name), records.get(name), expected, bundle, auth, now, schedule)
+    distrusted = _check_distrust(f, auth, [by_name[n] for n in names if by_name.get(n)], now)
     mismatches = [x for x in f.items if x['severity'] == MISMATCH]
     report = {
         'schema': SCHEMA,
@@ -356,6 +432,7 @@ def build_report(authority, clusters):
         'mismatch_count': len(mismatches),
         'warning_count': len(f.items) - len(mismatches),
         'findings': f.items,
+        'distrusted': distrusted,
         'authority': auth,
         'clusters': [by_name.get(n) for n in names],
     }

@@ -108,8 +108,8 @@ def _pod_mtime_ns(transport, target):
 def _gather_server(transport, target, tls_client, tls_timeout, schedule):
     entry = {
         'name': target.name, 'server_id': target.server_id, 'server_name': target.server_name, 'error': target.problem,
-        'ca_file': None, 'ca_sha256': None, 'ca_error': None, 'ca_epochs': None, 'ca_mtime': None, 'ca_mtime_ns': None,
-        'mtime_resolution_ns': None, 'mtime_error': None, 'config_load_time': None, 'load_time_ns': None, 'start': None,
+        'ca_file': None, 'ca_sha256': None, 'ca_error': None, 'ca_epochs': None, 'ca_cert_sha256s': None, 'ca_mtime': None,
+        'ca_mtime_ns': None, 'mtime_resolution_ns': None, 'mtime_error': None, 'config_load_time': None, 'load_time_ns': None, 'start': None,
         'varz_error': None, 'tls': None, 'tls_error': None,
     }
     if target.problem:
@@ -129,7 +129,9 @@ def _gather_server(transport, target, tls_client, tls_timeout, schedule):
                 entry['ca_mtime_ns'] = os.stat(target.ca_file).st_mtime_ns
                 entry['mtime_resolution_ns'] = 1
                 with open(target.ca_file, 'rb') as handle:
-                    entry['ca_epochs'] = bundle_unverified(handle.read(), schedule)['epochs']
+                    parsed = bundle_unverified(handle.read(), schedule)
+                    entry['ca_epochs'] = parsed['epochs']
+                    entry['ca_cert_sha256s'] = [c['sha256'] for c in parsed['certificates']]
         except TargetError as exc:
             entry['mtime_error'] = str(exc)
         except OSError as exc:

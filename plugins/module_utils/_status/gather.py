@@ -147,6 +147,8 @@ def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_moun
             'hold': {k: v for k, v in hold.items() if k != 'pem'} if isinstance(hold, dict) else hold,
             'history': list(state.get('history') or [])[:HISTORY_SHOWN],
             'updated_at': state.get('updated_at'),
+            'distrusted': [dict(d) for d in state.get('distrusted') or [] if isinstance(d, dict)],
+            'distrust_pending': state.get('distrust_pending') or None,
         }
     except (OpenBaoError, _state.StateError) as exc:
         errors.append({'source': 'state', 'msg': 'reading %s/%s: %s' % (kv_mount, state_path, _short(exc))})
@@ -238,7 +240,9 @@ def _read_secret_facts(k8s_params, namespace, name, key, core=None):
         if data is not None:
             out['sha256'] = sha256_hex(data)
             try:
-                out['epochs'] = bundle_unverified(data)['epochs']
+                parsed = bundle_unverified(data)
+                out['epochs'] = parsed['epochs']
+                out['cert_sha256s'] = [c['sha256'] for c in parsed['certificates']]
             except BundleError as exc:
                 out['parse_error'] = _short(exc)
     except (K8sError, BundleError) as exc:

@@ -44,6 +44,13 @@ def render_table(report):
                      % (state.get('location'), state.get('generation'), state.get('epoch'), state.get('last_epoch'),
                         _sha(state.get('bundle_sha256')), ('%s until %s' % (lock.get('holder'), lock.get('expires_at'))) if lock else 'none',
                         ('epoch %s since %s' % (hold.get('epoch'), hold.get('since'))) if hold else 'none'))
+    for entry in report.get('distrusted') or []:
+        lines.append('distrusted: epoch %s %s (sha256 %s) since %s%s, %s%s' % (
+            entry.get('epoch'), entry.get('issuer_name'), _sha(entry.get('sha256')), entry.get('at'),
+            ' (%s)' % entry['reason'] if entry.get('reason') else '',
+            'DISTRUST PENDING' if entry.get('pending') else
+            'valid until %s' % entry.get('not_after') if entry.get('valid') else 'expired',
+            ': STILL HELD by %s' % ', '.join(entry['held_by']) if entry.get('held_by') else ': held nowhere'))
     bundle = auth.get('kv_bundle') or {}
     in_bundle = {c['sha256'] for c in bundle.get('certificates') or []}
     if auth.get('issuers') is not None:

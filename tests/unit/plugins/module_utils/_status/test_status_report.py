@@ -381,3 +381,87 @@ def test_a_cluster_spread_over_hosts_is_checked_as_one():
     parts[2].update(error='host vm-2: unreachable', servers=[])
     found = {(f['code'], f['where']) for f in status_checks.build_report(authority, parts)['findings']}
     assert found == {('ca_file_sha256', 'east/nats-1'), ('cluster_error', 'cluster east')}, found
+
+
+def distrusted_facts():
+    """Epoch CURRENT - 1 distrusted and revoked, left out of the bundle everywhere: converged."""
+    authority, cluster = consistent()
+    n = CURRENT - 1
+    issuer = next(i for i in authority['issuers'] if i['epoch'] == n)
+    issuer.update(revoked=True, state='revoked')
+    kv = authority['kv_bundle']
+    kv['certificates'] = [c for c in kv['certificates'] if c['sha256'] != INT[n]]
+    kv['epochs'] = [e for e in kv['epochs'] if e != n]
+    authority['state']['distrusted'] = [{'epoch': n, 'issuer_name': 'epoch-%d' % n, 'issuer_id': 'id-%d' % n, 'sha256': INT[n],
+                                         'not_after': _expiry(n), 'at': NOW, 'by': 'run-1', 'reason': 'key leaked'}]
+    cluster['live_secret']['cert_sha256s'] = [c['sha256'] for c in kv['certificates']]
+    return authority, cluster, n
+
+
+def test_distrusted_epochs_are_listed_and_a_converged_distrust_has_no_finding():
+    authority, cluster, n = distrusted_facts()
+    report = status_checks.build_report(authority, [cluster])
+    assert report['ok'], report['findings']
+    assert [(d['epoch'], d['valid'], d['held_by']) for d in report['distrusted']] == [(n, True, [])]
+    line = next(x for x in report['table'] if x.startswith('distrusted:'))
+    assert 'epoch-%d' % n in line and 'key leaked' in line and 'held nowhere' in line
+    json.dumps(report)
+
+
+@pytest.mark.parametrize('mutate, expected', [
+    # the mounted copy in the pods follows the live Secret: each server is flagged with it
+    (lambda a, c, n: c['live_secret']['cert_sha256s'].append(INT[n]),
+     {('distrusted_held', 'cluster east secret nats/nats-ca-tls')} | {('distrusted_held', 'east/nats-%d' % i) for i in range(3)}),
+    (lambda a, c, n: c['servers'][1].update(ca_cert_sha256s=[INT[n], ROOT]), {('distrusted_held', 'east/nats-1')}),
+    (lambda a, c, n: c['servers'][2]['tls'].update(authority_key_id='k%d' % n),
+     {('distrusted_held', 'east/nats-2'), ('served_issuer_not_in_bundle', 'east/nats-2')}),
+    (lambda a, c, n: a['kv_bundle']['certificates'].append({'epoch': n, 'kind': 'intermediate', 'sha256': INT[n]}),
+     {('distrusted_held', 'kv')}),
+    (lambda a, c, n: a.update(epoch_secret={'namespace': 'openbao', 'name': 'x', 'key': 'k', 'found': True, 'sha256': SHA,
+                                            'cert_sha256s': [INT[n]]}), {('distrusted_held', 'kubernetes')}),
+    (lambda a, c, n: next(i for i in a['issuers'] if i['epoch'] == n).update(revoked=False),
+     {('distrusted_not_revoked', 'openbao')}),
+])
+def test_every_place_still_holding_a_distrusted_intermediate_is_flagged(mutate, expected):
+    authority, cluster, n = distrusted_facts()
+    mutate(authority, cluster, n)
+    report = status_checks.build_report(authority, [cluster])
+    assert {(f['code'], f['where']) for f in report['findings'] if f['severity'] == 'mismatch'} == expected
+    assert 'STILL HELD' in next(x for x in report['table'] if x.startswith('distrusted:')) or expected == {
+        ('distrusted_not_revoked', 'openbao')}
+
+
+def test_an_expired_distrusted_intermediate_is_listed_but_flagged_nowhere():
+    authority, cluster, n = distrusted_facts()
+    authority['state']['distrusted'][0]['not_after'] = '2026-01-01T00:00:00Z'
+    cluster['servers'][0].update(ca_cert_sha256s=[INT[n]])
+    report = status_checks.build_report(authority, [cluster])
+    assert report['ok'], report['findings']
+    assert report['distrusted'][0]['valid'] is False and report['distrusted'][0]['held_by'] == ['east/nats-0']
+
+
+def test_a_pending_distrust_is_one_mismatch_and_its_intermediate_may_still_be_held():
+    authority, cluster, n = distrusted_facts()
+    authority['state']['distrust_pending'] = {'epoch': n, 'issuer_name': 'epoch-%d' % n, 'sha256': INT[n], 'since': NOW,
+                                              'replacement': 'epoch-%d-r1' % n}
+    cluster['live_secret']['cert_sha256s'].append(INT[n])
+    report = status_checks.build_report(authority, [cluster])
+    assert {(f['code'], f['where']) for f in report['findings']} == {('distrust_pending', 'state')}
+    assert 'DISTRUST PENDING' in next(x for x in report['table'] if x.startswith('distrusted:'))
+
+
+def test_an_epoch_with_a_replacement_is_judged_by_the_issuer_standing_for_it():
+    authority, cluster = consistent()
+    original = next(i for i in authority['issuers'] if i['epoch'] == CURRENT)
+    original.update(is_default=False, revoked=True, state='revoked')
+    replacement = dict(original, issuer_name='epoch-%d-r1' % CURRENT, issuer_id='id-r1', is_default=True, revoked=False,
+                       state='active', sha256='9' * 64, ski='k-r1')
+    authority['issuers'].append(replacement)
+    authority['default_issuer'] = {'issuer_id': 'id-r1', 'issuer_name': 'epoch-%d-r1' % CURRENT, 'epoch': CURRENT}
+    kv = authority['kv_bundle']
+    kv['certificates'] = [dict(c, sha256='9' * 64) if c['sha256'] == INT[CURRENT] else c for c in kv['certificates']]
+    for server in cluster['servers']:
+        server['tls']['authority_key_id'] = 'k-r1'
+    assert findings(authority, cluster) == set()
+    replacement['revoked'] = True
+    assert findings(authority, cluster) == {('default_issuer_revoked', 'openbao')}
