@@ -61,7 +61,8 @@ def bundles():
     leaf = (x509.CertificateBuilder().subject_name(name).issuer_name(int1.subject).public_key(leaf_key.public_key())
             .serial_number(1).not_valid_before(NOW - dt.timedelta(hours=1)).not_valid_after(NOW + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True).sign(k1, hashes.SHA256()))
-    return {'e1': _pem(int1) + _pem(root), 'e2': _pem(int2) + _pem(int1) + _pem(root), 'leaf': _pem(leaf) + _pem(root)}
+    return {'e1': _pem(int1) + _pem(root), 'e2': _pem(int2) + _pem(int1) + _pem(root), 'leaf': _pem(leaf) + _pem(root),
+            'e2_without_e1': _pem(int2) + _pem(root)}
 
 
 def _signer(private_key, version=1):
@@ -637,6 +638,24 @@ def test_fewer_valid_certificates_only_by_a_signed_rollback(env, sign, bundles):
     _cfg, fresh = make()
     outcome = process(fresh, announce(sign, bundles['e1'], 1, 1))
     assert (outcome.kind, outcome.reason) == ('invalid', 'fewer-epochs')
+
+
+def test_a_signed_distrust_is_applied_although_its_epoch_is_not_newer(env, sign, bundles):
+    """The rule: an announcement is ordered by its generation, never by its epoch; ``kind: distrust`` (like
+    ``rollback``) may trust fewer still-valid certificates. Epoch 1 distrusted during epoch 2: same epoch, newer
+    generation, one certificate fewer - applied; the same bundle as a plain rotation is refused; a replay is stale."""
+    paths, make = env
+    _cfg, syncer = make()
+    assert process(syncer, announce(sign, bundles['e2'], 5, 2)).kind == 'applied'
+    outcome = process(syncer, announce(sign, bundles['e2_without_e1'], 6, 2))
+    assert (outcome.kind, outcome.reason) == ('invalid', 'fewer-epochs'), outcome.text
+    outcome = process(syncer, announce(sign, bundles['e2_without_e1'], 7, 2, kind='distrust'))
+    assert outcome.kind == 'applied', outcome.text
+    assert paths['bundle'].read_text() == bundles['e2_without_e1']
+    assert syncer.state.generation == 7 and syncer.state.epoch == 2 and syncer.state.kind == 'distrust'
+    assert process(syncer, announce(sign, bundles['e2'], 7, 2, kind='distrust')).kind == 'stale'  # replayed generation
+    assert paths['bundle'].read_text() == bundles['e2_without_e1']
+    assert [r.split()[:2] for r in reloads(paths)] == [['5', '2'], ['7', '2']]
 
 
 def test_superseded_generation_is_stale_for_a_host_starting_from_the_newest(env, sign, bundles):
