@@ -243,8 +243,8 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     victim = Path(rs.servers[1]["ca_file"])
     victim.write_text(victim.read_text() + rs.bao().read(
         f"{rs.info['pki']['int_mount']}/issuer/{issuers[f'epoch-{n}']['id']}")["data"]["certificate"].strip() + "\n")
-    status = rs.playbook("status.yml", extra_vars=dict(EXTRA, ca_rotation_status_json=str(status_json),
-                                                         ca_rotation_status_strict=True))
+    strict = dict(EXTRA, ca_rotation_status_json=str(status_json), ca_rotation_status_strict=True)
+    status = rs.playbook("status.yml", extra_vars=strict)
     report = json.loads(status_json.read_text())
     assert status["rc"] != 0
     assert ("distrusted_held", f"local/{rs.servers[1]['name']}") in {(f["code"], f["where"]) for f in report["findings"]}, \
