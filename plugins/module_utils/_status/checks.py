@@ -9,6 +9,7 @@ import datetime
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule, isoformat, parse_time
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.secrets import ANNOTATION_PREFIX
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.distrust import distrusted_shas, valid_distrusted
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import not_loaded
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import SCHEMA
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.render import (
@@ -108,7 +109,7 @@ def _check_issuers(f, auth, now, bundle, held):
                        'servers trusting only the bundle reject the leaves it issues' % (n, bundle['location']))
     if bundle is not None:
         in_bundle = {c['sha256'] for c in bundle['certificates']}
-        distrusted = {d.get('sha256') for d in (auth.get('state') or {}).get('distrusted') or []}
+        distrusted = distrusted_shas(auth.get('state'))
         for issuer in issuers:
             n = issuer['epoch']
             if issuer.get('revoked') or n not in plan['desired_epochs'] or issuer['sha256'] in in_bundle | distrusted:
@@ -217,72 +218,76 @@ def _check_announcement(f, auth, state, now):
                    % ann.get('valid_until'))
 
 
-def _distrusted(auth, now):
-    """The state's distrusted intermediates, each with ``valid`` (not expired at ``now``) and ``held_by`` (filled by
+def _distrusted(state, now):
+    """The state's distrusted intermediates, each with ``valid`` (not expired at ``now``, as the engine decides it),
+    ``pending`` (its distrust is not complete, so it is still trusted) and ``held_by`` (filled by
     :func:`_check_distrust`)."""
-    out = []
-    for entry in ((auth.get('state') or {}).get('distrusted') or []):
-        not_after = _time(entry.get('not_after'))
-        out.append(dict(entry, valid=not_after is None or not_after > now, pending=False, held_by=[]))
-    return out
+    valid = {d.get('sha256') for d in valid_distrusted(state, now)}
+    pending = (state or {}).get('distrust_pending') or {}
+    return [dict(entry, valid=entry.get('sha256') in valid, pending=entry.get('sha256') == pending.get('sha256'), held_by=[])
+            for entry in (state or {}).get('distrusted') or []]
 
 
 def _held(f, entry, where, what):
     entry['held_by'].append(where)
-    if entry['valid'] and not entry.get('pending'):
+    if entry['valid'] and not entry['pending']:
         f.mismatch('distrusted_held', where, '%s holds the distrusted intermediate of epoch %s (%s, sha256 %s, distrusted at %s): '
                    'run playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s to deliver a bundle without it'
                    % (what, entry.get('epoch'), entry.get('issuer_name'), _sha(entry.get('sha256')), entry.get('at'),
                       entry.get('epoch')))
 
 
+def _places(auth, clusters):
+    """``(where, what, certificate SHA-256s or None)`` of every place that holds a bundle: the stored bundle, the
+    per-epoch Secret, each live Secret and each server's CA file (a pod's mounted copy of the live Secret)."""
+    kv, secret = auth.get('kv_bundle') or {}, auth.get('epoch_secret') or {}
+    places = [('kv', 'the stored bundle %s' % kv.get('location'), [c['sha256'] for c in kv.get('certificates') or []]),
+              ('kubernetes', 'the per-epoch Secret %s/%s' % (secret.get('namespace'), secret.get('name')),
+               secret.get('cert_sha256s'))]
+    for facts in clusters:
+        live = facts.get('live_secret') or {}
+        places.append(('cluster %s secret %s/%s' % (facts['cluster'], live.get('namespace'), live.get('name')),
+                       'the live CA Secret', live.get('cert_sha256s')))
+        for server in facts.get('servers') or []:
+            shas = server.get('ca_cert_sha256s')
+            if shas is None and live.get('sha256') and server.get('ca_sha256') == live.get('sha256'):
+                shas = live.get('cert_sha256s')
+            places.append(('%s/%s' % (facts['cluster'], server.get('name')), 'CA file %s' % server.get('ca_file'), shas))
+    return places
+
+
 def _check_distrust(f, auth, clusters, now):
     """Every place that still holds a distrusted intermediate: OpenBao (not revoked, or the default), the stored
     bundle, the per-epoch and live Secrets, the servers' CA files and the leaves they serve. Returns the list of
     distrusted intermediates for the report."""
-    listed = _distrusted(auth, now)
-    pending = (auth.get('state') or {}).get('distrust_pending')
+    state = auth.get('state') or {}
+    pending = state.get('distrust_pending')
     if isinstance(pending, dict):
         f.mismatch('distrust_pending', 'state', 'the distrust of epoch %s (%s, since %s) is not complete: its replacement %s '
                    'is trusted, the distrusted intermediate too; rotate.yml and rollback.yml refuse until '
                    'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s finishes it'
                    % (pending.get('epoch'), pending.get('issuer_name'), pending.get('since'), pending.get('replacement'),
                       pending.get('epoch')))
+    listed = _distrusted(state, now)
     if not listed:
         return listed
-    if isinstance(pending, dict):
-        for entry in listed:
-            entry['pending'] = entry.get('sha256') == pending.get('sha256')  # still trusted until it finishes: said above
     issuers = {i.get('sha256'): i for i in auth.get('issuers') or []}
+    places = _places(auth, clusters)
+    served = [('%s/%s' % (facts['cluster'], server.get('name')), (server.get('tls') or {}).get('authority_key_id'))
+              for facts in clusters for server in facts.get('servers') or []]
     for entry in listed:
         issuer = issuers.get(entry.get('sha256'))
-        if issuer and not issuer.get('revoked') and entry['valid'] and not entry.get('pending'):
+        if issuer and not issuer.get('revoked') and entry['valid'] and not entry['pending']:
             f.mismatch('distrusted_not_revoked', 'openbao', 'issuer %s is distrusted but not revoked: run playbooks/distrust.yml '
                        '-e ca_rotation_distrust_epoch=%s' % (issuer.get('issuer_name'), entry.get('epoch')))
         if issuer and issuer.get('is_default'):
             _held(f, entry, 'openbao', 'the default issuer')
-        places = []
-        kv = auth.get('kv_bundle') or {}
-        places.append(('kv', 'the stored bundle %s' % kv.get('location'), [c['sha256'] for c in kv.get('certificates') or []]))
-        secret = auth.get('epoch_secret') or {}
-        places.append(('kubernetes', 'the per-epoch Secret %s/%s' % (secret.get('namespace'), secret.get('name')),
-                       secret.get('cert_sha256s')))
-        for facts in clusters:
-            live = facts.get('live_secret') or {}
-            places.append(('cluster %s secret %s/%s' % (facts['cluster'], live.get('namespace'), live.get('name')),
-                           'the live CA Secret', live.get('cert_sha256s')))
-            for server in facts.get('servers') or []:
-                where = '%s/%s' % (facts['cluster'], server.get('name'))
-                shas = server.get('ca_cert_sha256s')
-                if shas is None and live.get('sha256') and server.get('ca_sha256') == live.get('sha256'):
-                    shas = live.get('cert_sha256s')  # a pod's mounted copy of the live Secret
-                places.append((where, 'CA file %s' % server.get('ca_file'), shas))
-                tls = server.get('tls') or {}
-                if issuer and issuer.get('ski') and tls.get('authority_key_id') == issuer['ski']:
-                    _held(f, entry, where, 'the certificate it serves (issued by %s)' % issuer.get('issuer_name'))
         for where, what, shas in places:
             if entry.get('sha256') in (shas or ()):
                 _held(f, entry, where, what)
+        for where, key_id in served:
+            if issuer and issuer.get('ski') and key_id == issuer['ski']:
+                _held(f, entry, where, 'the certificate it serves (issued by %s)' % issuer.get('issuer_name'))
     return listed
 
 
