@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import read_issuer
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster, refusal
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import (
@@ -81,14 +84,50 @@ class ActionModule(EngineAction):
         else:
             with timings.step('prove_distrust'):
                 probe = cluster.probe_options(auth)
-                res['distrust_proof'] = refusal.prove_refused(cc.targets, witness, getattr(steps, 'probe_host', None),
-                                                              ca_file=probe['ca_file'], partial_chain=probe['partial_chain'])
+                try:
+                    targets = refusal.server_addresses(cc)
+                except ReloadError as exc:
+                    res['distrust_proof'] = {'ok': False, 'servers': [], 'accepted': [], 'errors': ['cannot list the servers: %s' % exc]}
+                else:
+                    res['distrust_proof'] = refusal.prove_refused(targets, witness, getattr(steps, 'probe_host', None),
+                                                                  ca_file=probe['ca_file'], partial_chain=probe['partial_chain'])
         res.setdefault('timings', {}).update(timings.as_dict())
         proof = res['distrust_proof']
         if not proof['ok']:
             what = ['still accepted by %s' % ', '.join(proof['accepted'])] if proof['accepted'] else []
             what += proof['errors'] or ([] if proof['servers'] else ['no server has a url to try'])
             res.update(ok=False, error='the refusal of distrusted epoch %s is not proven: %s' % (dis.get('epoch'), '; '.join(what)))
+
+    def _distrusted_leaves(self, cc, cfg, auth, clients, steps):
+        """None, or why this cluster must keep the distrusted intermediate: servers whose certificate this collection
+        does not issue still present one it signed (a bundle without it would leave them untrusted)."""
+        dis = auth.get('distrust') or {}
+        try:
+            issuer = read_issuer(clients.openbao(), cfg.pki['int_mount'], dis.get('issuer_name'))
+        except OpenBaoError:
+            return None  # deleted: nothing it signed verifies any more either way
+        found = refusal.still_served(cc, issuer['certificate'], cluster.probe_options(auth), getattr(steps, 'probe_host', None))
+        why = []
+        if found['signed']:
+            why.append('%s still present%s a certificate signed by the distrusted intermediate %s, and this collection does '
+                       'not issue their certificates (transport %s%s): re-issue them from the default issuer %s (with '
+                       'cert-manager: cmctl renew the Certificate), let the servers load them, then re-run '
+                       'playbooks/distrust.yml. The distrusted intermediate stays in the bundle until then, so that they '
+                       'stay trusted' % (', '.join(found['signed']), 's' if len(found['signed']) == 1 else '',
+                                         dis.get('issuer_name'), cc.transport,
+                                         '' if cc.renew_leaves else ', ca_rotation_nats_reload_renew_leaves off',
+                                         dis.get('replacement') or '(the current one)'))
+        why.extend(found['errors'])
+        return '; '.join(why) or None
+
+    def _distrust_blocked(self, cc, cfg, auth, clients, steps, timings):
+        """A failed cluster result when the bundle without the distrusted intermediate must not be delivered yet."""
+        with timings.step('distrusted_leaves'):
+            why = self._distrusted_leaves(cc, cfg, auth, clients, steps)
+        if why is None:
+            return None
+        return cluster_result(cc.name, auth, False, error='Not delivering the bundle without the distrusted intermediate: '
+                              + why, host=cc.host, min_success=cc.min_success, timings=timings.as_dict()).to_fact()
 
     def run_step(self, args, cfg, task_vars):
         host = task_vars.get('inventory_hostname')
@@ -99,17 +138,32 @@ class ActionModule(EngineAction):
             # no result of an earlier run may stand in for this one (persistent fact caches)
             return {'changed': False, 'skipped': True, 'msg': 'the authority step did not go ahead',
                     'ansible_facts': {CLUSTER_FACT: None}}
+        stage = (auth.get('distrust') or {}).get('stage')
+        previous = self.template_var(task_vars, CLUSTER_FACT)
+        if (previous or {}).get('holder') != auth.get('holder'):
+            previous = None  # an earlier run's result, from a fact cache
+        if args['phase'] == 'distrust' and stage != 'complete':
+            # the distrust's second pass did not go ahead: no new bundle to deliver; the earlier phases' result stands
+            return {'changed': False, 'msg': 'the distrusted intermediate stays in the bundle', 'ansible_facts': {CLUSTER_FACT: previous}}
         steps = self._steps(cc, task_vars)
         clients = self.new_clients(cfg, kubernetes=cc.kubernetes)
         timings = self.new_timings()
         try:
-            if args['phase'] == 'renew':
-                previous = self.template_var(task_vars, CLUSTER_FACT)
-                if (previous or {}).get('holder') != auth.get('holder'):
-                    previous = None  # an earlier run's result, from a fact cache
+            blocked = None
+            if args['phase'] in ('deliver', 'distrust') and stage == 'complete':
+                blocked = self._distrust_blocked(cc, cfg, auth, clients, steps, timings)
+            if blocked is not None:
+                res, changed = blocked, False
+            elif args['phase'] == 'renew':
                 res = cluster.renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=self._task.check_mode,
                                            steps=steps)
                 changed = bool(res.get('renewed'))
+                if stage == 'replacing' and res.get('ok', True):
+                    # the second pass takes the distrusted intermediate out only once no server presents a leaf of it
+                    with timings.step('distrusted_leaves'):
+                        why = self._distrusted_leaves(cc, cfg, auth, clients, steps)
+                    if why is not None:
+                        res.update(ok=False, error='The distrusted intermediate stays in the bundle: ' + why)
             elif args['phase'] == 'restore':
                 # rollback: server leaves from the restored epoch first (trusted by the bundle still in place), then the
                 # restored bundle

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import ssl
 import threading
@@ -57,8 +58,9 @@ class RotationStack:
         client = self.bao()
         issuers = client.list(f"{self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
         for meta in issuers.values():
-            if meta.get("is_default") and meta.get("issuer_name", "").startswith("epoch-"):
-                return int(meta["issuer_name"].split("-", 1)[1])
+            match = re.fullmatch(r"epoch-(\d+)(?:-r\d+)?", meta.get("issuer_name") or "")
+            if meta.get("is_default") and match:  # a replacement epoch-<n>-r<k> stands for epoch n
+                return int(match.group(1))
         return None
 
     def ca_file_sha256s(self) -> set[str]:

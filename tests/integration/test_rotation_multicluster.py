@@ -1,18 +1,27 @@
 """One rotate.yml run across two emulated Kubernetes clusters (live Secret, kubelet-like volume sync with
-delay, exec SIGHUP in each pod) plus a VM-style group (files + signals), authority once, activation after all."""
+delay, exec SIGHUP in each pod) plus a VM-style group (files + signals), authority once, activation after all;
+then distrust.yml across the same three clusters."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
+import signal
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from rotation_harness import RotationStack
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import host_port
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import refusal
 from ansible_collections.securetransport.ca_rotation.tests.k8s_emulator import ClusterSet, EmulatedCluster, PodBackend
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -92,4 +101,73 @@ def test_rotation_across_two_kubernetes_clusters_and_a_vm_group(world):
     assert rs.default_issuer_epoch() == report["current_epoch"]
 
     again = rs.playbook("rotate.yml")
+    assert again["rc"] == 0 and again["report"]["changed"] is False, json.dumps(again["report"])[:2000]
+
+
+def _served(server: dict) -> x509.Certificate:
+    host, port = host_port(server["url"])
+    return refusal.served_certificate(host, port, client_context(verify=False))
+
+
+def test_distrust_waits_for_leaves_it_does_not_issue_then_every_pod_and_vm_refuses_it(world, tmp_path):
+    """distrust.yml on the Kubernetes path: the pods' leaves come from elsewhere (cert-manager in a real cluster), so
+    the distrusted intermediate stays in the bundle - and the run fails, naming the pods - until they are re-issued;
+    the re-run then takes it out of both live Secrets and proves every pod (client and route port) and VM refuses it."""
+    rs, clusters = world
+    assert rs.playbook("rotate.yml")["rc"] == 0
+    n = rs.default_issuer_epoch()
+    client, mount = rs.bao(), rs.info["pki"]["int_mount"]
+    names = {meta["issuer_name"]: issuer_id for issuer_id, meta in client.list(f"{mount}/issuers")["data"]["key_info"].items()}
+    distrusted = x509.load_pem_x509_certificate(
+        client.read(f"{mount}/issuer/{names[f'epoch-{n}']}")["data"]["certificate"].encode())
+    sha = distrusted.fingerprint(hashes.SHA256()).hex()
+    by_cluster = {c["name"]: c["servers"] for c in rs.info["clusters"]}
+    pods = by_cluster["east"] + by_cluster["west"]
+    extra = {"ca_rotation_distrust_epoch": n, "ca_rotation_distrust_force_intermediates_only": True,
+             "ca_rotation_nats_reload_renew_leaves": True}  # the VM group's leaves are the collection's; the pods' are not
+
+    first = rs.playbook("distrust.yml", extra_vars=extra)
+    assert first["rc"] != 0, first["stdout"][-4000:]
+    report = first["report"]
+    assert report["distrust"]["stage"] == "replacing" and "Re-run playbooks/distrust.yml" in report["distrust"]["error"]
+    assert report["clusters"]["vm"]["ok"], report["clusters"]["vm"]
+    for name in ("east", "west"):
+        error = report["clusters"][name]["error"]
+        assert not report["clusters"][name]["ok"] and "re-issue them from the default issuer epoch-%d-r1" % n in error, error
+        assert all(s["name"] in error for s in by_cluster[name]), error
+    assert rs.default_issuer_epoch() == n  # the replacement epoch-<n>-r1 stands for the epoch
+    state = client.secrets.kv.v2.read_secret_version(path="ca-rotation/state", mount_point="secret",
+                                                     raise_on_deleted_version=True)["data"]["data"]
+    assert state["distrust_pending"]["epoch"] == n
+    for server in rs.servers:  # trust kept everywhere: the pods' leaves still need it
+        shas = {c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(Path(server["ca_file"]).read_bytes())}
+        assert sha in shas, server["name"]
+    for server in by_cluster["vm"]:
+        assert "replacement 1" in _served(server).issuer.rfc4514_string(), server["name"]
+
+    # what cert-manager and a config reloader do in a real cluster: a new leaf from the default issuer, then a reload
+    for server in pods:
+        rs.stack.issue_leaf(server["name"], Path(server["cert_file"]), Path(server["key_file"]))
+        os.kill(int(Path(server["pid_file"]).read_text().strip()), signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not all("replacement 1" in _served(s).issuer.rfc4514_string() for s in pods):
+        assert time.monotonic() < deadline, "the pods did not load their new leaves"
+        time.sleep(0.2)
+
+    run = rs.playbook("distrust.yml", extra_vars=extra)
+    assert run["rc"] == 0, run["stdout"][-4000:]
+    report = run["report"]
+    assert report["ok"] and report["distrust"]["stage"] == "complete", report["distrust"]
+    for name, servers in by_cluster.items():
+        proof = report["clusters"][name]["distrust_proof"]
+        assert proof["ok"] and {(s["name"], s["port"]) for s in proof["servers"]} == {
+            (s["name"], port) for s in servers for port in ("client", "route")}, proof
+    for name in ("east", "west"):
+        secret = clusters[name].core_api().read_namespaced_secret("nats-ca-tls", "nats")
+        held = x509.load_pem_x509_certificates(base64.b64decode(secret.data["ca.crt"]))
+        assert sha not in {c.fingerprint(hashes.SHA256()).hex() for c in held}, name
+    leaf = rs.issue_client_leaf(tmp_path / "replacement", f"epoch-{n}-r1")
+    assert {rs.handshake(*leaf, server)[0] for server in rs.servers} == {True}
+
+    again = rs.playbook("rotate.yml", extra_vars={"ca_rotation_nats_reload_renew_leaves": True})
     assert again["rc"] == 0 and again["report"]["changed"] is False, json.dumps(again["report"])[:2000]

@@ -163,6 +163,8 @@ class KubernetesTransport(Transport):
         ports = {p.name: p.container_port for p in (container.ports or []) if p.name}
         target.port = ports.get('client') or ports.get('nats') or self.client_port
         target.state['monitor_port'] = ports.get('monitor') or self.monitor_port
+        # the route port, when the pod names it (the NATS Helm chart: 'cluster'); a distrust proves refusal there too
+        target.state['route_port'] = ports.get('cluster') or ports.get('route') or ports.get('routes')
         target.host = getattr(status, 'pod_ip', None) if status else None
         phase = getattr(status, 'phase', None) if status else None
         if phase != 'Running':

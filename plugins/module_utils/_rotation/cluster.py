@@ -262,6 +262,11 @@ def _leaf_targets(cc):
     return wanted
 
 
+def leaf_managed_names(cc):
+    """The servers whose leaf the leaf phase renews (the others' certificates come from elsewhere, e.g. cert-manager)."""
+    return {t['name'] for t in _leaf_targets(cc)} if cc.renew_leaves else set()
+
+
 def _sign_and_install(cfg, cc, client, targets, requests, issuer_ref, check_mode, steps):
     """Sign the CSRs of ``targets`` (only the CSR goes to OpenBao: the key stays where the server runs), install the
     leaves and reload those servers."""

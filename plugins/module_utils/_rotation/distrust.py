@@ -120,6 +120,21 @@ def choose_target(epoch, issuers, state, now, include_root, force_intermediates_
     return live, None
 
 
+def replacing(target, state, first_pass=None, check_mode=False):
+    """Whether this pass of the distrust is in stage ``replacing`` (the bundle keeps the distrusted intermediate next
+    to its replacement) rather than ``complete``.
+
+    First pass: when the target is the default issuer, or when the state still records its distrust as pending - a
+    re-run whose replacement is the default already but whose second pass did not happen (a cluster had not proven
+    it, or a server still presented a leaf of it) stays in this stage until the second pass goes ahead. Second pass
+    (``first_pass``: the first pass's ``distrust`` result): only while the target is still the default, except in
+    check mode, where the first pass's replacement was only predicted and so is its activation.
+    """
+    if first_pass:
+        return bool(target.get('is_default')) and not (check_mode and first_pass.get('stage') == STAGE_REPLACING)
+    return bool(target.get('is_default')) or ((state or {}).get('distrust_pending') or {}).get('epoch') == target['epoch']
+
+
 def distrust_entry(issuer, holder, now, reason):
     """The state's record of a distrusted intermediate."""
     return {'epoch': issuer['epoch'], 'issuer_id': issuer['issuer_id'], 'issuer_name': issuer['issuer_name'],

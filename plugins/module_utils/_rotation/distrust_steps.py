@@ -84,8 +84,7 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
                 changed = distrust.revoke(client, target, pki['int_mount'], pki['root_mount'], check_mode)['changed']
         record = entry or distrust.distrust_entry(target, holder, utcnow(), cfg.distrust_reason)
         distrusted = distrust.distrusted_shas(state) | {record['sha256']}
-        # in check mode the first pass's replacement was only predicted, so the second pass predicts its activation
-        replacing = bool(target.get('is_default')) and not (check_mode and first_pass.get('stage') == distrust.STAGE_REPLACING)
+        replacing = distrust.replacing(target, state, first_pass, check_mode)
         step = 'issue'
         with timings.step('issue'):
             epochs = set(decisions.epochs_to_issue(plan)) | ({target['epoch']} if replacing else set())

@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import ssl
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import verify_issued_by
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import close_quietly, nats_tls_connect, read_line
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import (
+    client_context,
+    close_quietly,
+    nats_tls_connect,
+    read_line,
+)
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.probe import probe_context
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.cluster import probe_address
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.cluster import (
+    build_transport,
+    leaf_managed_names,
+    probe_address,
+)
 
 #: what the witness is sent as: its leaf alone, and leaf + distrusted intermediate (a chain that reaches the root)
 PRESENTATIONS = (('leaf_only', 'leaf_file'), ('with_intermediate', 'chain_file'))
@@ -65,6 +79,8 @@ def prove_refused(targets, witness, probe_host=None, ca_file=None, partial_chain
                                          'partial_chain': partial_chain})
     servers, accepted, errors = [], [], []
     for target in targets:
+        if not ports(target, probe_host):
+            errors.append('%s: no address to try (%s)' % (target.get('name'), target.get('problem') or 'no url'))
         for port_label, host, port in ports(target, probe_host):
             entry = {'name': target.get('name'), 'port': port_label, 'address': '%s:%s' % (host, port)}
             for label, _key in PRESENTATIONS:
@@ -79,3 +95,74 @@ def prove_refused(targets, witness, probe_host=None, ca_file=None, partial_chain
             servers.append(entry)
     return {'ok': bool(servers) and not accepted and not errors, 'servers': servers, 'accepted': accepted,
             'errors': errors}
+
+
+def _url(host, port):
+    return 'nats://%s:%s' % ('[%s]' % host if ':' in host else host, port)
+
+
+def server_addresses(cc):
+    """``[{name, url, route_url, problem}]``: where the controller tries a cluster's servers - the inventory's targets,
+    or for transport kubernetes the running pods (pod IP; the container ports named client/nats and cluster/route)."""
+    if cc.targets or cc.transport != 'kubernetes':
+        return [dict(t) for t in cc.targets]
+    transport = build_transport(cc)
+    try:
+        found = transport.discover()
+    finally:
+        transport.close()
+    out = []
+    for target in found:
+        entry = {'name': target.name, 'problem': target.problem}
+        if target.host and not target.problem:
+            entry['url'] = _url(target.host, target.port)
+            if target.state.get('route_port'):
+                entry['route_url'] = _url(target.host, target.state['route_port'])
+        out.append(entry)
+    return out
+
+
+def served_certificate(host, port, ctx, timeout=5.0):
+    """The certificate a server presents on its client port (read, not verified: ``ctx`` has verify off)."""
+    tls = nats_tls_connect(host, port, ctx, None, timeout, 3.0)
+    try:
+        der = tls.getpeercert(binary_form=True)
+    finally:
+        close_quietly(tls)
+    if not der:
+        raise TLSError('%s:%s presented no certificate' % (host, port), stage='handshake')
+    return x509.load_der_x509_certificate(der)
+
+
+def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
+    """The servers of a cluster whose leaf this collection does not issue (transport kubernetes, or no cert_file /
+    key_file / ca_rotation_nats_reload_renew_leaves off) that still present a certificate ``intermediate_pem`` signed.
+
+    Returns ``{'signed': [names], 'errors': [...]}``: an unreachable server is an error (not known to be safe)."""
+    managed = leaf_managed_names(cc)
+    intermediate = x509.load_pem_x509_certificate(intermediate_pem.encode())
+    signed, errors = [], []
+    try:
+        targets = [t for t in server_addresses(cc) if t.get('name') not in managed]
+    except ReloadError as exc:
+        return {'signed': [], 'errors': ['cannot list the servers: %s' % exc]}
+    if not targets:
+        return {'signed': [], 'errors': []}
+    ctx = client_context(cert_file=probe['cert_file'], key_file=probe['key_file'], verify=False)
+    for target in targets:
+        found = ports(target, probe_host)
+        if not found:
+            errors.append('%s: no address to read its certificate from (%s)' % (target.get('name'), target.get('problem') or 'no url'))
+            continue
+        _label, host, port = found[0]
+        try:
+            cert = served_certificate(host, port, ctx, timeout)
+        except TLSError as exc:
+            errors.append('%s: cannot read the certificate it presents: %s' % (target.get('name'), exc))
+            continue
+        try:
+            verify_issued_by(cert, intermediate)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        signed.append(target.get('name'))
+    return {'signed': signed, 'errors': errors}

@@ -7,11 +7,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import build as bundle_build
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import pki
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import distrust
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import distrust, refusal
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.decisions import Refusal
 
 UTC = dt.timezone.utc
@@ -96,6 +100,21 @@ def test_rotate_and_rollback_refuse_while_a_replacement_is_pending():
                                                             'replacement': 'epoch-10-r1'}})
 
 
+@pytest.mark.parametrize('default, pending, first_pass, check_mode, expected', [
+    (True, None, None, False, True),  # the default issuer: replaced first
+    (False, None, None, False, False),  # not the default: out in one stage
+    (False, 10, None, False, True),  # a re-run whose second pass did not happen: still replacing
+    (False, 9, None, False, False),  # another epoch's distrust is pending: not this one's
+    (False, 10, {'stage': 'replacing'}, False, False),  # the second pass, after activation: complete
+    (True, 10, {'stage': 'replacing'}, False, True),  # the second pass while it is still the default: not yet
+    (True, 10, {'stage': 'replacing'}, True, False),  # check mode: the activation is predicted
+])
+def test_stage_replacing_until_the_second_pass_goes_ahead(default, pending, first_pass, check_mode, expected):
+    target = issuer(10, default=default)
+    state = {'distrust_pending': {'epoch': pending}} if pending else {}
+    assert distrust.replacing(target, state, first_pass, check_mode) is expected
+
+
 def test_replacement_names():
     assert pki.epoch_issuer_name(7) == 'epoch-7' and pki.epoch_issuer_name(7, 2) == 'epoch-7-r2'
     assert [pki.replacement_of(n) for n in ('epoch-7', 'epoch-7-r2', 'epoch-7-r0', 'other', None)] == [0, 2, None, None, None]
@@ -116,3 +135,28 @@ def test_select_epochs_takes_the_newest_replacement_and_leaves_distrusted_out_un
     # revoked issuers never come back
     chosen = bundle_build.select_epochs([issuer(9), issuer(10, revoked=True)], SCHED, NOW)
     assert [i['issuer_name'] for i in chosen] == ['epoch-9']
+
+
+def _witness(tmp_path):
+    """A throwaway self-signed certificate and key in the witness's three files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'witness')])
+    start = dt.datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
+    (tmp_path / 'cert.pem').write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / 'key.pem').write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return {'leaf_file': str(tmp_path / 'cert.pem'), 'chain_file': str(tmp_path / 'cert.pem'), 'key_file': str(tmp_path / 'key.pem')}
+
+
+def test_a_server_without_an_address_is_not_proven_refused(tmp_path):
+    proof = refusal.prove_refused([{'name': 'nats-0', 'problem': 'pod nats/nats-0 is not running (phase Pending)'}],
+                                  _witness(tmp_path))
+    assert not proof['ok'] and proof['errors'] == ['nats-0: no address to try (pod nats/nats-0 is not running (phase Pending))']
+
+
+def test_route_ports_are_tried_when_the_target_names_them():
+    assert refusal.ports({'url': 'nats://10.0.0.7:4222', 'route_url': 'nats://10.0.0.7:6222'}) == [
+        ('client', '10.0.0.7', 4222), ('route', '10.0.0.7', 6222)]
+    assert refusal.ports({'url': 'nats://127.0.0.1:4222'}, probe_host='vm-1') == [('client', 'vm-1', 4222)]
