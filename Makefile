@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(DEV_COLL)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv dev build install demo demo-down test unit integration faults soak-short sanity lint bench soak clean
+.PHONY: help venv dev build install demo demo-down test test-checks test-services unit integration faults soak-short sanity lint bench soak clean
 
 help:
 	@echo "make demo   - create .venv, install the collection, start the local stack, run playbooks/rotate.yml"
@@ -59,8 +59,21 @@ demo: install
 demo-down: venv
 	$(BIN)/python scripts/localstack down
 
+# two streams, one per core: the suites against real services (integration, faults, soak-short; printed as they run)
+# beside the checks (lint, sanity, unit, the ansible-core edges; printed when they end, also in .build/test-checks.log).
+# Each stream runs its steps in order and stops at the first failure; make test fails when either does.
 test: dev
-	$(MAKE) lint sanity unit integration faults soak-short test-matrix-edges
+	@set -o pipefail; mkdir -p $(BUILD); start=$$(date +%s); \
+	$(MAKE) --no-print-directory -j1 test-checks > $(BUILD)/test-checks.log 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory -j1 test-services 2>&1 | tee $(BUILD)/test-services.log; services=$$?; \
+	wait $$checks; checks_rc=$$?; \
+	echo "== checks (lint, sanity, unit, test-matrix-edges): exit $$checks_rc"; cat $(BUILD)/test-checks.log; \
+	echo "== services (integration, faults, soak-short): exit $$services; make test took $$(( $$(date +%s) - start ))s"; \
+	[ $$services -eq 0 ] && [ $$checks_rc -eq 0 ]
+
+test-checks: lint sanity unit test-matrix-edges
+
+test-services: integration faults soak-short
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
