@@ -45,7 +45,7 @@ options:
         the restored epoch, then the restored bundle).
       - C(distrust) (the last cluster play of C(distrust.yml)) - deliver like C(deliver), then prove that every server
         refuses a leaf of the distrusted intermediate, sent alone and with the intermediate, on its client port (C(url))
-        and its route port (C(route_url) of the target, when given); for C(ca_rotation_nats_reload_transport: kubernetes) the running pods, at
+        and its route port (C(route_url) of the target, when given); for C(ca_rotation_nats_reload_transport=kubernetes) the running pods, at
         their pod IP and the container ports named C(client) (or C(nats)) and C(cluster) (or C(route)).
       - In a distrust, servers whose leaf this collection does not issue (transport C(kubernetes), no C(cert_file) /
         C(key_file), or C(ca_rotation_nats_reload_renew_leaves) off) must no longer present a leaf of the distrusted

@@ -18,10 +18,12 @@ import traceback
 CRYPTOGRAPHY_IMPORT_ERROR = None
 try:
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 except ImportError:  # pragma: no cover - reported by the modules with missing_required_lib
     x509 = None
+    InvalidSignature = ValueError
     CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
@@ -65,6 +67,15 @@ def verify_issued_by(cert, issuer):
         key.verify(signature, data)
     else:
         raise ValueError('cannot check a signature by a %s key with this cryptography version' % type(key).__name__)
+
+
+def issued_by(cert, issuer):
+    """True when ``issuer``'s key signed ``cert`` and the names chain (see :func:`verify_issued_by`)."""
+    try:
+        verify_issued_by(cert, issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def _der_items(data, offset, end):
@@ -115,6 +126,11 @@ def spki_oid(tbs):
 def load_cert(pem):
     """An ``x509.Certificate`` from PEM text or bytes (ValueError when it is not one)."""
     return x509.load_pem_x509_certificate(pem.encode('ascii') if isinstance(pem, str) else pem)
+
+
+def load_der_cert(der):
+    """An ``x509.Certificate`` from DER bytes (ValueError when it is not one)."""
+    return x509.load_der_x509_certificate(der)
 
 
 def serial_hex(serial):

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import ssl
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import verify_issued_by
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import issued_by, load_cert, load_der_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import (
     client_context,
@@ -131,7 +128,7 @@ def served_certificate(host, port, ctx, timeout=5.0):
         close_quietly(tls)
     if not der:
         raise TLSError('%s:%s presented no certificate' % (host, port), stage='handshake')
-    return x509.load_der_x509_certificate(der)
+    return load_der_cert(der)
 
 
 def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
@@ -140,7 +137,7 @@ def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
 
     Returns ``{'signed': [names], 'errors': [...]}``: an unreachable server is an error (not known to be safe)."""
     managed = leaf_managed_names(cc)
-    intermediate = x509.load_pem_x509_certificate(intermediate_pem.encode())
+    intermediate = load_cert(intermediate_pem)
     signed, errors = [], []
     try:
         targets = [t for t in server_addresses(cc) if t.get('name') not in managed]
@@ -160,9 +157,6 @@ def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
         except TLSError as exc:
             errors.append('%s: cannot read the certificate it presents: %s' % (target.get('name'), exc))
             continue
-        try:
-            verify_issued_by(cert, intermediate)
-        except (InvalidSignature, ValueError, TypeError):
-            continue
-        signed.append(target.get('name'))
+        if issued_by(cert, intermediate):
+            signed.append(target.get('name'))
     return {'signed': signed, 'errors': errors}
