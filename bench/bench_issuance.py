@@ -34,7 +34,7 @@ ensure_collection_importable()
 
 # pylint: disable=wrong-import-position
 import hvac  # noqa: E402
-from catools.localstack import find_binary, free_port, http_json, spawn, stop_process, wait_for  # noqa: E402
+from catools.procs import find_binary, free_port, http_json, spawn, stop_process, wait_for  # noqa: E402
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import (  # noqa: E402
     EpochSchedule,

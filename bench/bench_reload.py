@@ -33,7 +33,8 @@ from catools import ensure_collection_importable  # noqa: E402  pylint: disable=
 ensure_collection_importable()
 
 # pylint: disable=wrong-import-position
-from catools.localstack import LocalStack, find_binary  # noqa: E402
+from catools.localstack import LocalStack  # noqa: E402
+from catools.procs import find_binary  # noqa: E402
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import engine as reload_engine  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload import kubernetes as reload_kubernetes  # noqa: E402

@@ -34,7 +34,8 @@ from catools import ensure_collection_importable  # noqa: E402  pylint: disable=
 ensure_collection_importable()
 
 # pylint: disable=wrong-import-position
-from catools.localstack import LocalStack, StackError  # noqa: E402
+from catools.localstack import LocalStack  # noqa: E402
+from catools.procs import StackError  # noqa: E402
 from catools.vmfleet import VmFleet, requirements  # noqa: E402
 from helpers import ansible_env, ansible_playbook  # noqa: E402
 

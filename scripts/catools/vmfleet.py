@@ -33,10 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .localstack import (
-    APP_PERMISSIONS,
-    INT_MOUNT,
-    LEAF_ROLE,
+from .localstack import APP_PERMISSIONS, INT_MOUNT, LEAF_ROLE
+from .procs import (
     StackError,
     find_binary,
     http_json,

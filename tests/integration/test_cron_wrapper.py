@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from catools import cron
+from catools import cron, cron_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = REPO / 'scripts' / 'ca-rotate-cron'
@@ -190,7 +190,7 @@ def test_two_wrappers_one_runs_the_other_exits_cleanly(setup):
 
 def test_failed_run_keeps_last_success_and_counts_failures(setup):
     s = setup
-    previous = cron.build_metrics({}, 'success', 1700000000.0, 1700000010.0, 0, rotation_report(), 21600)
+    previous = cron_metrics.build_metrics({}, 'success', 1700000000.0, 1700000010.0, 0, rotation_report(), 21600)
     s['metrics'].write_text(previous.render())
     result = run_wrapper(s, vars_={'fake_report': rotation_report(ok=False, failed_server=True), 'fake_fail': True})
     assert result.returncode == 1, result.stderr
@@ -321,25 +321,25 @@ def test_metrics_render_parse_roundtrip(tmp_path):
     report = rotation_report()
     report['latest_expiry'] = '2025-01-03T12:00:00Z'
     report['epoch_duration'] = 1200
-    first = cron.build_metrics({}, 'success', 100.0, 112.5, 0, report)
+    first = cron_metrics.build_metrics({}, 'success', 100.0, 112.5, 0, report)
     path = tmp_path / 'm.prom'
     path.write_text(first.render())
     parsed = metrics(path)
     assert parsed['ca_rotation_duration_seconds'] == 12.5
     assert parsed['ca_rotation_current_epoch'] == parsed['ca_rotation_bundle_newest_epoch'] == 80594
-    with_current = cron.build_metrics({}, 'success', 0.0, 1.0, 0, dict(report, current_epoch=80593)).render()
+    with_current = cron_metrics.build_metrics({}, 'success', 0.0, 1.0, 0, dict(report, current_epoch=80593)).render()
     assert 'ca_rotation_current_epoch 80593\n' in with_current and 'ca_rotation_bundle_newest_epoch 80594\n' in with_current
     assert parsed['ca_rotation_bundle_latest_expiry_timestamp_seconds'] == 1735905600
     assert parsed['ca_rotation_epoch_duration_seconds'] == 1200
     assert parsed['ca_rotation_bundle_info{sha256=%s}' % ('ab' * 32)] == 1
-    previous = cron.read_metrics(path)
+    previous = cron_metrics.read_metrics(path)
     assert previous[('ca_rotation_reloads_total', (('result', 'ok'),))] == 3
     # a new bundle moves the change time; a failed run without report keeps the state gauges
     report2 = dict(report, bundle_sha256='cd' * 32)
-    second = cron.build_metrics(previous, 'success', 200.0, 210.0, 0, report2)
+    second = cron_metrics.build_metrics(previous, 'success', 200.0, 210.0, 0, report2)
     path.write_text(second.render())
     assert metrics(path)['ca_rotation_bundle_last_change_timestamp_seconds'] == 210
-    third = cron.build_metrics(cron.read_metrics(path), 'failed', 300.0, 301.0, 1, None)
+    third = cron_metrics.build_metrics(cron_metrics.read_metrics(path), 'failed', 300.0, 301.0, 1, None)
     path.write_text(third.render())
     parsed = metrics(path)
     assert parsed['ca_rotation_last_success_timestamp_seconds'] == 210
@@ -351,21 +351,21 @@ def test_metrics_render_parse_roundtrip(tmp_path):
 
 
 def test_reload_counts():
-    assert cron.reload_counts(None) == (0, 0)
-    assert cron.reload_counts(rotation_report(failed_server=True)) == (2, 1)
+    assert cron_metrics.reload_counts(None) == (0, 0)
+    assert cron_metrics.reload_counts(rotation_report(failed_server=True)) == (2, 1)
     verified_only = {'clusters': {'a': {'ok': True, 'reloaded': False,
                                         'servers': [{'name': 'n', 'ok': True, 'reload_ms': None, 'error': None}]}}}
-    assert cron.reload_counts(verified_only) == (0, 0)
-    assert cron.reload_counts({'clusters': 'garbage'}) == (0, 0)
+    assert cron_metrics.reload_counts(verified_only) == (0, 0)
+    assert cron_metrics.reload_counts({'clusters': 'garbage'}) == (0, 0)
 
 
 def test_label_escaping_roundtrip(tmp_path):
-    m = cron.Metrics()
+    m = cron_metrics.Metrics()
     m.set('ca_rotation_cluster_ok', 'gauge', 'help "with" \\ chars', 1, {'cluster': 'we"ird\\name\nx'})
     path = tmp_path / 'e.prom'
     path.write_text(m.render())
     assert metrics(path) == {'ca_rotation_cluster_ok{cluster=we"ird\\name\nx}': 1}
-    assert cron.read_metrics(path) == {('ca_rotation_cluster_ok', (('cluster', 'we"ird\\name\nx'),)): 1.0}
+    assert cron_metrics.read_metrics(path) == {('ca_rotation_cluster_ok', (('cluster', 'we"ird\\name\nx'),)): 1.0}
 
 
 def test_metrics_are_pushed_to_a_pushgateway(setup):

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from catools import cron
+from catools import cron, cron_metrics
 from helpers import ansible_playbook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def wrapper_metric_names():
     report = {'epoch': 1, 'generation': 1, 'bundle_sha256': 'ab' * 32, 'bundle_certificates': 5, 'earliest_expiry': '2025-01-01T00:00:00Z',
               'latest_expiry': '2025-01-02T00:00:00Z', 'activated_epoch': 1, 'epoch_duration': 1200,
               'clusters': {'c': {'ok': True, 'reloaded': True, 'servers': [{'name': 'n', 'ok': True, 'reload_ms': 1, 'error': None}]}}}
-    text = cron.build_metrics({}, 'success', 0.0, 1.0, 0, report).render()
+    text = cron_metrics.build_metrics({}, 'success', 0.0, 1.0, 0, report).render()
     return set(re.findall(r'^([a-z_]+)(?:\{| )', text, re.M))
 
 

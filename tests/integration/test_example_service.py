@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from catools.localstack import LocalStack, http_json
+from catools.localstack import LocalStack
+
+from catools.procs import http_json
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _message
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle import build as bundle_build
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common import digest as common_digest

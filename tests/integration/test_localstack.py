@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from catools.localstack import LocalStack, http_json, port_open, process_alive
+from catools.localstack import LocalStack
+
+from catools.procs import http_json, port_open, process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(REPO / "scripts" / "localstack")]
@@ -86,7 +88,7 @@ def test_up_restarts_a_stopped_server_and_keeps_the_rest(tmp_path):
         info = stack.up()
         victim = info["clusters"][0]["servers"][1]
         bao_pid = info["openbao"]["pid"]
-        from catools.localstack import stop_process
+        from catools.procs import stop_process
         stop_process(victim["pid"], victim["config_file"])
         assert stack.status()["running"] is False
         again = LocalStack(tmp_path / "s").up()
@@ -118,7 +120,7 @@ def test_a_server_just_spawned_counts_as_running(tmp_path):
     not call a healthy, starting server dead (the stack then stopped it: 'nats-server nats-0 exited')."""
     import signal
 
-    from catools.localstack import find_binary, spawn
+    from catools.procs import find_binary, spawn
 
     config = tmp_path / "n.conf"
     config.write_text("listen: 127.0.0.1:-1\n")
@@ -134,7 +136,7 @@ def test_a_server_just_spawned_counts_as_running(tmp_path):
 
 
 def test_cmdline_read_during_exec_is_retried(monkeypatch, tmp_path):
-    from catools import localstack
+    from catools import procs
 
     reads = iter([b"", b"", b"nats-server\0-c\0/x.conf\0"])
     real_open = open
@@ -158,11 +160,11 @@ def test_cmdline_read_during_exec_is_retried(monkeypatch, tmp_path):
         return real_open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", fake_open)
-    assert localstack.process_alive(os.getpid(), "/x.conf") is True
+    assert procs.process_alive(os.getpid(), "/x.conf") is True
 
 
 def test_a_server_that_exits_is_reported_with_its_last_log_lines(tmp_path):
-    from catools.localstack import StackError, log_tail
+    from catools.procs import StackError, log_tail
 
     log = tmp_path / "nats.log"
     log.write_text("".join(f"line {n}\n" for n in range(20)) + "[FTL] listen tcp 127.0.0.1:4222: bind: address already in use\n")
@@ -173,7 +175,7 @@ def test_a_server_that_exits_is_reported_with_its_last_log_lines(tmp_path):
 
 
 def test_a_stack_whose_openbao_died_is_rebuilt_only_when_asked(tmp_path):
-    from catools.localstack import stop_process
+    from catools.procs import stop_process
 
     state = tmp_path / "state"
     env = dict(os.environ, CA_ROTATION_STACK_DIR=str(state))

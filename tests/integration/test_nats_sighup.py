@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("kubernetes")
 pytest.importorskip("nats")
 
-from catools.localstack import find_binary  # noqa: E402  pylint: disable=wrong-import-position
+from catools.procs import find_binary  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.securetransport.ca_rotation.tests.k8s_emulator import (  # noqa: E402  pylint: disable=wrong-import-position
     EmulatedCluster, ExecResult, PodBackend, User,

@@ -249,7 +249,7 @@ def test_system_bad_bundle_fails_with_the_error_reply(fstack, run_module):
 
 
 def test_command_bad_bundle_on_one_server_min_success(fstack, run_module):
-    from catools.localstack import find_binary  # pylint: disable=import-outside-toplevel
+    from catools.procs import find_binary  # pylint: disable=import-outside-toplevel
 
     bad = servers_of(fstack)[1]
     before = load_times(fstack)

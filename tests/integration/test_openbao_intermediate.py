@@ -20,7 +20,7 @@ import hvac
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from catools.localstack import find_binary, free_port, http_json, spawn, stop_process, wait_for
+from catools.procs import find_binary, free_port, http_json, spawn, stop_process, wait_for
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule, utcnow
 

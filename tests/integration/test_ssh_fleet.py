@@ -21,7 +21,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from catools.localstack import http_json
+from catools.procs import http_json
 from catools.vmfleet import SSHD, VmFleet
 from rotation_harness import RotationStack
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from catools.localstack import free_port
+from catools.procs import free_port
 from helpers import REPO, ansible_env
 from rotation_harness import RotationStack
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from catools.localstack import StackError
+from catools.procs import StackError
 from catools import vmfleet
 
 
