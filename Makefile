@@ -59,21 +59,22 @@ demo: install
 demo-down: venv
 	$(BIN)/python scripts/localstack down
 
-# two streams, one per core: the suites against real services (integration, faults, soak-short; printed as they run)
-# beside the checks (lint, sanity, unit, the ansible-core edges; printed when they end, also in .build/test-checks.log).
-# Each stream runs its steps in order and stops at the first failure; make test fails when either does.
+# two streams, one per core, of about the same length: the integration suite and the short soak (printed as they
+# run) beside the checks, the fault suite and the ansible-core edges (lint, sanity, unit, faults, test-matrix-edges;
+# printed when they end, also in .build/test-checks.log). Each stream runs its steps in order and stops at the first
+# failure; make test fails when either does.
 test: dev
 	@set -o pipefail; mkdir -p $(BUILD); start=$$(date +%s); \
 	$(MAKE) --no-print-directory -j1 test-checks > $(BUILD)/test-checks.log 2>&1 & checks=$$!; \
 	$(MAKE) --no-print-directory -j1 test-services 2>&1 | tee $(BUILD)/test-services.log; services=$$?; \
 	wait $$checks; checks_rc=$$?; \
-	echo "== checks (lint, sanity, unit, test-matrix-edges): exit $$checks_rc"; cat $(BUILD)/test-checks.log; \
-	echo "== services (integration, faults, soak-short): exit $$services; make test took $$(( $$(date +%s) - start ))s"; \
+	echo "== checks (lint, sanity, unit, faults, test-matrix-edges): exit $$checks_rc"; cat $(BUILD)/test-checks.log; \
+	echo "== services (integration, soak-short): exit $$services; make test took $$(( $$(date +%s) - start ))s"; \
 	[ $$services -eq 0 ] && [ $$checks_rc -eq 0 ]
 
-test-checks: lint sanity unit test-matrix-edges
+test-checks: lint sanity unit faults test-matrix-edges
 
-test-services: integration faults soak-short
+test-services: integration soak-short
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
