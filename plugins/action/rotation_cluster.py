@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import read_issuer
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_sha256, load_cert
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster, refusal
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
@@ -102,11 +102,12 @@ class ActionModule(EngineAction):
         """None, or why this cluster must keep the distrusted intermediate: servers whose certificate this collection
         does not issue still present one it signed (a bundle without it would leave them untrusted)."""
         dis = auth.get('distrust') or {}
-        try:
-            issuer = read_issuer(clients.openbao(), cfg.pki['int_mount'], dis.get('issuer_name'))
-        except OpenBaoError:
+        # through the unauthenticated issuer endpoints, as leaf renewal reads them (the cluster's token may only sign)
+        pem = next((i['certificate'] for i in issuer_certificates(clients.openbao(), cfg.pki['int_mount']).values()
+                    if i.get('certificate') and cert_sha256(load_cert(i['certificate'])) == dis.get('sha256')), None)
+        if pem is None:
             return None  # deleted: nothing it signed verifies any more either way
-        found = refusal.still_served(cc, issuer['certificate'], cluster.probe_options(auth), getattr(steps, 'probe_host', None))
+        found = refusal.still_served(cc, pem, cluster.probe_options(auth), getattr(steps, 'probe_host', None))
         why = []
         if found['signed']:
             why.append('%s still present%s a certificate signed by the distrusted intermediate %s, and this collection does '
