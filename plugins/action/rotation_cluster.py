@@ -8,7 +8,7 @@ from __future__ import annotations
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_sha256, load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import issuer_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster, refusal
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster, distrust, refusal
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import ClusterConfig, ConfigError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import (
     MODULE,
@@ -98,33 +98,53 @@ class ActionModule(EngineAction):
             what += proof['errors'] or ([] if proof['servers'] else ['no server has a url to try'])
             res.update(ok=False, error='the refusal of distrusted epoch %s is not proven: %s' % (dis.get('epoch'), '; '.join(what)))
 
+    @staticmethod
+    def _unmanaged_why(cc):
+        """Why this collection does not issue the certificates of some of a cluster's servers."""
+        if not cc.renew_leaves:
+            return 'ca_rotation_nats_reload_renew_leaves is off'
+        if cc.transport == 'kubernetes' and not cc.targets:
+            return 'transport kubernetes: the pods\' certificates come from their Secret (e.g. cert-manager)'
+        return 'the inventory gives them no cert_file and key_file'
+
     def _distrusted_leaves(self, cc, cfg, auth, clients, steps):
         """None, or why this cluster must keep the distrusted intermediate: servers whose certificate this collection
         does not issue still present one it signed (a bundle without it would leave them untrusted)."""
         dis = auth.get('distrust') or {}
+        if distrust.expired(dis, cfg.now):
+            return None  # nothing it signed verifies any more, with or without it in the bundle
         # through the unauthenticated issuer endpoints, as leaf renewal reads them (the cluster's token may only sign)
-        pem = next((i['certificate'] for i in issuer_certificates(clients.openbao(), cfg.pki['int_mount']).values()
+        issuers = issuer_certificates(clients.openbao(), cfg.pki['int_mount']).values()
+        pem = next((i['certificate'] for i in issuers
                     if i.get('certificate') and cert_sha256(load_cert(i['certificate'])) == dis.get('sha256')), None)
         if pem is None:
             return None  # deleted: nothing it signed verifies any more either way
+        default = next((i.get('issuer_name') for i in issuers if i.get('is_default')), None)
         found = refusal.still_served(cc, pem, cluster.probe_options(auth), getattr(steps, 'probe_host', None))
         why = []
         if found['signed']:
             why.append('%s still present%s a certificate signed by the distrusted intermediate %s, and this collection does '
-                       'not issue their certificates (transport %s%s): re-issue them from the default issuer %s (with '
-                       'cert-manager: cmctl renew the Certificate), let the servers load them, then re-run '
-                       'playbooks/distrust.yml. The distrusted intermediate stays in the bundle until then, so that they '
-                       'stay trusted' % (', '.join(found['signed']), 's' if len(found['signed']) == 1 else '',
-                                         dis.get('issuer_name'), cc.transport,
-                                         '' if cc.renew_leaves else ', ca_rotation_nats_reload_renew_leaves off',
-                                         dis.get('replacement') or '(the current one)'))
+                       'not issue %s certificates (%s): re-issue them from the default issuer %s (with cert-manager: cmctl '
+                       'renew the Certificate), let the servers load them, then re-run playbooks/distrust.yml -e '
+                       'ca_rotation_distrust_epoch=%s. The distrusted intermediate stays in the bundle until then, so that '
+                       'they stay trusted' % (', '.join(found['signed']), 's' if len(found['signed']) == 1 else '',
+                                              dis.get('issuer_name'), 'its' if len(found['signed']) == 1 else 'their',
+                                              self._unmanaged_why(cc), default or dis.get('activate') or '(none is set)',
+                                              dis.get('epoch')))
         why.extend(found['errors'])
         return '; '.join(why) or None
 
+    def _distrusted_leaves_safe(self, cc, cfg, auth, clients, steps, timings):
+        """:meth:`_distrusted_leaves`, its own failure a reason too (not known to be safe)."""
+        with timings.step('distrusted_leaves'):
+            try:
+                return self._distrusted_leaves(cc, cfg, auth, clients, steps)
+            except Exception as exc:  # pylint: disable=broad-except
+                return 'the certificates the servers present could not be checked: %s' % exc
+
     def _distrust_blocked(self, cc, cfg, auth, clients, steps, timings):
         """A failed cluster result when the bundle without the distrusted intermediate must not be delivered yet."""
-        with timings.step('distrusted_leaves'):
-            why = self._distrusted_leaves(cc, cfg, auth, clients, steps)
+        why = self._distrusted_leaves_safe(cc, cfg, auth, clients, steps, timings)
         if why is None:
             return None
         return cluster_result(cc.name, auth, False, error='Not delivering the bundle without the distrusted intermediate: '
@@ -161,8 +181,7 @@ class ActionModule(EngineAction):
                 changed = bool(res.get('renewed'))
                 if stage == 'replacing' and res.get('ok', True):
                     # the second pass takes the distrusted intermediate out only once no server presents a leaf of it
-                    with timings.step('distrusted_leaves'):
-                        why = self._distrusted_leaves(cc, cfg, auth, clients, steps)
+                    why = self._distrusted_leaves_safe(cc, cfg, auth, clients, steps, timings)
                     if why is not None:
                         res.update(ok=False, error='The distrusted intermediate stays in the bundle: ' + why)
             elif args['phase'] == 'restore':

@@ -32,7 +32,8 @@ options:
     description:
       - C(rotate) or C(rollback).
       - C(distrust) - make the replacement of a distrusted default issuer the default once every cluster proved the
-        bundle that holds it (nothing else is activated).
+        bundle that holds it (nothing else is activated; a distrusted epoch that is not the default replaces nothing),
+        then renew the announcer's leaf when it does not come from the default issuer.
     type: str
     choices: [rotate, rollback, distrust]
     default: rotate

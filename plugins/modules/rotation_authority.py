@@ -43,7 +43,8 @@ options:
     description:
       - C(rotate) for C(rotate.yml), C(rollback) for C(rollback.yml).
       - C(distrust) for C(distrust.yml) (C(ca_rotation_distrust_epoch)) - revoke the epoch's intermediate on both mounts,
-        record it, issue its replacement when it is the default issuer and build the bundle of this stage.
+        record it, issue its replacement when it is the default issuer and build the bundle of this stage (it still holds
+        the distrusted intermediate, so that the servers presenting a leaf of it stay trusted while those are re-issued).
       - C(distrust_complete) - the second pass of C(distrust.yml), after the leaf phase - the bundle without the distrusted
         intermediate, once every cluster proved its replacement and re-issued its leaves; keeps the first pass's
         result when that has not happened.

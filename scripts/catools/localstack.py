@@ -347,8 +347,8 @@ class LocalStack:
             "bootstrap_epoch": current, "key_type": self.key_type,
         }
 
-    def _issue_intermediate(self, client, epoch: int, now: _dt.datetime) -> dict:
-        """Issue and activate the intermediate of ``epoch`` (the collection's own code path)."""
+    def _issue_intermediate(self, client, epoch: int, now: _dt.datetime, activate: bool = True) -> dict:
+        """Issue (and activate) the intermediate of ``epoch`` (the collection's own code path)."""
         # pylint: disable-next=import-outside-toplevel
         from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
 
@@ -356,14 +356,19 @@ class LocalStack:
             client, self.schedule, epoch, root_mount=ROOT_MOUNT, int_mount=INT_MOUNT,
             cn_prefix=CN_PREFIX, key_type=self.key_type, now=now,
         )
-        bao_intermediate.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
+        if activate:
+            bao_intermediate.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
         return result
 
-    def issue_leaf(self, common_name: str, cert_file: Path, key_file: Path, client=None) -> None:
-        """Issue a server+client leaf from the default issuer; write cert (+ chain) and key (0600)."""
+    def issue_intermediate(self, epoch: int, activate: bool = False) -> dict:
+        """The intermediate of ``epoch`` (an earlier one, as an earlier run would have left it), not made the default."""
+        return self._issue_intermediate(self.bao_client(), epoch, _dt.datetime.now(_dt.timezone.utc), activate=activate)
+
+    def issue_leaf(self, common_name: str, cert_file: Path, key_file: Path, client=None, issuer_ref: str | None = None) -> None:
+        """Issue a server+client leaf from the default issuer (or ``issuer_ref``); write cert (+ chain) and key (0600)."""
         client = client or self.bao_client()
         data = client.write_data(
-            f"{INT_MOUNT}/issue/{LEAF_ROLE}",
+            f"{INT_MOUNT}/issuer/{issuer_ref}/issue/{LEAF_ROLE}" if issuer_ref else f"{INT_MOUNT}/issue/{LEAF_ROLE}",
             data={"common_name": common_name, "alt_names": ",".join(SERVER_ALT_NAMES), "ip_sans": ",".join(SERVER_IP_SANS)},
         )["data"]
         chain = [data["certificate"].strip()]

@@ -158,6 +158,10 @@ def test_distrust_waits_for_leaves_it_does_not_issue_then_every_pod_and_vm_refus
     assert run["rc"] == 0, run["stdout"][-4000:]
     report = run["report"]
     assert report["ok"] and report["distrust"]["stage"] == "complete", report["distrust"]
+    # the re-run finished the pending distrust with its first replacement: none was issued again
+    listed = {meta["issuer_name"] for meta in client.list(f"{mount}/issuers")["data"]["key_info"].values()}
+    assert f"epoch-{n}-r1" in listed and f"epoch-{n}-r2" not in listed, sorted(listed)
+    assert report["distrust"]["replacement"] == f"epoch-{n}-r1", report["distrust"]
     for name, servers in by_cluster.items():
         proof = report["clusters"][name]["distrust_proof"]
         assert proof["ok"] and {(s["name"], s["port"]) for s in proof["servers"]} == {
@@ -169,5 +173,86 @@ def test_distrust_waits_for_leaves_it_does_not_issue_then_every_pod_and_vm_refus
     leaf = rs.issue_client_leaf(tmp_path / "replacement", f"epoch-{n}-r1")
     assert {rs.handshake(*leaf, server)[0] for server in rs.servers} == {True}
 
+    again = rs.playbook("rotate.yml", extra_vars={"ca_rotation_nats_reload_renew_leaves": True})
+    assert again["rc"] == 0 and again["report"]["changed"] is False, json.dumps(again["report"])[:2000]
+
+
+def _state(rs) -> dict:
+    return rs.bao().secrets.kv.v2.read_secret_version(path="ca-rotation/state", mount_point="secret",
+                                                      raise_on_deleted_version=True)["data"]["data"]
+
+
+def _ca_shas(server: dict) -> set[str]:
+    return {c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(Path(server["ca_file"]).read_bytes())}
+
+
+def _issuer_subject(rs, name: str) -> x509.Name:
+    mount = rs.info["pki"]["int_mount"]
+    return x509.load_pem_x509_certificate(rs.bao().read(f"{mount}/issuer/{name}")["data"]["certificate"].encode()).subject
+
+
+def _reload_leaf(rs, server: dict, issuer_ref: str) -> None:
+    """What cert-manager and a config reloader do: a new leaf from ``issuer_ref``, then a reload."""
+    rs.stack.issue_leaf(server["name"], Path(server["cert_file"]), Path(server["key_file"]), issuer_ref=issuer_ref)
+    os.kill(int(Path(server["pid_file"]).read_text().strip()), signal.SIGHUP)
+    want, deadline = _issuer_subject(rs, issuer_ref), time.monotonic() + 30
+    while _served(server).issuer != want:
+        assert time.monotonic() < deadline, f"{server['name']} did not load its new leaf"
+        time.sleep(0.2)
+
+
+def test_distrusting_an_epoch_that_is_not_the_default_keeps_it_while_a_pod_still_presents_a_leaf_of_it(world, tmp_path):
+    """The previous epoch is not the default issuer, yet a pod presents a leaf of it (issued elsewhere): its first pass
+    keeps it in every bundle, activates nothing and fails naming the pod; once that pod has a leaf of the default, the
+    re-run takes it out everywhere and proves the refusal."""
+    rs, clusters = world
+    rs.stack.issue_intermediate(rs.default_issuer_epoch() - 1)  # the previous epoch, still valid (a run left it)
+    assert rs.playbook("rotate.yml")["rc"] == 0
+    client, mount = rs.bao(), rs.info["pki"]["int_mount"]
+    listed = {meta["issuer_name"]: (issuer_id, meta) for issuer_id, meta in client.list(f"{mount}/issuers")["data"]["key_info"].items()}
+    default = next(name for name, (_id, meta) in listed.items() if meta.get("is_default"))
+    target = max((name for name in listed if name.startswith("epoch-") and name != default
+                  and not client.read(f"{mount}/issuer/{listed[name][0]}")["data"].get("revoked")),
+                 key=lambda name: int(name.split("-")[1]))
+    epoch = int(target.split("-")[1])
+    assert epoch == rs.default_issuer_epoch() - 1, (target, default)
+    sha = x509.load_pem_x509_certificate(client.read(f"{mount}/issuer/{listed[target][0]}")["data"]["certificate"].encode()
+                                         ).fingerprint(hashes.SHA256()).hex()
+    pod = next(c["servers"] for c in rs.info["clusters"] if c["name"] == "west")[0]
+    _reload_leaf(rs, pod, target)
+    extra = {"ca_rotation_distrust_epoch": epoch, "ca_rotation_distrust_force_intermediates_only": True,
+             "ca_rotation_nats_reload_renew_leaves": True}
+
+    first = rs.playbook("distrust.yml", extra_vars=extra)
+    assert first["rc"] != 0, first["stdout"][-4000:]
+    report = first["report"]
+    assert report["distrust"]["stage"] == "replacing" and report["distrust"]["activate"] is None, report["distrust"]
+    error = report["clusters"]["west"]["error"]
+    assert pod["name"] in error and f"re-issue them from the default issuer {default}" in error, error
+    assert f"-e ca_rotation_distrust_epoch={epoch}" in error, error
+    assert report["clusters"]["east"]["ok"] and report["clusters"]["vm"]["ok"], report["clusters"]
+    issuers = {meta["issuer_name"]: meta for meta in client.list(f"{mount}/issuers")["data"]["key_info"].values()}
+    assert issuers[default]["is_default"] and f"epoch-{epoch}-r1" not in issuers, issuers  # nothing replaced, nothing activated
+    assert _state(rs)["distrust_pending"]["epoch"] == epoch
+    assert all(sha in _ca_shas(server) for server in rs.servers)  # the pod's leaf still verifies everywhere
+    # while it is pending, neither rotate.yml nor a distrust of another epoch goes ahead
+    refused = rs.playbook("distrust.yml", extra_vars=dict(extra, ca_rotation_distrust_epoch=rs.default_issuer_epoch()))
+    assert refused["rc"] != 0 and f"finish it first with playbooks/distrust.yml -e ca_rotation_distrust_epoch={epoch}" in \
+        refused["report"]["msg"], refused["report"]["msg"]
+    assert rs.playbook("rotate.yml")["rc"] != 0
+
+    _reload_leaf(rs, pod, default)
+    run = rs.playbook("distrust.yml", extra_vars=extra)
+    assert run["rc"] == 0, run["stdout"][-4000:]
+    assert run["report"]["distrust"]["stage"] == "complete", run["report"]["distrust"]
+    assert "distrust_pending" not in _state(rs) or not _state(rs)["distrust_pending"]
+    assert all(run["report"]["clusters"][c]["distrust_proof"]["ok"] for c in ("east", "west", "vm"))
+    assert not any(sha in _ca_shas(server) for server in rs.servers)
+    for name in ("east", "west"):
+        secret = clusters[name].core_api().read_namespaced_secret("nats-ca-tls", "nats")
+        held = x509.load_pem_x509_certificates(base64.b64decode(secret.data["ca.crt"]))
+        assert sha not in {c.fingerprint(hashes.SHA256()).hex() for c in held}, name
+    leaf = rs.issue_client_leaf(tmp_path / "default", default)
+    assert {rs.handshake(*leaf, server)[0] for server in rs.servers} == {True}
     again = rs.playbook("rotate.yml", extra_vars={"ca_rotation_nats_reload_renew_leaves": True})
     assert again["rc"] == 0 and again["report"]["changed"] is False, json.dumps(again["report"])[:2000]

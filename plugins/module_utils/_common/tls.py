@@ -132,3 +132,18 @@ def nats_tls_connect(host, port, context, server_name=None, timeout=10.0, greeti
     except BaseException:
         close_quietly(raw)
         raise
+
+
+def peer_certificate(host, port, context, server_name=None, timeout=10.0, greeting_timeout=3.0, require_tls=True):
+    """``(der, tls_version)``: the certificate a NATS server presents on a port, read in a TLS handshake through
+    :func:`nats_tls_connect` (verified only as ``context`` says). Raises :class:`TLSError` (also when it presents
+    none)."""
+    tls = nats_tls_connect(host, port, context, server_name, timeout, greeting_timeout, require_tls=require_tls)
+    try:
+        der = tls.getpeercert(binary_form=True)
+        version = tls.version()
+    finally:
+        close_quietly(tls)
+    if not der:
+        raise TLSError('%s:%s presented no certificate' % (host, port), stage='handshake')
+    return der, version

@@ -9,10 +9,12 @@ hold leaves it out by SHA-256) and taken out of every bundle. With the root in t
 leaf + intermediate would still reach the root, so a distrust makes the bundles intermediates-only while the
 distrusted intermediate is valid (docs/distrust-facts.md).
 
-When the distrusted intermediate is the default issuer - the one every server and the announcer hold a leaf of - it
-is replaced first, trust-first: a replacement ``epoch-<n>-r<k>`` is issued, delivered next to it and proven on every
-server (stage ``replacing``), then made the default, the leaves are re-issued from it, and only then is the
-distrusted intermediate taken out (stage ``complete``).
+A distrust takes two passes in a run. The first keeps the distrusted intermediate in the bundle (stage
+``replacing``) while the leaves it signed are re-issued: when it is the default issuer - the one every server and the
+announcer hold a leaf of - a replacement ``epoch-<n>-r<k>`` is issued, delivered next to it, proven on every server
+and made the default first (trust-first). The second pass, once every cluster proved that bundle and no server
+presents a leaf of the distrusted intermediate any more, takes it out (stage ``complete``). Until then the state
+records the distrust as pending and rotate.yml, rollback.yml and another distrust refuse to run.
 """
 
 from __future__ import annotations
@@ -61,6 +63,26 @@ def pending(state):
     return (state or {}).get('distrust_pending') or None
 
 
+def expired(issuer, now):
+    """Whether the intermediate has expired at ``now`` (no bundle holds it; nothing it signed verifies)."""
+    try:
+        return parse_time(issuer.get('not_after'), 'not_after') <= now
+    except (TypeError, ValueError):
+        return False  # unreadable: not known to be expired
+
+
+def to_activate(target, state, replacement_name):
+    """The issuer the distrust makes the default once every cluster proved it: the replacement, when the distrusted
+    intermediate is (or was, for a re-run of a pending distrust) the default issuer; None otherwise - a prepared
+    epoch's replacement is issued but becomes the default only when its epoch's rotation activates it."""
+    if target.get('is_default'):
+        return replacement_name
+    p = pending(state) or {}
+    if p.get('epoch') == target.get('epoch'):
+        return p['activate'] if 'activate' in p else p.get('replacement')  # a record without it: a default's replacement
+    return None
+
+
 def refuse_while_pending(state):
     """rotate.yml and rollback.yml must not build a bundle without the distrusted intermediate while the servers
     still present leaves it signed: the distrust finishes first."""
@@ -85,6 +107,12 @@ def choose_target(epoch, issuers, state, now, include_root, force_intermediates_
     and the root in the bundle without ``ca_rotation_distrust_force_intermediates_only``.
     """
     epoch = int(epoch)
+    busy = pending(state)
+    if busy and busy.get('epoch') != epoch:
+        raise Refusal('The distrust of epoch %s (issuer %s, since %s) is not complete: finish it first with '
+                      'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s, then distrust epoch %d (one distrust at a '
+                      'time: its bundle keeps that intermediate until the leaves it signed are re-issued). Nothing was '
+                      'changed' % (busy.get('epoch'), busy.get('issuer_name'), busy.get('since'), busy.get('epoch'), epoch))
     mine = [i for i in issuers if i.get('epoch') == epoch]
     recorded = [d for d in (state or {}).get('distrusted') or [] if d.get('epoch') == epoch]
     entry = recorded[-1] if recorded else None
@@ -120,19 +148,24 @@ def choose_target(epoch, issuers, state, now, include_root, force_intermediates_
     return live, None
 
 
-def replacing(target, state, first_pass=None, check_mode=False):
-    """Whether this pass of the distrust is in stage ``replacing`` (the bundle keeps the distrusted intermediate next
-    to its replacement) rather than ``complete``.
+def replacing(target, state, first_pass=None, check_mode=False, now=None):
+    """Whether this pass of the distrust is in stage ``replacing`` (the bundle keeps the distrusted intermediate, next
+    to its replacement when it is the default issuer) rather than ``complete``.
 
-    First pass: when the target is the default issuer, or when the state still records its distrust as pending - a
-    re-run whose replacement is the default already but whose second pass did not happen (a cluster had not proven
-    it, or a server still presented a leaf of it) stays in this stage until the second pass goes ahead. Second pass
-    (``first_pass``: the first pass's ``distrust`` result): only while the target is still the default, except in
-    check mode, where the first pass's replacement was only predicted and so is its activation.
+    An intermediate that has expired at ``now`` is complete at once: no bundle holds it and nothing it signed verifies.
+    First pass: a new distrust, the default issuer, or one the state records as pending - a re-run whose second pass
+    did not happen (a cluster had not proven the bundle, or a server still presented a leaf of it) - keeps it: its
+    leaves are re-issued first. Only the re-run of a completed distrust is complete. Second pass (``first_pass``: the
+    first pass's ``distrust`` result): complete, unless the target is still the default issuer (its replacement was
+    not activated) - except in check mode, where the first pass's replacement and its activation were predicted.
     """
+    if now is not None and expired(target, now):
+        return False
     if first_pass:
         return bool(target.get('is_default')) and not (check_mode and first_pass.get('stage') == STAGE_REPLACING)
-    return bool(target.get('is_default')) or ((state or {}).get('distrust_pending') or {}).get('epoch') == target['epoch']
+    if target.get('is_default') or (pending(state) or {}).get('epoch') == target['epoch']:
+        return True
+    return target.get('sha256') not in distrusted_shas(state)
 
 
 def distrust_entry(issuer, holder, now, reason):

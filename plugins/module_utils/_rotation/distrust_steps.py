@@ -55,9 +55,10 @@ def _bundle(cfg, clients, state, issuers, keep, distrusted, include_root, replac
 def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=None):
     """One pass of the distrust; returns an AuthorityResult whose ``distrust`` says the stage:
 
-    ``replacing``: the distrusted intermediate is the default issuer - a replacement was issued and is delivered next to
-    it (activation makes it the default once every cluster proved it; the leaf phase re-issues the leaves);
-    ``complete``: the bundle without it (announced ``kind: distrust``); the next pass changes nothing.
+    ``replacing``: the distrusted intermediate stays in the bundle while the leaf phase re-issues the leaves it signed;
+    when it is the default issuer, a replacement was issued and is delivered next to it (``activate``: activation
+    makes it the default once every cluster proved it); ``complete``: the bundle without it (announced
+    ``kind: distrust``); the next pass changes nothing.
 
     ``first_pass`` is the ``distrust`` result of this run's first pass when this is the second: in check mode nothing
     was activated, so the second pass predicts what it does once the replacement is the default.
@@ -84,10 +85,12 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
                 changed = distrust.revoke(client, target, pki['int_mount'], pki['root_mount'], check_mode)['changed']
         record = entry or distrust.distrust_entry(target, holder, utcnow(), cfg.distrust_reason)
         distrusted = distrust.distrusted_shas(state) | {record['sha256']}
-        replacing = distrust.replacing(target, state, first_pass, check_mode)
+        replacing = distrust.replacing(target, state, first_pass, check_mode, now=cfg.now)
         step = 'issue'
         with timings.step('issue'):
-            epochs = set(decisions.epochs_to_issue(plan)) | ({target['epoch']} if replacing else set())
+            # the default issuer gets its replacement now; another epoch's only when it is due (prepared or current)
+            epochs = set(decisions.epochs_to_issue(plan)) | ({target['epoch']} if replacing and target.get('is_default')
+                                                             else set())
             replacement = None
             for epoch in sorted(epochs):
                 res = ensure_epoch_intermediate(
@@ -106,11 +109,12 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
             replaced_by = None
         if entry is None and replaced_by:
             record['replacement'] = replaced_by
+        activate = distrust.to_activate(target, state, (replacement or {}).get('issuer_name')) if replacing else None
         pending = None
         if replacing:
             pending = {'epoch': target['epoch'], 'issuer_name': target['issuer_name'],
-                       'replacement': (replacement or {}).get('issuer_name'), 'since': (state.get('distrust_pending') or {}).get(
-                           'since') or isoformat(utcnow())}
+                       'replacement': (replacement or {}).get('issuer_name'), 'activate': activate,
+                       'since': (state.get('distrust_pending') or {}).get('since') or isoformat(utcnow())}
         step = 'state'
         with timings.step('state'):
             rec = _state.record_distrust(client, holder, record, pending, pki['kv_mount'], cfg.state_path, check_mode)
@@ -138,7 +142,7 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
             notes.append('The rollback hold now keeps the bundle without the distrusted intermediate')
         step = 'probe leaf'
         with timings.step('probe_leaf'):
-            ref = (replacement or {}).get('issuer_name') if replacing and not check_mode else None
+            ref = activate if activate and not check_mode else None
             changed = _probe_leaf(cfg, clients, bundle['epoch'] if not ref else target['epoch'], probe, check_mode,
                                   issuer_ref=ref)['changed'] or changed
     except Exception as err:  # pylint: disable=broad-except
@@ -154,6 +158,7 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
         'serial': record['serial'], 'not_after': record['not_after'],
         'stage': distrust.STAGE_REPLACING if replacing else distrust.STAGE_COMPLETE,
         'replacement': replaced_by or record.get('replacement') or first_pass.get('replacement'),
+        'activate': activate,
         'witness': {k: witness[k] for k in ('chain_file', 'leaf_file', 'key_file', 'exists')},
         'recorded_at': record['at'],
     }

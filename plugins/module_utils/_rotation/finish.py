@@ -94,34 +94,42 @@ def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mod
 
 
 def activate_replacement(cfg, auth, clusters, expected_clusters, clients, timings, check_mode=False):
-    """Distrust, stage ``replacing``: make the replacement the default issuer once every cluster proved the bundle that
-    holds it, then renew the announcer's leaf from it (the servers' leaves follow in the leaf phase)."""
+    """Distrust, stage ``replacing``: once every cluster proved the bundle that still holds the distrusted intermediate,
+    make its replacement the default issuer (only when the distrusted one is, or was, the default: ``activate``), then
+    renew the announcer's leaf when the distrusted intermediate signed it (the servers' leaves follow in the leaf
+    phase)."""
     out = {'changed': False, 'epoch': None, 'activated': False, 'msg': None, 'announcer': None, 'announced': None}
     dis = auth.get('distrust') or {}
     if not auth.get('go') or dis.get('stage') != 'replacing':
         out['timings'] = timings.as_dict()
         return out
     out['epoch'] = dis['epoch']
+    activate = dis.get('activate')
+    what = 'making %s the default issuer' % activate if activate else 're-issuing the leaves of %s' % dis.get('issuer_name')
     with timings.step('record'):
         record_spread_clusters(cfg, auth, clusters, clients, check_mode)
+    ready = False
     if not decisions.all_clusters_proven(clusters, expected_clusters, auth['sha256']):
-        out['msg'] = ('Not making %s the default issuer: %d of %d cluster(s) have not proven trust of bundle %s'
-                      % (dis.get('replacement'), decisions.unproven_count(clusters, expected_clusters), expected_clusters,
-                         auth['sha256'][:16]))
+        out['msg'] = ('Not %s: %d of %d cluster(s) have not proven trust of bundle %s'
+                      % (what, decisions.unproven_count(clusters, expected_clusters), expected_clusters, auth['sha256'][:16]))
     elif auth.get('announce_error'):
-        out['msg'] = 'Not making %s the default issuer: the bundle that holds it was not announced' % dis.get('replacement')
-    elif dis.get('replacement'):
+        out['msg'] = 'Not %s: the bundle that holds it was not announced' % what
+    elif activate:
         with timings.step('activate'):
             names = {i.get('issuer_name') for i in list_issuers(clients.openbao(), cfg.pki['int_mount']).values()}
-            if check_mode and dis['replacement'] not in names:
+            if check_mode and activate not in names:
                 # the authority step only predicted issuing it: so is its activation
                 act = {'changed': True}
             else:
-                act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], dis['replacement'], check_mode=check_mode,
+                act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], activate, check_mode=check_mode,
                                          now=cfg.now)
         out.update(activated=act['changed'], changed=act['changed'])
-    if out['activated'] and cfg.renew_client_leaf and cfg.announce:
+        ready = True
+    else:
+        ready = True  # the default issuer stays: the leaves the distrusted intermediate signed are re-issued from it
+    if ready and cfg.renew_client_leaf and cfg.announce:
         with timings.step('renew'):
+            # from the default issuer: a leaf of the distrusted intermediate (or of any other issuer) is re-issued
             res = announcer_leaf(cfg, clients, check_mode, None)
             out['announcer'] = {'changed': res['changed'], 'reasons': res['reasons'], 'epoch': res.get('epoch')}
             out['changed'] = out['changed'] or res['changed']

@@ -14,6 +14,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._commo
     client_context,
     close_quietly,
     nats_tls_connect,
+    peer_certificate,
     read_line,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
@@ -120,22 +121,17 @@ def server_addresses(cc):
 
 
 def served_certificate(host, port, ctx, timeout=5.0):
-    """The certificate a server presents on its client port (read, not verified: ``ctx`` has verify off)."""
-    tls = nats_tls_connect(host, port, ctx, None, timeout, 3.0)
-    try:
-        der = tls.getpeercert(binary_form=True)
-    finally:
-        close_quietly(tls)
-    if not der:
-        raise TLSError('%s:%s presented no certificate' % (host, port), stage='handshake')
-    return load_der_cert(der)
+    """The certificate a server presents on a port (read, not verified: ``ctx`` has verify off)."""
+    return load_der_cert(peer_certificate(host, port, ctx, None, timeout, 3.0)[0])
 
 
 def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
     """The servers of a cluster whose leaf this collection does not issue (transport kubernetes, or no cert_file /
-    key_file / ca_rotation_nats_reload_renew_leaves off) that still present a certificate ``intermediate_pem`` signed.
+    key_file / ca_rotation_nats_reload_renew_leaves off) that still present a certificate ``intermediate_pem`` signed,
+    on their client port or their route port.
 
-    Returns ``{'signed': [names], 'errors': [...]}``: an unreachable server is an error (not known to be safe)."""
+    Returns ``{'signed': [names], 'errors': [...]}``: a server whose certificate cannot be read is an error (not known
+    to be safe)."""
     managed = leaf_managed_names(cc)
     intermediate = load_cert(intermediate_pem)
     signed, errors = [], []
@@ -148,19 +144,21 @@ def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
     try:
         ctx = client_context(cert_file=probe['cert_file'], key_file=probe['key_file'], verify=False)
     except TLSError:
-        # no probe certificate (check mode predicts it): TLS 1.3 shows the server's certificate before it checks ours
+        # no probe certificate (check mode predicts it): in TLS 1.3 the server shows its certificate before it checks
+        # ours (a server that allows only TLS 1.2 fails that handshake, and the error says so)
         ctx = client_context(verify=False)
     for target in targets:
         found = ports(target, probe_host)
         if not found:
             errors.append('%s: no address to read its certificate from (%s)' % (target.get('name'), target.get('problem') or 'no url'))
-            continue
-        _label, host, port = found[0]
-        try:
-            cert = served_certificate(host, port, ctx, timeout)
-        except TLSError as exc:
-            errors.append('%s: cannot read the certificate it presents: %s' % (target.get('name'), exc))
-            continue
-        if issued_by(cert, intermediate):
-            signed.append(target.get('name'))
+        for label, host, port in found:
+            try:
+                cert = served_certificate(host, port, ctx, timeout)
+            except (TLSError, OSError, ValueError) as exc:
+                errors.append('%s: cannot read the certificate it presents on its %s port %s:%s: %s'
+                              % (target.get('name'), label, host, port, exc))
+                continue
+            if issued_by(cert, intermediate):
+                if target.get('name') not in signed:
+                    signed.append(target.get('name'))
     return {'signed': signed, 'errors': errors}

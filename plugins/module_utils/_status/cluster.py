@@ -25,7 +25,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._commo
     x509,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context, close_quietly, nats_tls_connect
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context, peer_certificate
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError, TargetError, parse_load_time
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import KubernetesTransport
@@ -58,23 +58,15 @@ def served_certificate(host, port, timeout=DEFAULT_TLS_TIMEOUT, cert_file=None, 
     after the handshake. Returns facts (subject, issuer, issuer_cn, issuer_epoch (from the issuer's
     common name), authority_key_id, not_before, not_after, sha256, tls_version); raises StatusError.
     """
-    where = '%s:%s' % (host, port)
     try:
         # we read the certificate; the rotation's probe proves trust
         ctx = client_context(cert_file=cert_file, key_file=key_file if cert_file else None, verify=False)
     except TLSError as exc:
         raise StatusError('cannot load tls_client.cert_file %r / key_file %r: %s' % (cert_file, key_file, exc.error)) from None
     try:
-        tls = nats_tls_connect(host, port, ctx, server_name, timeout, min(3.0, timeout), require_tls=False)
+        der, version = peer_certificate(host, port, ctx, server_name, timeout, min(3.0, timeout), require_tls=False)
     except TLSError as exc:
         raise StatusError(str(exc)) from None
-    try:
-        der = tls.getpeercert(binary_form=True)
-        version = tls.version()
-    finally:
-        close_quietly(tls)
-    if not der:
-        raise StatusError('%s presented no certificate' % where)
     return certificate_facts(x509.load_der_x509_certificate(der), version)
 
 

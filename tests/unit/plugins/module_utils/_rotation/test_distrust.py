@@ -100,19 +100,52 @@ def test_rotate_and_rollback_refuse_while_a_replacement_is_pending():
                                                             'replacement': 'epoch-10-r1'}})
 
 
-@pytest.mark.parametrize('default, pending, first_pass, check_mode, expected', [
-    (True, None, None, False, True),  # the default issuer: replaced first
-    (False, None, None, False, False),  # not the default: out in one stage
-    (False, 10, None, False, True),  # a re-run whose second pass did not happen: still replacing
-    (False, 9, None, False, False),  # another epoch's distrust is pending: not this one's
-    (False, 10, {'stage': 'replacing'}, False, False),  # the second pass, after activation: complete
-    (True, 10, {'stage': 'replacing'}, False, True),  # the second pass while it is still the default: not yet
-    (True, 10, {'stage': 'replacing'}, True, False),  # check mode: the activation is predicted
+@pytest.mark.parametrize('default, pending, recorded, first_pass, check_mode, expected', [
+    (True, None, False, None, False, True),  # the default issuer: replaced first
+    (False, None, False, None, False, True),  # not the default: kept while the leaves it signed are re-issued
+    (False, 10, True, None, False, True),  # a re-run whose second pass did not happen: still replacing
+    (False, None, True, None, False, False),  # the re-run of a completed distrust: complete
+    (False, 10, True, {'stage': 'replacing'}, False, False),  # the second pass, after activation: complete
+    (False, None, False, {'stage': 'replacing'}, True, False),  # the second pass of a non-default one: complete
+    (True, 10, True, {'stage': 'replacing'}, False, True),  # the second pass while it is still the default: not yet
+    (True, 10, False, {'stage': 'replacing'}, True, False),  # check mode: the activation is predicted
 ])
-def test_stage_replacing_until_the_second_pass_goes_ahead(default, pending, first_pass, check_mode, expected):
+def test_stage_replacing_until_the_second_pass_goes_ahead(default, pending, recorded, first_pass, check_mode, expected):
     target = issuer(10, default=default)
     state = {'distrust_pending': {'epoch': pending}} if pending else {}
-    assert distrust.replacing(target, state, first_pass, check_mode) is expected
+    if recorded:
+        state['distrusted'] = [distrust.distrust_entry(target, 'run', NOW, 'x')]
+    assert distrust.replacing(target, state, first_pass, check_mode, now=NOW) is expected
+
+
+def test_an_expired_target_is_complete_at_once_even_while_pending():
+    target = issuer(10, default=True)
+    state = {'distrust_pending': {'epoch': 10}, 'distrusted': [distrust.distrust_entry(target, 'run', NOW, 'x')]}
+    after = SCHED.expiry(10) + dt.timedelta(seconds=1)
+    assert distrust.replacing(target, state, None, False, now=NOW) is True
+    assert distrust.replacing(target, state, None, False, now=after) is False
+    assert distrust.expired(target, after) and not distrust.expired(target, NOW)
+    assert not distrust.expired({'not_after': None}, after)  # unreadable: not known to be expired
+
+
+def test_only_the_replacement_of_a_default_issuer_is_activated():
+    assert distrust.to_activate(issuer(10, default=True), {}, 'epoch-10-r1') == 'epoch-10-r1'
+    # a prepared epoch's replacement waits for its epoch's rotation
+    assert distrust.to_activate(issuer(11), {}, 'epoch-11-r1') is None
+    # a re-run after the activation keeps the pending record's choice (and reads an older record's replacement)
+    assert distrust.to_activate(issuer(10), {'distrust_pending': {'epoch': 10, 'activate': 'epoch-10-r1'}}, None) == 'epoch-10-r1'
+    assert distrust.to_activate(issuer(10), {'distrust_pending': {'epoch': 10, 'activate': None}}, 'epoch-10-r1') is None
+    assert distrust.to_activate(issuer(10), {'distrust_pending': {'epoch': 10, 'replacement': 'epoch-10-r1'}}, None) == 'epoch-10-r1'
+
+
+def test_another_distrust_is_refused_while_one_is_pending():
+    state = {'distrust_pending': {'epoch': 10, 'issuer_name': 'epoch-10', 'since': 't', 'activate': 'epoch-10-r1'},
+             'distrusted': [distrust.distrust_entry(issuer(10), 'run', NOW, 'x')]}
+    with pytest.raises(Refusal, match=r'distrust of epoch 10 .* is not complete: finish it first with playbooks/distrust.yml '
+                                      r'-e ca_rotation_distrust_epoch=10, then distrust epoch 9 .*Nothing was changed'):
+        distrust.choose_target(9, ISSUERS, state, NOW, False, False)
+    # the pending one itself is the re-run that finishes it
+    assert distrust.choose_target(10, ISSUERS, state, NOW, False, False)[1] is not None
 
 
 def test_replacement_names():
@@ -160,3 +193,91 @@ def test_route_ports_are_tried_when_the_target_names_them():
     assert refusal.ports({'url': 'nats://10.0.0.7:4222', 'route_url': 'nats://10.0.0.7:6222'}) == [
         ('client', '10.0.0.7', 4222), ('route', '10.0.0.7', 6222)]
     assert refusal.ports({'url': 'nats://127.0.0.1:4222'}, probe_host='vm-1') == [('client', 'vm-1', 4222)]
+
+
+def _ca(name, signer=None):
+    """``(cert, key)``: a CA named ``name``, self-signed or signed by ``signer`` ``(cert, key)``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = signer or (None, key)
+    start = dt.datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject)
+            .issuer_name(issuer_cert.subject if issuer_cert is not None else subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(start + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(issuer_key, hashes.SHA256()))
+    return cert, key
+
+
+def _pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class _Cluster:
+    def __init__(self, targets=(), transport='signal', renew_leaves=True):
+        self.targets, self.transport, self.renew_leaves, self.name = list(targets), transport, renew_leaves, 'c1'
+
+
+class _Pods:
+    """A transport whose discover() lists pods as the Kubernetes transport does (pure data: no API behind it)."""
+
+    def __init__(self, pods):
+        self.pods, self.closed = pods, False
+
+    def discover(self):
+        return self.pods
+
+    def close(self):
+        self.closed = True
+
+
+def _pod(name, host=None, port=4222, route_port=None, problem=None):
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import Target
+    target = Target(name, host=host, port=port, problem=problem)
+    if route_port:
+        target.state['route_port'] = route_port
+    return target
+
+
+def test_server_addresses_of_kubernetes_pods_name_client_and_route_ports_and_keep_problems(monkeypatch):
+    pods = _Pods([_pod('nats-0', '10.0.0.5', 4222, 6222), _pod('nats-1', 'fd00::7', 4222),
+                  _pod('nats-2', problem='pod nats/nats-2 is not running (phase Pending)')])
+    monkeypatch.setattr(refusal, 'build_transport', lambda cc: pods)
+    assert refusal.server_addresses(_Cluster(transport='kubernetes')) == [
+        {'name': 'nats-0', 'problem': None, 'url': 'nats://10.0.0.5:4222', 'route_url': 'nats://10.0.0.5:6222'},
+        {'name': 'nats-1', 'problem': None, 'url': 'nats://[fd00::7]:4222'},
+        {'name': 'nats-2', 'problem': 'pod nats/nats-2 is not running (phase Pending)'}]
+    assert pods.closed
+    # the inventory's targets win, and other transports never discover
+    listed = [{'name': 'vm-1', 'url': 'nats://vm-1:4222'}]
+    assert refusal.server_addresses(_Cluster(listed, transport='kubernetes')) == listed
+    assert refusal.server_addresses(_Cluster(transport='signal')) == []
+
+
+def test_still_served_names_servers_presenting_a_leaf_of_the_intermediate_on_any_port(monkeypatch, tmp_path):
+    root = _ca('root')
+    bad, good = _ca('epoch-10', root), _ca('epoch-10-r1', root)
+    leaf_bad, leaf_good = _ca('nats-0', bad)[0], _ca('nats-1', good)[0]
+    served = {('10.0.0.5', 4222): leaf_good, ('10.0.0.5', 6222): leaf_bad,  # only its route port still has the old one
+              ('10.0.0.6', 4222): leaf_good, ('10.0.0.6', 6222): leaf_good,
+              ('10.0.0.8', 4222): leaf_bad}
+
+    def fake_served(host, port, ctx, timeout=5.0):
+        if (host, port) == ('10.0.0.7', 4222):
+            raise OSError('connection reset by peer')
+        if (host, port) == ('10.0.0.9', 4222):
+            raise ValueError('not a DER certificate')
+        return served[(host, port)]
+
+    monkeypatch.setattr(refusal, 'served_certificate', fake_served)
+    pods = _Pods([_pod('nats-0', '10.0.0.5', 4222, 6222), _pod('nats-1', '10.0.0.6', 4222, 6222), _pod('nats-2', '10.0.0.7'),
+                  _pod('nats-3', '10.0.0.8'), _pod('nats-4', problem='no pod IP yet'), _pod('nats-5', '10.0.0.9')])
+    monkeypatch.setattr(refusal, 'build_transport', lambda cc: pods)
+    probe = {'cert_file': str(tmp_path / 'absent.pem'), 'key_file': str(tmp_path / 'absent.key')}  # check mode: none yet
+    found = refusal.still_served(_Cluster(transport='kubernetes'), _pem(bad[0]), probe)
+    assert found['signed'] == ['nats-0', 'nats-3']
+    assert [e.split(':')[0] for e in found['errors']] == ['nats-2', 'nats-4', 'nats-5'], found['errors']
+    assert 'connection reset by peer' in found['errors'][0] and 'no pod IP yet' in found['errors'][1]
+    # servers whose leaf the collection renews are not read: the leaf phase re-issues theirs
+    vm = [{'name': 'vm-1', 'url': 'nats://10.0.0.8:4222', 'cert_file': '/c', 'key_file': '/k'}]
+    assert refusal.still_served(_Cluster(vm), _pem(bad[0]), probe) == {'signed': [], 'errors': []}
+    assert refusal.still_served(_Cluster(vm, renew_leaves=False), _pem(bad[0]), probe)['signed'] == ['vm-1']
