@@ -45,7 +45,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import leaf as bao_leaf  # noqa: E402
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import pki as bao_pki  # noqa: E402
 
-KEY_TYPES = (("ec", 256), ("rsa", 2048), ("ed25519", 0))
+KEY_TYPES = (("ec", 256), ("rsa", 2048), ("ed25519", 0), ("mldsa", 44), ("mldsa", 65), ("mldsa", 87))
 
 
 #: the modules that send OpenBao requests (each holds its own reference to _request)
@@ -122,7 +122,7 @@ def bench(client, rounds, key_types):
     rows = []
     try:
         for key_type, bits in key_types:
-            mount = f"bench_int_{key_type}_{suffix}"
+            mount = f"bench_int_{key_type}{bits or ''}_{suffix}"
             client.sys.enable_secrets_engine("pki", path=mount, config={"max_lease_ttl": "87600h"})
             mounts.append(mount)
             n = sched.epoch(utcnow())
@@ -184,7 +184,8 @@ def print_table(rows, meta):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("-n", "--rounds", type=int, default=20, help="issuances per key type (default 20)")
-    parser.add_argument("--key-types", default="ec,rsa,ed25519", help="comma-separated subset of ec,rsa,ed25519")
+    parser.add_argument("--key-types", default="ec,rsa,ed25519,mldsa",
+                        help="comma-separated subset of ec,rsa,ed25519,mldsa (mldsa: 44, 65 and 87)")
     parser.add_argument("--use-env", action="store_true", help="use BAO_ADDR/BAO_TOKEN instead of a private dev server")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)

@@ -82,8 +82,14 @@ options:
   key_type:
     description: Key type of new server leaves (the PKI role must allow it).
     type: str
-    choices: [ec, rsa, ed25519]
+    choices: [ec, rsa, ed25519, mldsa]
     default: ec
+  key_bits:
+    description:
+      - Key size of new server leaves - V(0) the family's first size (P-256, RSA 2048); ML-DSA needs V(44), V(65) or
+        V(87).
+    type: int
+    default: 0
   now:
     description: The time of the run (ISO 8601), so that the host decides exactly as the controller.
     type: str
@@ -158,7 +164,8 @@ def main():
             min_success=dict(type='int'),
             issuers=dict(type='dict'),
             renew_before=dict(type='raw', default='50%'),
-            key_type=dict(type='str', default='ec', choices=['ec', 'rsa', 'ed25519']),
+            key_type=dict(type='str', default='ec', choices=['ec', 'rsa', 'ed25519', 'mldsa']),
+            key_bits=dict(type='int', default=0),
             now=dict(type='str'),
             schedule=dict(type='dict'),
             certificates=dict(type='dict'),
@@ -178,7 +185,7 @@ def main():
             changed = out['delivered'] or bool(out['reload'] and out['reload']['changed'])
         elif p['step'] == 'leaf_requests':
             out = {'leaves': steps.leaf_requests(p['targets'], p['issuers'], p['renew_before'], p['now'], p['schedule'],
-                                                 key_type=p['key_type'], check_mode=check)}
+                                                 key_type=p['key_type'], key_bits=p['key_bits'], check_mode=check)}
             changed = any(leaf['csr'] for leaf in out['leaves'])
         else:
             out = {'reload': steps.install_and_reload(p['targets'], p['certificates'], p['transport'], p['reload_timeout'],

@@ -93,11 +93,14 @@ options:
     description:
       - Key type of new intermediates (existing ones are not re-keyed).
     type: str
-    choices: [ec, rsa, ed25519]
+    choices: [ec, rsa, ed25519, mldsa]
     default: ec
   key_bits:
     description:
-      - Key size; V(0) means the OpenBao default (P-256 for V(ec), 2048 for V(rsa); ignored for V(ed25519)).
+      - Key size, always sent to OpenBao explicitly - V(ec) 256 (the default), 384 or 521; V(rsa) 2048 (the
+        default), 3072 or 4096; V(ed25519) none (leave it 0); V(mldsa) the parameter set 44, 65 or 87, which must be
+        given (OpenBao's own default, 44, is never relied on).
+      - Any other combination fails before anything is changed, naming the option.
     type: int
     default: 0
 attributes:
@@ -308,6 +311,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
     KEY_TYPES,
     describe_issuers,
+    key_spec,
     list_epoch_issuers,
 )
 
@@ -365,6 +369,10 @@ def main():
     if CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
 
+    try:
+        key_spec(params['key_type'], params['key_bits'])
+    except ValueError as exc:
+        module.fail_json(msg='%s; nothing was changed' % exc, option='key_bits')
     with module.failures():
         schedule, now = schedule_from_module_params(params)
         grace = parse_duration(params['prune_grace'], 'prune_grace', allow_zero=True)

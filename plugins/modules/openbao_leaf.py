@@ -75,10 +75,12 @@ options:
       - Key type. Unset means the role's key type (V(ec) with O(key_source=local)).
       - Needed with O(key_source=openbao) when the role has C(key_type=any).
     type: str
-    choices: [ec, rsa, ed25519]
+    choices: [ec, rsa, ed25519, mldsa]
   key_bits:
     description:
-      - Key size for O(key_type) (V(0) - the default size, P-256 or RSA 2048).
+      - Key size for O(key_type), always sent explicitly - V(0) the family's first size (P-256, RSA 2048); V(mldsa)
+        needs the parameter set 44, 65 or 87 (OpenBao's own default, 44, is never relied on); V(ed25519) takes none.
+      - Any other combination fails before anything is changed, naming the option.
     type: int
     default: 0
   cert_file:
@@ -260,7 +262,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import OPENBAO_ARG_SPEC, connect
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import HVAC_IMPORT_ERROR
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import ensure_leaf, parse_renew_before
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import KEY_TYPES
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import KEY_TYPES, key_spec
 
 
 def _run(module):
@@ -309,6 +311,11 @@ def main():
         module.fail_json(msg=missing_required_lib('hvac'), exception=HVAC_IMPORT_ERROR)
     if CRYPTOGRAPHY_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
+    if module.params['key_type'] or module.params['key_bits']:
+        try:
+            key_spec(module.params['key_type'] or 'ec', module.params['key_bits'])
+        except ValueError as exc:
+            module.fail_json(msg='%s; nothing was changed' % exc, option='key_bits')
     module.run(_run, module)
 
 

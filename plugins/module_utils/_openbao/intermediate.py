@@ -39,10 +39,10 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
-    KEY_TYPES,
     _key_epoch,
     _parse_iso,
     epoch_issuer_name,
+    key_spec,
     list_epoch_issuers,
     list_issuers,
     list_keys,
@@ -148,8 +148,10 @@ def ensure_epoch_intermediate(client, schedule, epoch, *, root_mount='pki', int_
     """
     now = now or utcnow()
     real_now = utcnow()
-    if key_type not in KEY_TYPES:
-        raise OpenBaoError('key_type must be one of %s, got %r' % (', '.join(KEY_TYPES), key_type))
+    try:
+        key_type, key_bits = key_spec(key_type, key_bits)  # the size explicit: OpenBao's defaults are never relied on
+    except ValueError as exc:
+        raise OpenBaoError(str(exc)) from None
     expiry = schedule.expiry(epoch)
     if expiry <= now or expiry <= real_now:
         valid = schedule.valid_epochs(now)

@@ -42,29 +42,37 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
-    KEY_TYPES,
+    key_spec,
     epoch_of,
     issuer_certificates,
     list_issuers,
 )
 
 
+def _mldsa_key(bits):
+    """A new ML-DSA key of parameter set ``bits`` (cryptography 47 or later over an OpenSSL with ML-DSA)."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mldsa  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise OpenBaoError('key_type mldsa needs cryptography with ML-DSA (its mldsa module; 50 or later is known to '
+                           'work) where the key is made') from None
+    return {44: mldsa.MLDSA44PrivateKey, 65: mldsa.MLDSA65PrivateKey, 87: mldsa.MLDSA87PrivateKey}[bits].generate()
+
+
 def _local_key_and_csr(key_type, key_bits, common_name, alt_names=(), ip_sans=()):
+    try:
+        key_type, bits = key_spec(key_type, key_bits)
+    except ValueError as exc:
+        raise OpenBaoError(str(exc)) from None
     if key_type == 'ec':
-        curve = {0: ec.SECP256R1, 256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}.get(int(key_bits or 0))
-        if curve is None:
-            raise OpenBaoError('key_bits %r is not an EC size (256, 384, 521)' % key_bits)
-        key = ec.generate_private_key(curve())
+        key = ec.generate_private_key({256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}[bits]())
     elif key_type == 'rsa':
-        bits = int(key_bits or 2048)
-        if bits < 2048:
-            raise OpenBaoError('key_bits %r is too small for RSA (use 2048 or more)' % key_bits)
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     elif key_type == 'ed25519':
         key = ed25519.Ed25519PrivateKey.generate()
     else:
-        raise OpenBaoError('key_type must be one of %s, got %r' % (', '.join(KEY_TYPES), key_type))
-    algorithm = None if key_type == 'ed25519' else hashes.SHA256()
+        key = _mldsa_key(bits)
+    algorithm = None if key_type in ('ed25519', 'mldsa') else hashes.SHA256()
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
     # Roles default to use_csr_sans=true, so the SANs must be in the CSR too.
@@ -111,8 +119,10 @@ def issue_leaf(client, *, int_mount, role, common_name, alt_names=(), ip_sans=()
         private_key = None
         payload['private_key_format'] = 'pkcs8'
         if key_type:
-            payload['key_type'] = key_type
-            payload['key_bits'] = int(key_bits or 0)
+            try:
+                payload['key_type'], payload['key_bits'] = key_spec(key_type, key_bits)  # never OpenBao's default size
+            except ValueError as exc:
+                raise OpenBaoError(str(exc)) from None
         path, operation = '%s/issue/%s' % (base, role), 'issuing a leaf certificate'
     data = _data(_request(client, 'POST', path, operation, data=payload))
     if not data.get('certificate'):

@@ -19,7 +19,37 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 
 UTC = datetime.timezone.utc
 
-KEY_TYPES = ('ec', 'rsa', 'ed25519')
+KEY_TYPES = ('ec', 'rsa', 'ed25519', 'mldsa')
+#: the key sizes of each family; ``key_bits`` 0 (omitted) means the first one, except for ML-DSA, whose parameter set
+#: must be given (OpenBao's own default, ML-DSA-44, is never relied on); ed25519 has no size
+KEY_BITS = {'ec': (256, 384, 521), 'rsa': (2048, 3072, 4096), 'ed25519': (0,), 'mldsa': (44, 65, 87)}
+
+
+def key_spec(key_type, key_bits=0, option='key_type'):
+    """``(key_type, key_bits)`` with the size made explicit, or ValueError naming ``option`` (and its ``key_bits``)
+    with what is accepted: an unknown family, a size that family does not have, ML-DSA without its parameter set."""
+    bits_option = option[:-len('key_type')] + 'key_bits' if option.endswith('key_type') else 'key_bits'
+    if key_type not in KEY_BITS:
+        raise ValueError('%s must be one of %s, got %r' % (option, ', '.join(KEY_TYPES), key_type))
+    try:
+        bits = int(key_bits or 0)
+    except (TypeError, ValueError):
+        raise ValueError('%s must be a number, got %r' % (bits_option, key_bits)) from None
+    sizes = KEY_BITS[key_type]
+    if key_type == 'mldsa' and not bits:
+        raise ValueError('%s %s needs %s: 44, 65 or 87 (the ML-DSA parameter set; 65 is the one nats-server is known to '
+                         'serve and verify)' % (option, key_type, bits_option))
+    if key_type == 'ed25519':
+        if bits:
+            raise ValueError('%s ed25519 has no key size: leave %s out (got %r)' % (option, bits_option, key_bits))
+        return key_type, 0
+    bits = bits or sizes[0]
+    if bits not in sizes:
+        raise ValueError('%s %r with %s %r: %s takes %s'
+                         % (option, key_type, bits_option, key_bits, key_type, ', '.join(str(n) for n in sizes)))
+    return key_type, bits
+
+
 #: ``epoch-<n>``, or ``epoch-<n>-r<k>``: the k-th replacement of epoch n's intermediate (after a distrust)
 EPOCH_ISSUER_RE = re.compile(r'^epoch-(\d+)(?:-r([1-9]\d*))?$')
 

@@ -320,8 +320,8 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
             for epoch in decisions.epochs_to_issue(plan):
                 res = ensure_epoch_intermediate(
                     clients.openbao(), cfg.schedule, epoch, root_mount=pki['root_mount'], int_mount=pki['int_mount'],
-                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], check_mode=check_mode, now=cfg.now,
-                    distrusted=distrusted)
+                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], key_bits=pki['key_bits'], check_mode=check_mode,
+                    now=cfg.now, distrusted=distrusted)
                 notes.extend(res.get('warnings') or [])
                 changed = changed or res['changed']
                 issued.append(res)

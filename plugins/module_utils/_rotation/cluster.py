@@ -310,7 +310,7 @@ def repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=None):
     def requests_for(targets, look_only):
         return steps.leaf_requests(targets=targets, issuers=issuers, renew_before=cc.leaf_renew_before,
                                    now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), key_type=cfg.pki['key_type'],
-                                   check_mode=look_only)
+                                   key_bits=cfg.pki['key_bits'], check_mode=look_only)
     # a look first (no key is made; on a VM the module runs in the task's check mode, and may keep a pending key)
     looked = requests_for(wanted, True)
     dead = {r['name']: r for r in looked if decisions.leaf_unusable(r['reasons'])}
@@ -361,7 +361,8 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
             else:
                 requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
                                                now=isoformat(cfg.now), schedule=cfg.schedule.to_params(),
-                                               key_type=cfg.pki['key_type'], check_mode=check_mode)
+                                               key_type=cfg.pki['key_type'], key_bits=cfg.pki['key_bits'],
+                                               check_mode=check_mode)
             due = {r['name']: r for r in requests if r['csr']}
             renewed = [t for t in wanted if t['name'] in due]
         if renewed:

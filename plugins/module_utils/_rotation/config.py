@@ -18,6 +18,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch
     now_from_params,
     parse_duration,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import key_spec
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import reload_specs
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.decisions import capped_lock_ttl
 
@@ -31,6 +32,7 @@ PKI_DEFAULTS = {
     'transit_key': 'ca-bundle-signer',
     'cn_prefix': 'NATS Intermediate CA',
     'key_type': 'ec',
+    'key_bits': 0,
     'role': 'nats-leaf',
 }
 
@@ -207,6 +209,18 @@ class Config:
             raise ConfigError('%spki has unknown key(s) %s; the keys are %s' % (
                 PREFIX, ', '.join(unknown), ', '.join(sorted(PKI_DEFAULTS))), PREFIX + 'pki.' + unknown[0])
         self.pki = dict(PKI_DEFAULTS, **{k: v for k, v in pki.items() if v is not None})
+        try:
+            self.pki['key_type'], self.pki['key_bits'] = key_spec(self.pki['key_type'], self.pki['key_bits'],
+                                                                  PREFIX + 'pki.key_type')
+        except ValueError as exc:
+            raise ConfigError(str(exc), PREFIX + 'pki.key_type') from None
+        if self.pki['key_type'] == 'mldsa':
+            raise ConfigError('%spki.key_type mldsa (ML-DSA-%d) is not supported by the rotation playbooks yet: they prove '
+                              'every server trusts each bundle with a TLS client of Python\'s ssl module, which cannot '
+                              'verify or present ML-DSA certificates, so no bundle could be proven and nothing would be '
+                              'activated. Keep ec, rsa or ed25519 here; the openbao_intermediate and openbao_leaf modules '
+                              'issue ML-DSA intermediates and leaves. Nothing was changed'
+                              % (PREFIX, self.pki['key_bits']), PREFIX + 'pki.key_type')
         self.release_hold = _bool(merged['release_hold'], 'release_hold')
         self.state_path = str(merged['state_path'])
         #: capped at one epoch duration (decisions.max_lock_ttl); ``lock_ttl_note`` says when it was

@@ -26,10 +26,10 @@ class LocalSteps:
         return host.deliver_reload(nats_server_path=path, **kw)
 
     @staticmethod
-    def leaf_requests(targets, issuers, renew_before, now, schedule, key_type='ec', check_mode=False):
+    def leaf_requests(targets, issuers, renew_before, now, schedule, key_type='ec', key_bits=0, check_mode=False):
         return host.leaf_requests(targets, issuers, parse_renew_before(renew_before, 'ca_rotation_nats_reload_leaf_renew_before'),
                                   parse_time(now, 'now'), EpochSchedule.from_params(schedule), key_type=key_type,
-                                  check_mode=check_mode)
+                                  key_bits=key_bits, check_mode=check_mode)
 
     @staticmethod
     def install_and_reload(targets, certificates, transport, reload_timeout, check_mode=False):
@@ -63,9 +63,9 @@ class RemoteSteps:
         kw.pop('check_mode', None)  # the module runs in the task's check mode
         return self._call('deliver_reload', **kw)
 
-    def leaf_requests(self, targets, issuers, renew_before, now, schedule, key_type='ec', check_mode=False):
+    def leaf_requests(self, targets, issuers, renew_before, now, schedule, key_type='ec', key_bits=0, check_mode=False):
         return self._call('leaf_requests', targets=targets, issuers=issuers, renew_before=str(renew_before), now=now,
-                          schedule=schedule, key_type=key_type)['leaves']
+                          schedule=schedule, key_type=key_type, key_bits=int(key_bits or 0))['leaves']
 
     def install_and_reload(self, targets, certificates, transport, reload_timeout, check_mode=False):
         return self._call('install_leaves', targets=targets, certificates=certificates, transport=transport,

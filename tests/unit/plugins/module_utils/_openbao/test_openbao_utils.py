@@ -329,8 +329,8 @@ def test_read_leaf_files(tmp_path, pki):
 
 
 def test_local_key_and_csr():
-    for key_type in ("ec", "rsa", "ed25519"):
-        key_pem, csr_pem = bao_leaf._local_key_and_csr(key_type, 0, "svc", ["svc.local"], ["10.1.2.3"])
+    for key_type, bits in (("ec", 0), ("ec", 384), ("rsa", 0), ("ed25519", 0), ("mldsa", 65)):
+        key_pem, csr_pem = bao_leaf._local_key_and_csr(key_type, bits, "svc", ["svc.local"], ["10.1.2.3"])
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         assert csr.is_signature_valid
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -338,9 +338,11 @@ def test_local_key_and_csr():
         key = serialization.load_pem_private_key(key_pem.encode(), None)
         assert key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
             == csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    with pytest.raises(bao_errors.OpenBaoError, match="too small"):
+    with pytest.raises(bao_errors.OpenBaoError, match="key_type 'rsa' with key_bits 1024: rsa takes 2048, 3072, 4096"):
         bao_leaf._local_key_and_csr("rsa", 1024, "svc")
-    with pytest.raises(bao_errors.OpenBaoError, match="not an EC size"):
+    with pytest.raises(bao_errors.OpenBaoError, match="key_type 'ec' with key_bits 255: ec takes 256, 384, 521"):
         bao_leaf._local_key_and_csr("ec", 255, "svc")
+    with pytest.raises(bao_errors.OpenBaoError, match="key_type mldsa needs key_bits: 44, 65 or 87"):
+        bao_leaf._local_key_and_csr("mldsa", 0, "svc")
     with pytest.raises(bao_errors.OpenBaoError, match="Invalid ip_sans"):
         bao_leaf._local_key_and_csr("ec", 0, "svc", (), ["not-an-ip"])

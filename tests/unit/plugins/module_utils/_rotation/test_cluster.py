@@ -44,7 +44,7 @@ class FakeSteps:
     def __init__(self, fail_reload=False):
         self.requests, self.installs, self.fail_reload = [], [], fail_reload
 
-    def leaf_requests(self, targets, issuers, renew_before, now, schedule, key_type='ec', check_mode=False):
+    def leaf_requests(self, targets, issuers, renew_before, now, schedule, key_type='ec', key_bits=0, check_mode=False):
         self.requests.append([(t['name'], t['alt_names'], t['ip_sans']) for t in targets])
         return [{'name': t['name'], 'reasons': ['due'], 'csr': 'CSR-' + t['name']} for t in targets]
 
