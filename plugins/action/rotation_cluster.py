@@ -123,14 +123,19 @@ class ActionModule(EngineAction):
         found = refusal.still_served(cc, pem, cluster.probe_options(auth), getattr(steps, 'probe_host', None))
         why = []
         if found['signed']:
+            if default == dis.get('issuer_name') or default is None:
+                # the replacement was not activated (a cluster did not prove it): it becomes the default first
+                source = ('its replacement %s once that is the default (after every cluster proved the bundle that holds '
+                          'it)' % dis['activate'] if dis.get('activate') else 'the default issuer, once one is set')
+            else:
+                source = 'the default issuer %s' % default
             why.append('%s still present%s a certificate signed by the distrusted intermediate %s, and this collection does '
-                       'not issue %s certificates (%s): re-issue them from the default issuer %s (with cert-manager: cmctl '
-                       'renew the Certificate), let the servers load them, then re-run playbooks/distrust.yml -e '
+                       'not issue %s certificates (%s): re-issue them from %s (with cert-manager: cmctl renew the '
+                       'Certificate), let the servers load them, then re-run playbooks/distrust.yml -e '
                        'ca_rotation_distrust_epoch=%s. The distrusted intermediate stays in the bundle until then, so that '
                        'they stay trusted' % (', '.join(found['signed']), 's' if len(found['signed']) == 1 else '',
                                               dis.get('issuer_name'), 'its' if len(found['signed']) == 1 else 'their',
-                                              self._unmanaged_why(cc), default or dis.get('activate') or '(none is set)',
-                                              dis.get('epoch')))
+                                              self._unmanaged_why(cc), source, dis.get('epoch')))
         why.extend(found['errors'])
         return '; '.join(why) or None
 

@@ -83,15 +83,37 @@ def to_activate(target, state, replacement_name):
     return None
 
 
+def pending_record(target, record, replacement, activate, since):
+    """The state's ``distrust_pending``: the distrust whose intermediate stays in the bundle until its leaves are
+    re-issued (``replacement``: the issuer that stands for its epoch now, if any; ``activate``: the one the distrust
+    makes the default)."""
+    return {'epoch': target['epoch'], 'issuer_name': target['issuer_name'], 'sha256': record['sha256'],
+            'replacement': replacement, 'activate': activate, 'since': since}
+
+
+def live_replacement(issuers, target, distrusted):
+    """The newest replacement ``epoch-<n>-r<k>`` of the target's epoch that is neither revoked nor distrusted (the
+    facts of ``list_epoch_issuers``), or None."""
+    found = [i for i in issuers if i.get('epoch') == target['epoch'] and int(i.get('replacement') or 0) > 0
+             and not i.get('revoked') and i.get('sha256') not in distrusted]
+    return max(found, key=lambda i: int(i['replacement'])) if found else None
+
+
+def describe_pending(p):
+    """``the distrust of epoch <n> (issuer ..., since ...)`` and what stays trusted meanwhile."""
+    kept = ('its replacement %s is in the bundle, the distrusted intermediate too' % p['replacement'] if p.get('replacement')
+            else 'the distrusted intermediate stays in the bundle')
+    return 'The distrust of epoch %s (issuer %s, since %s) is not complete: %s' % (
+        p.get('epoch'), p.get('issuer_name'), p.get('since'), kept)
+
+
 def refuse_while_pending(state):
     """rotate.yml and rollback.yml must not build a bundle without the distrusted intermediate while the servers
     still present leaves it signed: the distrust finishes first."""
     p = pending(state)
     if p:
-        raise Refusal('The distrust of epoch %s (issuer %s, since %s) is not complete: its replacement %s is in the bundle, '
-                      'the distrusted intermediate too, until every leaf it signed is re-issued. Finish it with '
-                      'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s; nothing was changed'
-                      % (p.get('epoch'), p.get('issuer_name'), p.get('since'), p.get('replacement'), p.get('epoch')))
+        raise Refusal('%s, until every leaf it signed is re-issued. Finish it with playbooks/distrust.yml -e '
+                      'ca_rotation_distrust_epoch=%s; nothing was changed' % (describe_pending(p), p.get('epoch')))
 
 
 def _valid(issuer, now):

@@ -79,13 +79,22 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
         step = 'issue the witness leaf'
         with timings.step('witness'):
             witness = distrust.witness_leaf(client, target, pki['int_mount'], pki['role'], cfg.probe_dir, check_mode)
-        step = 'revoke'
-        with timings.step('revoke'):
-            if not target.get('missing'):
-                changed = distrust.revoke(client, target, pki['int_mount'], pki['root_mount'], check_mode)['changed']
         record = entry or distrust.distrust_entry(target, holder, utcnow(), cfg.distrust_reason)
         distrusted = distrust.distrusted_shas(state) | {record['sha256']}
         replacing = distrust.replacing(target, state, first_pass, check_mode, now=cfg.now)
+        previous = distrust.pending(state) or {}
+        since = previous.get('since') or isoformat(utcnow())
+        if entry is None and not check_mode:
+            step = 'record'
+            with timings.step('record'):
+                # recorded before the revoke: a run that stops in between converges on its re-run (a revoked issuer
+                # that the state does not know is refused as revoked by hand)
+                changed = _state.record_distrust(client, holder, record, distrust.pending_record(
+                    target, record, None, None, since), pki['kv_mount'], cfg.state_path)['changed']
+        step = 'revoke'
+        with timings.step('revoke'):
+            if not target.get('missing'):
+                changed = distrust.revoke(client, target, pki['int_mount'], pki['root_mount'], check_mode)['changed'] or changed
         step = 'issue'
         with timings.step('issue'):
             # the default issuer gets its replacement now; another epoch's only when it is due (prepared or current)
@@ -95,14 +104,18 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
             for epoch in sorted(epochs):
                 res = ensure_epoch_intermediate(
                     client, cfg.schedule, epoch, root_mount=pki['root_mount'], int_mount=pki['int_mount'],
-                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], check_mode=check_mode, now=cfg.now,
-                    distrusted=distrusted)
+                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], key_bits=pki['key_bits'], check_mode=check_mode,
+                    now=cfg.now, distrusted=distrusted)
                 notes.extend(res.get('warnings') or [])
                 changed = changed or res['changed']
                 if epoch == target['epoch']:
                     replacement = res
             if changed and not check_mode:
                 issuers = list_epoch_issuers(client, pki['int_mount'])
+            if replacement is None:
+                # not issued in this pass (a re-run after the activation, a pass under a rollback hold whose epochs
+                # are older): the replacement that stands for the epoch still belongs in the bundle
+                replacement = distrust.live_replacement(issuers, target, distrusted)
         # the issuer that now stands for the epoch (also when the epoch is due but not the default: prepared)
         replaced_by = (replacement or {}).get('issuer_name')
         if replaced_by == target['issuer_name']:
@@ -112,9 +125,8 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
         activate = distrust.to_activate(target, state, (replacement or {}).get('issuer_name')) if replacing else None
         pending = None
         if replacing:
-            pending = {'epoch': target['epoch'], 'issuer_name': target['issuer_name'],
-                       'replacement': (replacement or {}).get('issuer_name'), 'activate': activate,
-                       'since': (state.get('distrust_pending') or {}).get('since') or isoformat(utcnow())}
+            pending = distrust.pending_record(target, record, (replacement or {}).get('issuer_name') or previous.get(
+                'replacement'), activate, since)
         step = 'state'
         with timings.step('state'):
             rec = _state.record_distrust(client, holder, record, pending, pki['kv_mount'], cfg.state_path, check_mode)

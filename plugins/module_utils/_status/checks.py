@@ -9,7 +9,11 @@ import datetime
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import EpochSchedule, isoformat, parse_time
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._k8s.secrets import ANNOTATION_PREFIX
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.distrust import distrusted_shas, valid_distrusted
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.distrust import (
+    describe_pending,
+    distrusted_shas,
+    valid_distrusted,
+)
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.cluster import not_loaded
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.gather import SCHEMA
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status.render import (
@@ -224,7 +228,15 @@ def _distrusted(state, now):
     :func:`_check_distrust`)."""
     valid = {d.get('sha256') for d in valid_distrusted(state, now)}
     pending = (state or {}).get('distrust_pending') or {}
-    return [dict(entry, valid=entry.get('sha256') in valid, pending=entry.get('sha256') == pending.get('sha256'), held_by=[])
+
+    def is_pending(entry):
+        if not pending:
+            return False
+        if pending.get('sha256'):
+            return entry.get('sha256') == pending['sha256']
+        # a record written without the SHA-256 names the epoch and the issuer
+        return (entry.get('epoch'), entry.get('issuer_name')) == (pending.get('epoch'), pending.get('issuer_name'))
+    return [dict(entry, valid=entry.get('sha256') in valid, pending=is_pending(entry), held_by=[])
             for entry in (state or {}).get('distrusted') or []]
 
 
@@ -263,11 +275,9 @@ def _check_distrust(f, auth, clusters, now):
     state = auth.get('state') or {}
     pending = state.get('distrust_pending')
     if isinstance(pending, dict):
-        f.mismatch('distrust_pending', 'state', 'the distrust of epoch %s (%s, since %s) is not complete: its replacement %s '
-                   'is trusted, the distrusted intermediate too; rotate.yml and rollback.yml refuse until '
-                   'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s finishes it'
-                   % (pending.get('epoch'), pending.get('issuer_name'), pending.get('since'), pending.get('replacement'),
-                      pending.get('epoch')))
+        f.mismatch('distrust_pending', 'state', '%s; rotate.yml, rollback.yml and the distrust of another epoch refuse '
+                   'until playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s finishes it'
+                   % (describe_pending(pending), pending.get('epoch')))
     listed = _distrusted(state, now)
     if not listed:
         return listed

@@ -138,6 +138,26 @@ def test_only_the_replacement_of_a_default_issuer_is_activated():
     assert distrust.to_activate(issuer(10), {'distrust_pending': {'epoch': 10, 'replacement': 'epoch-10-r1'}}, None) == 'epoch-10-r1'
 
 
+def test_the_replacement_that_stands_for_the_epoch_is_found_without_issuing():
+    issuers = [issuer(9), issuer(10, revoked=True), issuer(10, 1, revoked=True), issuer(10, 2), issuer(11, 1)]
+    target = issuer(10)
+    assert distrust.live_replacement(issuers, target, set())['issuer_name'] == 'epoch-10-r2'
+    assert distrust.live_replacement(issuers, target, {'sha-epoch-10-r2'}) is None
+    assert distrust.live_replacement(issuers, issuer(9), set()) is None  # an epoch never replaced
+
+
+def test_the_pending_record_names_the_intermediate_and_says_what_stays_trusted():
+    target = issuer(9)
+    record = distrust.distrust_entry(target, 'run', NOW, 'x')
+    p = distrust.pending_record(target, record, None, None, 't')
+    assert p == {'epoch': 9, 'issuer_name': 'epoch-9', 'sha256': 'sha-epoch-9', 'replacement': None, 'activate': None,
+                 'since': 't'}
+    assert 'the distrusted intermediate stays in the bundle' in distrust.describe_pending(p)
+    with pytest.raises(Refusal) as info:
+        distrust.refuse_while_pending({'distrust_pending': p})
+    assert 'None' not in str(info.value) and 'ca_rotation_distrust_epoch=9; nothing was changed' in str(info.value)
+
+
 def test_another_distrust_is_refused_while_one_is_pending():
     state = {'distrust_pending': {'epoch': 10, 'issuer_name': 'epoch-10', 'since': 't', 'activate': 'epoch-10-r1'},
              'distrusted': [distrust.distrust_entry(issuer(10), 'run', NOW, 'x')]}

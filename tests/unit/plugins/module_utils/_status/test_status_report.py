@@ -440,13 +440,24 @@ def test_an_expired_distrusted_intermediate_is_listed_but_flagged_nowhere():
     assert report['distrusted'][0]['valid'] is False and report['distrusted'][0]['held_by'] == ['east/nats-0']
 
 
-def test_a_pending_distrust_is_one_mismatch_and_its_intermediate_may_still_be_held():
+@pytest.mark.parametrize('pending, kept', [
+    # as distrust.yml writes it (distrust.pending_record)
+    ({'sha256': True, 'replacement': 'epoch-%d-r1', 'activate': 'epoch-%d-r1'}, 'its replacement epoch-'),
+    ({'sha256': True, 'replacement': None, 'activate': None}, 'the distrusted intermediate stays in the bundle'),
+    # a record written before it carried the SHA-256: matched by epoch and issuer
+    ({'replacement': 'epoch-%d-r1'}, 'its replacement epoch-'),
+])
+def test_a_pending_distrust_is_one_mismatch_and_its_intermediate_may_still_be_held(pending, kept):
     authority, cluster, n = distrusted_facts()
-    authority['state']['distrust_pending'] = {'epoch': n, 'issuer_name': 'epoch-%d' % n, 'sha256': INT[n], 'since': NOW,
-                                              'replacement': 'epoch-%d-r1' % n}
+    record = {'epoch': n, 'issuer_name': 'epoch-%d' % n, 'since': NOW}
+    for key, value in pending.items():
+        record[key] = INT[n] if key == 'sha256' else (value % n if value else value)
+    authority['state']['distrust_pending'] = record
     cluster['live_secret']['cert_sha256s'].append(INT[n])
     report = status_checks.build_report(authority, [cluster])
     assert {(f['code'], f['where']) for f in report['findings']} == {('distrust_pending', 'state')}
+    finding = next(f for f in report['findings'] if f['code'] == 'distrust_pending')
+    assert kept in finding['msg'] and 'None' not in finding['msg'], finding
     assert 'DISTRUST PENDING' in next(x for x in report['table'] if x.startswith('distrusted:'))
 
 
