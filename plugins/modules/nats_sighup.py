@@ -115,6 +115,8 @@ options:
       cert_file:
         description:
           - Client certificate (PEM, with its intermediate) to present.
+          - When a certificate in it has an ML-DSA key or signature, the probe uses pyOpenSSL over the OpenSSL that
+            cryptography bundles (TLS 1.3; Python's C(ssl) cannot present or verify ML-DSA).
         type: path
         required: true
       key_file:
@@ -194,6 +196,7 @@ attributes:
 requirements:
   - kubernetes (Python library) for O(transport=kubernetes)
   - nats-py for O(transport=system)
+  - pyOpenSSL (26 or later, over cryptography 50 or later) for an ML-DSA probe certificate
 notes:
   - C(changed) is true when at least one server actually reloaded (its load time advanced). A reload always changes the
     load time, so a second run reports a change again.

@@ -8,13 +8,15 @@ from __future__ import annotations
 import ssl
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pqtls import PQContext, file_family
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import close_quietly, nats_tls_connect, read_line
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.options import NatsError, build_ssl_context
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 
 
 def probe_context(probe):
-    """An SSL context for the probe (client certificate loaded); raises ReloadError naming the option.
+    """An SSL context for the probe (client certificate loaded); raises ReloadError naming the option. An ML-DSA probe
+    certificate gets a :class:`_common.pqtls.PQContext` (pyOpenSSL), which the probe uses the same way.
 
     Without ``ca_file`` only the server's acceptance of our certificate is tested (the server's own
     certificate is not verified); with it, the host name is checked when ``server_name`` is given.
@@ -23,6 +25,13 @@ def probe_context(probe):
     for key in ('cert_file', 'key_file'):
         if not probe.get(key):
             raise ReloadError(f"probe.{key} is required for the TLS probe", option=f'probe.{key}')
+    if file_family(probe['cert_file']) == 'mldsa':
+        # Python's ssl cannot present (or verify) ML-DSA: the OpenSSL inside cryptography can, through pyOpenSSL
+        try:
+            return PQContext(probe.get('ca_file'), probe['cert_file'], probe['key_file'], bool(probe.get('partial_chain')),
+                             verify=bool(probe.get('ca_file')), check_hostname=bool(probe.get('server_name')))
+        except TLSError as exc:
+            raise ReloadError('probe.%s: %s' % (exc.option, exc), option='probe.%s' % exc.option) from None
     try:
         return build_ssl_context(probe.get('ca_file'), probe['cert_file'], probe['key_file'], bool(probe.get('partial_chain')),
                                  prefix='probe.', verify=bool(probe.get('ca_file')),

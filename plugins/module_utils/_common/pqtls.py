@@ -1,0 +1,233 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, securetransport.ca_rotation contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A TLS client for ML-DSA certificates (private): pyOpenSSL over the OpenSSL that ``cryptography`` bundles.
+
+Python's ``ssl`` module uses the system OpenSSL (3.0 here), which neither verifies nor presents ML-DSA certificates;
+the OpenSSL 4.0 inside ``cryptography`` 50 does both, and pyOpenSSL reaches it (DESIGN section 10). :class:`PQContext`
+stands in for an ``ssl.SSLContext`` where :func:`_common.tls.nats_tls_connect` uses one: ``wrap_socket`` returns a
+socket-like object (``sendall``, ``recv``, ``version``, ``getpeercert(binary_form=True)``, ``close``) and failures are
+raised as ``ssl.SSLCertVerificationError`` / ``ssl.SSLError``, so the callers' verdicts stay the same.
+
+:func:`file_family` tells which one a certificate file needs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import ssl
+import time
+
+try:
+    from OpenSSL import SSL
+except ImportError:  # pragma: no cover - reported by PQContext (pyOpenSSL is needed only for ML-DSA)
+    SSL = None
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
+
+#: the OID of the ML-DSA public keys (NIST CSOR 2.16.840.1.101.3.4.3.17-19: ML-DSA-44/65/87)
+MLDSA_OIDS = {'2.16.840.1.101.3.4.3.17': 44, '2.16.840.1.101.3.4.3.18': 65, '2.16.840.1.101.3.4.3.19': 87}
+
+
+def pyopenssl_missing():
+    """None, or why ML-DSA TLS is not available here."""
+    if SSL is None:
+        return 'ML-DSA TLS needs pyOpenSSL (over cryptography 50 or later, whose OpenSSL speaks ML-DSA): pip install pyOpenSSL'
+    return None
+
+
+def certificate_family(cert):
+    """``mldsa`` or ``classical``: the family of a ``cryptography`` certificate, by its public key's algorithm."""
+    try:
+        oid = cert.public_key_algorithm_oid.dotted_string
+    except (AttributeError, ValueError):
+        return 'classical'
+    return 'mldsa' if oid in MLDSA_OIDS else 'classical'
+
+
+def _mldsa_signed(cert):
+    try:
+        return cert.signature_algorithm_oid.dotted_string in MLDSA_OIDS
+    except (AttributeError, ValueError):
+        return False
+
+
+def file_family(cert_file):
+    """``mldsa`` when a certificate in a PEM file has an ML-DSA key or signature (an EC leaf that an ML-DSA
+    intermediate signed does not load into Python's ssl either), else ``classical`` - also when the file does not
+    load: the ``ssl`` path then says what is wrong with it."""
+    try:
+        with open(cert_file, 'rb') as handle:
+            certs = pem_certificates(handle.read().decode('ascii', 'replace'))
+        return 'mldsa' if any(certificate_family(c) == 'mldsa' or _mldsa_signed(c) for c in (load_cert(p) for p in certs)) \
+            else 'classical'
+    except Exception:  # pylint: disable=broad-except
+        return 'classical'
+
+
+def _verify_error(err):
+    exc = ssl.SSLCertVerificationError(1, 'certificate verify failed: %s' % err)
+    exc.verify_message = str(err)
+    exc.reason = 'CERTIFICATE_VERIFY_FAILED'
+    return exc
+
+
+def _ssl_error(err):
+    """An ``ssl.SSLError`` for a pyOpenSSL error (whose first argument lists ``(library, function, reason)``)."""
+    listed = err.args[0] if err.args and isinstance(err.args[0], list) else []
+    reasons = [r[2] for r in listed if isinstance(r, tuple) and len(r) > 2]
+    exc = ssl.SSLError(1, '; '.join(r for r in reasons if r) or str(err) or type(err).__name__)
+    exc.reason = reasons[-1] if reasons else str(err)
+    return exc
+
+
+def _name_matches(cert, server_name):
+    """Whether the certificate's subjectAltName names ``server_name`` (DNS, one leading wildcard label, or an IP)."""
+    # pylint: disable-next=import-outside-toplevel
+    from cryptography import x509
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ip = ipaddress.ip_address(server_name)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return ip in san.get_values_for_type(x509.IPAddress)
+    want = server_name.lower().rstrip('.')
+    for name in san.get_values_for_type(x509.DNSName):
+        name = name.lower().rstrip('.')
+        if name == want or (name.startswith('*.') and '.' in want and want.split('.', 1)[1] == name[2:]):
+            return True
+    return False
+
+
+class PQSocket:
+    """A blocking, socket-like TLS connection over a pyOpenSSL ``Connection`` (timeouts from the raw socket)."""
+
+    def __init__(self, conn, raw, timeout):
+        self._conn, self._raw, self._timeout = conn, raw, timeout
+
+    def _io(self, fn, *args):
+        deadline = time.monotonic() + (self._timeout or 30.0)
+        while True:
+            try:
+                return fn(*args)
+            except SSL.WantReadError:
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not select.select([self._raw], [], [], wait)[0]:
+                    raise TimeoutError('timed out') from None
+            except SSL.WantWriteError:
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not select.select([], [self._raw], [], wait)[1]:
+                    raise TimeoutError('timed out') from None
+            except SSL.ZeroReturnError:
+                return b''
+            except SSL.SysCallError as err:
+                if err.args and err.args[0] == -1:  # the peer closed the connection
+                    return b''
+                raise OSError(str(err)) from None
+            except SSL.Error as err:
+                raise _ssl_error(err) from None
+
+    def handshake(self):
+        self._io(self._conn.do_handshake)
+
+    def sendall(self, data):
+        self._io(self._conn.sendall, data)
+
+    def recv(self, size=4096):
+        return self._io(self._conn.recv, size)
+
+    def version(self):
+        return self._conn.get_protocol_version_name()
+
+    def getpeercert(self, binary_form=False):
+        cert = self._conn.get_peer_certificate(as_cryptography=True)
+        if not binary_form:
+            raise ValueError('only binary_form=True is supported')
+        # pylint: disable-next=import-outside-toplevel
+        from cryptography.hazmat.primitives import serialization
+        return cert.public_bytes(serialization.Encoding.DER) if cert is not None else None
+
+    def settimeout(self, timeout):
+        self._timeout = timeout
+
+    def close(self):
+        try:
+            self._conn.shutdown()
+        except Exception:  # pylint: disable=broad-except
+            pass
+        self._raw.close()
+
+
+class PQContext:
+    """What ``nats_tls_connect`` needs of an ``ssl.SSLContext``, for ML-DSA (and any other) certificates: TLS 1.3,
+    the client certificate chain and key, and - with ``verify`` - the server's certificate checked against
+    ``ca_file`` (``partial_chain``: an intermediate there is a trust anchor by itself) and, with ``check_hostname``,
+    its name. Raises :class:`TLSError` naming the option when a file does not load."""
+
+    def __init__(self, ca_file=None, cert_file=None, key_file=None, partial_chain=False, verify=True, check_hostname=True):
+        missing = pyopenssl_missing()
+        if missing:
+            raise TLSError(missing, option='cert_file')
+        self.verify, self.check_hostname = bool(verify), bool(verify and check_hostname)
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)  # ML-DSA signatures exist in TLS 1.3 only
+        if self.verify:
+            try:
+                if ca_file:
+                    ctx.load_verify_locations(ca_file)
+                else:
+                    ctx.set_default_verify_paths()
+            except SSL.Error as exc:
+                raise TLSError('the CA certificates do not load: %s' % _ssl_error(exc), option='ca_file', path=ca_file,
+                               error=exc) from None
+            if partial_chain:
+                # pylint: disable-next=import-outside-toplevel
+                from OpenSSL.crypto import X509StoreFlags
+                ctx.get_cert_store().set_flags(X509StoreFlags.PARTIAL_CHAIN)
+            ctx.set_verify(SSL.VERIFY_PEER, lambda _conn, _cert, _errno, _depth, ok: bool(ok))
+        else:
+            ctx.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+        if key_file and not cert_file:
+            raise TLSError('key_file %s is given without cert_file: give both for mutual TLS' % key_file, option='key_file',
+                           path=key_file)
+        if cert_file:
+            try:
+                ctx.use_certificate_chain_file(cert_file)
+                ctx.use_privatekey_file(key_file or cert_file)
+                ctx.check_privatekey()
+            except SSL.Error as exc:
+                raise TLSError('the client certificate does not load: %s' % _ssl_error(exc), option='cert_file',
+                               path=cert_file, error=exc) from None
+        self._ctx = ctx
+
+    def wrap_socket(self, raw, server_hostname=None):
+        """The TLS connection over ``raw`` (connected, blocking with a timeout), handshaken."""
+        timeout = raw.gettimeout()
+        conn = SSL.Connection(self._ctx, raw)
+        conn.set_connect_state()
+        if server_hostname:
+            try:
+                ipaddress.ip_address(server_hostname)
+            except ValueError:
+                conn.set_tlsext_host_name(server_hostname.encode('idna'))
+        raw.setblocking(False)
+        tls = PQSocket(conn, raw, timeout)
+        try:
+            tls.handshake()
+        except ssl.SSLError as exc:
+            if 'certificate verify failed' in str(exc).lower():
+                raise _verify_error(exc) from None
+            raise
+        if self.check_hostname and server_hostname:
+            cert = conn.get_peer_certificate(as_cryptography=True)
+            if cert is None or not _name_matches(cert, server_hostname):
+                tls.close()
+                raise _verify_error("hostname mismatch, certificate is not valid for '%s'" % server_hostname)
+        return tls
