@@ -106,6 +106,13 @@ def test_ml_dsa_leaves_with_a_local_key_and_with_an_openbao_key(run_module, bao_
         again = run_module("openbao_leaf", dict(base, common_name=f"nats-{source}", key_source=source, key_type="mldsa",
                                                 key_bits=bits, **files))
         assert again["changed"] is False, again
+    # a changed parameter set re-issues the leaf, and says why
+    switched = run_module("openbao_leaf", dict(base, common_name="nats-local", key_source="local", key_type="mldsa", key_bits=44,
+                                               cert_file=str(pq["dir"] / "local-cert_file.pem"),
+                                               key_file=str(pq["dir"] / "local-key_file.pem")))
+    assert switched["changed"] is True and "its key is mldsa 65, not mldsa 44 as configured" in switched["reasons"], switched
+    leaf = x509.load_pem_x509_certificates((pq["dir"] / "local-cert_file.pem").read_bytes())[0]
+    assert isinstance(leaf.public_key(), mldsa.MLDSA44PublicKey)
     # a leaf request without the parameter set is refused before OpenBao is asked (it would default to 44)
     res = run_module("openbao_leaf", dict(base, common_name="nats-x", key_type="mldsa", cert_file=str(pq["dir"] / "x.pem"),
                                           key_file=str(pq["dir"] / "x-key.pem")))

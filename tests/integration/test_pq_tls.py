@@ -154,3 +154,26 @@ def test_the_family_of_the_whole_chain_picks_the_tls_stack_and_bad_files_name_th
     with pytest.raises(ReloadError) as info:
         probe_context({"cert_file": files["client"], "key_file": str(broken), "ca_file": files["ca"]})
     assert info.value.option == "probe.cert_file" and "does not load" in str(info.value), info.value
+
+
+class _Cluster:
+    def __init__(self, targets):
+        self.targets, self.transport, self.renew_leaves, self.name = targets, "signal", False, "pq"
+
+
+def test_status_and_the_served_leaf_check_read_an_ml_dsa_server(pq_world):
+    """Python's ssl fails the handshake (see above): the reader retries through pyOpenSSL and sees the ML-DSA leaf."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._status import cluster as status_cluster
+    files, port = pq_world["files"], pq_world["port"]
+    facts = status_cluster.served_certificate("127.0.0.1", port, timeout=10)
+    assert facts["subject"] == "CN=pq-server" and facts["tls_version"] == "TLSv1.3", facts
+    found = refusal.still_served(_Cluster([{"name": "pq-0", "url": f"nats://127.0.0.1:{port}"}]),
+                                 pq_world["inter"]["certificate"],
+                                 {"cert_file": files["client"], "key_file": files["client_key"]})
+    assert found == {"signed": ["pq-0"], "errors": []}, found
+    # another intermediate did not sign it
+    other = Path(files["stranger"]).read_text().split("-----END CERTIFICATE-----")[1] + "-----END CERTIFICATE-----\n"
+    found = refusal.still_served(_Cluster([{"name": "pq-0", "url": f"nats://127.0.0.1:{port}"}]), other.strip() + "\n",
+                                 {"cert_file": files["client"], "key_file": files["client_key"]})
+    assert found == {"signed": [], "errors": []}, found

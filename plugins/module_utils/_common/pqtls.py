@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - reported by PQContext (pyOpenSSL is ne
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import peer_certificate
 
 #: the OID of the ML-DSA public keys (NIST CSOR 2.16.840.1.101.3.4.3.17-19: ML-DSA-44/65/87)
 MLDSA_OIDS = {'2.16.840.1.101.3.4.3.17': 44, '2.16.840.1.101.3.4.3.18': 65, '2.16.840.1.101.3.4.3.19': 87}
@@ -231,3 +232,21 @@ class PQContext:
                 tls.close()
                 raise _verify_error("hostname mismatch, certificate is not valid for '%s'" % server_hostname)
         return tls
+
+
+def served_certificate_der(host, port, context, server_name=None, timeout=10.0, greeting_timeout=3.0, require_tls=True,
+                           cert_file=None, key_file=None):
+    """``(der, tls_version)`` of the certificate a server presents, read with ``context`` (verify off), and - when that
+    handshake fails and pyOpenSSL is here - once more through :class:`PQContext`: a server that presents an ML-DSA
+    certificate fails every handshake of Python's ssl. Raises the first :class:`TLSError` when both fail."""
+    try:
+        return peer_certificate(host, port, context, server_name, timeout, greeting_timeout, require_tls=require_tls)
+    except TLSError as exc:
+        if exc.stage != 'handshake' or pyopenssl_missing():
+            raise
+        first = exc
+    try:
+        pq = PQContext(cert_file=cert_file, key_file=key_file if cert_file else None, verify=False)
+        return peer_certificate(host, port, pq, server_name, timeout, greeting_timeout, require_tls=require_tls)
+    except TLSError:
+        raise first from None

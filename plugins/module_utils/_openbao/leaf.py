@@ -246,14 +246,35 @@ def find_leaf_issuer(cert, issuers):
     return None, None
 
 
+def key_of(public_key):
+    """``(key_type, key_bits)`` of a public key, as :func:`_openbao.pki.key_spec` names them (None: unknown)."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return 'ec', public_key.curve.key_size
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return 'rsa', public_key.key_size
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return 'ed25519', 0
+    name = type(public_key).__name__  # MLDSA65PublicKey (cryptography 47 or later)
+    match = re.match(r'MLDSA(44|65|87)PublicKey$', name)
+    return ('mldsa', int(match.group(1))) if match else None
+
+
 def leaf_renewal_reasons(cert, *, common_name, alt_names=(), ip_sans=(), renew_before=('fraction', 1 / 3.0), now,
-                         issuer=None, issuers=None, issuer_ref=None, renew_if_not_default=True, schedule=None):
+                         issuer=None, issuers=None, issuer_ref=None, renew_if_not_default=True, schedule=None,
+                         key_type=None, key_bits=0):
     """Why an existing, readable leaf ``cert`` must be re-issued (empty list: keep it).
 
     ``issuer``: ``(issuer_id, info)`` that signed it (None when not found on the mount);
-    ``issuers``: all issuers of the mount (:func:`issuer_certificates`), for the default.
+    ``issuers``: all issuers of the mount (:func:`issuer_certificates`), for the default;
+    ``key_type`` / ``key_bits``: the key the leaf must have (a changed configuration re-issues it).
     """
     reasons = []
+    if key_type:
+        wanted, have = key_spec(key_type, key_bits), key_of(cert.public_key())
+        if have != wanted:
+            reasons.append('its key is %s, not %s as configured' % (
+                ' '.join(str(x) for x in have if x) if have else type(cert.public_key()).__name__,
+                ' '.join(str(x) for x in wanted if x)))
     not_before, not_after = cert_not_before(cert), cert_not_after(cert)
     if now >= not_after:
         reasons.append('the certificate expired at %s' % isoformat(not_after))
@@ -312,7 +333,7 @@ def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, sc
         reasons.extend(leaf_renewal_reasons(
             disk['cert'], common_name=common_name, alt_names=alt_names, ip_sans=ip_sans, renew_before=renew_before,
             now=now, issuer=issuer, issuers=issuers, issuer_ref=issuer_ref, renew_if_not_default=renew_if_not_default,
-            schedule=schedule))
+            schedule=schedule, key_type=key_type, key_bits=key_bits))
     result['reasons'] = reasons
     files = [(cert_file, mode), (key_file, key_mode)] + ([(chain_file, mode)] if chain_file else [])
     if reasons:

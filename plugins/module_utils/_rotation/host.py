@@ -91,7 +91,8 @@ def leaf_requests(targets, issuers, renew_before, now, schedule=None, key_type='
             reasons = leaf_renewal_reasons(
                 disk['cert'], common_name=target['name'], alt_names=target.get('alt_names') or [],
                 ip_sans=target.get('ip_sans') or [], renew_before=renew_before, now=now,
-                issuer=find_leaf_issuer(disk['cert'], issuers), issuers=issuers, renew_if_not_default=True, schedule=schedule)
+                issuer=find_leaf_issuer(disk['cert'], issuers), issuers=issuers, renew_if_not_default=True, schedule=schedule,
+                key_type=key_type, key_bits=key_bits)
         entry = {'name': target['name'], 'reasons': reasons, 'csr': None}
         if reasons and not check_mode:
             key_pem, csr = _local_key_and_csr(key_type, key_bits, target['name'], target.get('alt_names') or [],

@@ -10,11 +10,11 @@ import ssl
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import issued_by, load_cert, load_der_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pqtls import served_certificate_der
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import (
     client_context,
     close_quietly,
     nats_tls_connect,
-    peer_certificate,
     read_line,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
@@ -120,9 +120,11 @@ def server_addresses(cc):
     return out
 
 
-def served_certificate(host, port, ctx, timeout=5.0):
-    """The certificate a server presents on a port (read, not verified: ``ctx`` has verify off)."""
-    return load_der_cert(peer_certificate(host, port, ctx, None, timeout, 3.0)[0])
+def served_certificate(host, port, ctx, timeout=5.0, cert_file=None, key_file=None):
+    """The certificate a server presents on a port (read, not verified: ``ctx`` has verify off; an ML-DSA server is
+    read through pyOpenSSL, presenting ``cert_file`` / ``key_file``)."""
+    return load_der_cert(served_certificate_der(host, port, ctx, None, timeout, 3.0, cert_file=cert_file,
+                                                key_file=key_file)[0])
 
 
 def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
@@ -141,19 +143,20 @@ def still_served(cc, intermediate_pem, probe, probe_host=None, timeout=5.0):
         return {'signed': [], 'errors': ['cannot list the servers: %s' % exc]}
     if not targets:
         return {'signed': [], 'errors': []}
+    mine = {'cert_file': probe['cert_file'], 'key_file': probe['key_file']}
     try:
-        ctx = client_context(cert_file=probe['cert_file'], key_file=probe['key_file'], verify=False)
+        ctx = client_context(verify=False, **mine)
     except TLSError:
         # no probe certificate (check mode predicts it): in TLS 1.3 the server shows its certificate before it checks
         # ours (a server that allows only TLS 1.2 fails that handshake, and the error says so)
-        ctx = client_context(verify=False)
+        ctx, mine = client_context(verify=False), {}
     for target in targets:
         found = ports(target, probe_host)
         if not found:
             errors.append('%s: no address to read its certificate from (%s)' % (target.get('name'), target.get('problem') or 'no url'))
         for label, host, port in found:
             try:
-                cert = served_certificate(host, port, ctx, timeout)
+                cert = served_certificate(host, port, ctx, timeout, **mine)
             except (TLSError, OSError, ValueError) as exc:
                 errors.append('%s: cannot read the certificate it presents on its %s port %s:%s: %s'
                               % (target.get('name'), label, host, port, exc))

@@ -25,7 +25,8 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._commo
     x509,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context, peer_certificate
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pqtls import served_certificate_der
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import client_context
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError, TargetError, parse_load_time
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.kubernetes import KubernetesTransport
@@ -64,7 +65,8 @@ def served_certificate(host, port, timeout=DEFAULT_TLS_TIMEOUT, cert_file=None, 
     except TLSError as exc:
         raise StatusError('cannot load tls_client.cert_file %r / key_file %r: %s' % (cert_file, key_file, exc.error)) from None
     try:
-        der, version = peer_certificate(host, port, ctx, server_name, timeout, min(3.0, timeout), require_tls=False)
+        der, version = served_certificate_der(host, port, ctx, server_name, timeout, min(3.0, timeout), require_tls=False,
+                                              cert_file=cert_file, key_file=key_file)
     except TLSError as exc:
         raise StatusError(str(exc)) from None
     return certificate_facts(x509.load_der_x509_certificate(der), version)

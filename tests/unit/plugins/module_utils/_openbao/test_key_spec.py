@@ -52,3 +52,30 @@ def test_the_rotation_config_makes_the_size_explicit_and_refuses_what_it_cannot_
     with pytest.raises(ConfigError) as info:
         _config({'key_type': 'mldsa', 'key_bits': 65})
     assert 'not supported by the rotation playbooks yet' in str(info.value) and 'Nothing was changed' in str(info.value)
+
+
+def test_a_leaf_whose_key_is_not_the_configured_one_is_renewed():
+    import datetime as dt  # pylint: disable=import-outside-toplevel
+
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec, mldsa  # pylint: disable=import-outside-toplevel
+    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
+
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import leaf  # pylint: disable=import-outside-toplevel
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(key, alg):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'nats-0')])
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
+                .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=10)).sign(key, alg))
+    p256 = cert(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    pq = cert(mldsa.MLDSA65PrivateKey.generate(), None)
+    assert leaf.key_of(p256.public_key()) == ('ec', 256) and leaf.key_of(pq.public_key()) == ('mldsa', 65)
+
+    def reasons(c, key_type, bits=0):
+        return leaf.leaf_renewal_reasons(c, common_name='nats-0', now=now, key_type=key_type, key_bits=bits)
+    assert reasons(p256, 'ec') == [] and reasons(p256, None) == [] and reasons(pq, 'mldsa', 65) == []
+    assert reasons(p256, 'ec', 384) == ['its key is ec 256, not ec 384 as configured']
+    assert reasons(pq, 'ec') == ['its key is mldsa 65, not ec 256 as configured']
+    assert reasons(p256, 'mldsa', 87) == ['its key is ec 256, not mldsa 87 as configured']

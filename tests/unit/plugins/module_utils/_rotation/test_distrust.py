@@ -281,7 +281,7 @@ def test_still_served_names_servers_presenting_a_leaf_of_the_intermediate_on_any
               ('10.0.0.6', 4222): leaf_good, ('10.0.0.6', 6222): leaf_good,
               ('10.0.0.8', 4222): leaf_bad}
 
-    def fake_served(host, port, ctx, timeout=5.0):
+    def fake_served(host, port, ctx, timeout=5.0, **_mine):
         if (host, port) == ('10.0.0.7', 4222):
             raise OSError('connection reset by peer')
         if (host, port) == ('10.0.0.9', 4222):
