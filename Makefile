@@ -10,7 +10,8 @@ BIN         := $(VENV)/bin
 BUILD       := $(CURDIR)/.build
 DEV_COLL    := $(BUILD)/collections
 DEV_LINK    := $(DEV_COLL)/ansible_collections/securetransport/ca_rotation
-SANITY_BASE ?= /tmp/securetransport-ca_rotation-sanity
+# outside the checkout (ansible-test must not see the repository around the copy), one per checkout
+SANITY_BASE ?= /tmp/securetransport-ca_rotation-sanity-$(shell printf %s '$(CURDIR)' | sha1sum | cut -c1-10)
 SANITY_ROOT := $(SANITY_BASE)/ansible_collections/securetransport/ca_rotation
 INSTALLED   := $(BUILD)/installed
 VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
