@@ -98,7 +98,7 @@ options:
   key_bits:
     description:
       - Key size, always sent to OpenBao explicitly - V(ec) 256 (the default), 384 or 521; V(rsa) 2048 (the
-        default), 3072 or 4096; V(ed25519) none (leave it 0); V(mldsa) the parameter set 44, 65 or 87, which must be
+        default), 3072, 4096 or 8192; V(ed25519) none (leave it 0); V(mldsa) the parameter set 44, 65 or 87, which must be
         given (OpenBao's own default, 44, is never relied on).
       - Any other combination fails before anything is changed, naming the option.
     type: int

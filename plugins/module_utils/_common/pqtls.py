@@ -20,9 +20,10 @@ import ssl
 import time
 
 try:
+    import OpenSSL
     from OpenSSL import SSL
-except ImportError:  # pragma: no cover - reported by PQContext (pyOpenSSL is needed only for ML-DSA)
-    SSL = None
+except Exception:  # pylint: disable=broad-except  # absent, or too old for this cryptography (AttributeError)
+    OpenSSL = SSL = None
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
@@ -34,9 +35,16 @@ MLDSA_OIDS = {'2.16.840.1.101.3.4.3.17': 44, '2.16.840.1.101.3.4.3.18': 65, '2.1
 
 
 def pyopenssl_missing():
-    """None, or why ML-DSA TLS is not available here."""
+    """None, or why ML-DSA TLS is not available here (pyOpenSSL absent, unusable or older than 24.3)."""
     if SSL is None:
-        return 'ML-DSA TLS needs pyOpenSSL (over cryptography 50 or later, whose OpenSSL speaks ML-DSA): pip install pyOpenSSL'
+        return ('ML-DSA TLS needs pyOpenSSL 24.3 or later (over cryptography 50 or later, whose OpenSSL speaks ML-DSA): '
+                'pip install pyOpenSSL')
+    try:
+        version = tuple(int(x) for x in OpenSSL.__version__.split('.')[:2])
+    except (AttributeError, ValueError):
+        version = (0, 0)
+    if version < (24, 3):
+        return 'ML-DSA TLS needs pyOpenSSL 24.3 or later; this one is %s: pip install -U pyOpenSSL' % OpenSSL.__version__
     return None
 
 
@@ -113,7 +121,9 @@ class PQSocket:
     def __init__(self, conn, raw, timeout):
         self._conn, self._raw, self._timeout = conn, raw, timeout
 
-    def _io(self, fn, *args):
+    def _io(self, fn, *args, eof=None):
+        """``fn(*args)``, waiting on the socket while OpenSSL wants to read or write. A closed connection is
+        ``eof`` when given (a read), else ``ssl.SSLEOFError`` (a handshake or a write cut off)."""
         deadline = time.monotonic() + (self._timeout or 30.0)
         while True:
             try:
@@ -127,10 +137,14 @@ class PQSocket:
                 if wait <= 0 or not select.select([], [self._raw], [], wait)[1]:
                     raise TimeoutError('timed out') from None
             except SSL.ZeroReturnError:
-                return b''
+                if eof is not None:
+                    return eof
+                raise ssl.SSLEOFError(8, 'the peer closed the TLS connection') from None
             except SSL.SysCallError as err:
                 if err.args and err.args[0] == -1:  # the peer closed the connection
-                    return b''
+                    if eof is not None:
+                        return eof
+                    raise ssl.SSLEOFError(8, 'EOF occurred in violation of protocol') from None
                 raise OSError(str(err)) from None
             except SSL.Error as err:
                 raise _ssl_error(err) from None
@@ -139,10 +153,13 @@ class PQSocket:
         self._io(self._conn.do_handshake)
 
     def sendall(self, data):
-        self._io(self._conn.sendall, data)
+        view = memoryview(data)
+        while view:  # send() may write part of it (partial writes are on): never write a byte twice
+            sent = self._io(self._conn.send, bytes(view[:16384]))
+            view = view[sent:]
 
     def recv(self, size=4096):
-        return self._io(self._conn.recv, size)
+        return self._io(self._conn.recv, size, eof=b'')
 
     def version(self):
         return self._conn.get_protocol_version_name()
@@ -242,7 +259,8 @@ def served_certificate_der(host, port, context, server_name=None, timeout=10.0, 
     try:
         return peer_certificate(host, port, context, server_name, timeout, greeting_timeout, require_tls=require_tls)
     except TLSError as exc:
-        if exc.stage != 'handshake' or pyopenssl_missing():
+        # only a TLS-level failure (not a timeout or a refused connection: no second wait for a dead server)
+        if exc.stage != 'handshake' or not isinstance(exc.error, ssl.SSLError) or pyopenssl_missing():
             raise
         first = exc
     try:

@@ -333,7 +333,8 @@ def ensure_leaf(client, *, int_mount, role, common_name, cert_file, key_file, sc
         reasons.extend(leaf_renewal_reasons(
             disk['cert'], common_name=common_name, alt_names=alt_names, ip_sans=ip_sans, renew_before=renew_before,
             now=now, issuer=issuer, issuers=issuers, issuer_ref=issuer_ref, renew_if_not_default=renew_if_not_default,
-            schedule=schedule, key_type=key_type, key_bits=key_bits))
+            # the key is checked only where it is made here: OpenBao makes it as the role says (which may not be key_type)
+            schedule=schedule, key_type=key_type if key_source == 'local' else None, key_bits=key_bits))
     result['reasons'] = reasons
     files = [(cert_file, mode), (key_file, key_mode)] + ([(chain_file, mode)] if chain_file else [])
     if reasons:

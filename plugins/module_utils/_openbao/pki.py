@@ -22,7 +22,7 @@ UTC = datetime.timezone.utc
 KEY_TYPES = ('ec', 'rsa', 'ed25519', 'mldsa')
 #: the key sizes of each family; ``key_bits`` 0 (omitted) means the first one, except for ML-DSA, whose parameter set
 #: must be given (OpenBao's own default, ML-DSA-44, is never relied on); ed25519 has no size
-KEY_BITS = {'ec': (256, 384, 521), 'rsa': (2048, 3072, 4096), 'ed25519': (0,), 'mldsa': (44, 65, 87)}
+KEY_BITS = {'ec': (256, 384, 521), 'rsa': (2048, 3072, 4096, 8192), 'ed25519': (0,), 'mldsa': (44, 65, 87)}
 
 
 def key_spec(key_type, key_bits=0, option='key_type'):

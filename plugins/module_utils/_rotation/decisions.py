@@ -179,7 +179,7 @@ def rollback_default_epoch(bundle_epoch, current_epoch):
 
 #: renewal reasons (``_openbao.leaf.leaf_renewal_reasons``) of a leaf that still works: renewed after activation
 STILL_USABLE = ('the certificate expires at', 'the common name is', 'subject alternative names missing',
-                'it was issued by')
+                'it was issued by', 'its key is')
 
 
 def leaf_unusable(reasons):

@@ -29,6 +29,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 PRESENTATIONS = (('leaf_only', 'leaf_file'), ('with_intermediate', 'chain_file'))
 
 
+def rejects_certificate(reason):
+    """Whether a handshake failure is the server's alert about the certificate we presented (bad certificate, unknown
+    CA, certificate required, revoked, expired, ...), as opposed to a handshake that never got that far."""
+    text = str(reason or '').lower().replace('_', ' ')
+    return 'alert' in text and any(w in text for w in ('certificate', 'unknown ca', 'access denied'))
+
+
 def attempt(host, port, ctx, timeout=5.0):
     """``(verdict, detail)``: ``refused`` (the server's TLS layer rejected the certificate), ``accepted`` (a protocol
     line came back through TLS) or ``error`` (no answer at all: nothing is proven)."""
@@ -40,7 +47,11 @@ def attempt(host, port, ctx, timeout=5.0):
             # our side refused the server's certificate: that proves nothing about the server's trust
             return 'error', 'the certificate of %s is not trusted by the proof: %s' % (where, exc.error)
         if exc.stage == 'handshake' and isinstance(exc.error, ssl.SSLError):
-            return 'refused', 'TLS handshake refused by %s: %s' % (where, getattr(exc.error, 'reason', None) or exc.error)
+            reason = str(getattr(exc.error, 'reason', None) or exc.error)
+            if rejects_certificate(reason):
+                return 'refused', 'TLS handshake refused by %s: %s' % (where, reason)
+            # e.g. no signature algorithm in common (an ML-DSA server and a classical TLS stack): not the server's verdict
+            return 'error', 'the TLS handshake with %s failed before the server judged the certificate: %s' % (where, reason)
         return 'error', str(exc)
     try:
         tls.sendall(b'CONNECT {"verbose":false,"pedantic":false,"tls_required":true,"name":"distrust proof"}\r\nPING\r\n')

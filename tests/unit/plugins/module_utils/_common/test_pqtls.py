@@ -61,3 +61,13 @@ def test_pyopenssl_errors_become_ssl_errors_with_the_reason():
     assert isinstance(err, ssl.SSLError) and err.reason == 'tlsv1 alert unknown ca' and 'unknown ca' in str(err)
     verify = pqtls._verify_error('hostname mismatch')
     assert isinstance(verify, ssl.SSLCertVerificationError) and verify.verify_message == 'hostname mismatch'
+
+
+def test_a_pyopenssl_too_old_for_as_cryptography_is_named(monkeypatch):
+    assert pqtls.pyopenssl_missing() is None  # requirements.txt pins 26.4.0
+    monkeypatch.setattr(pqtls.OpenSSL, '__version__', '23.0.0')
+    assert 'pyOpenSSL 24.3 or later; this one is 23.0.0' in pqtls.pyopenssl_missing()
+    monkeypatch.setattr(pqtls, 'SSL', None)
+    assert 'needs pyOpenSSL 24.3 or later' in pqtls.pyopenssl_missing()
+    with pytest.raises(pqtls.TLSError, match='needs pyOpenSSL'):
+        pqtls.PQContext(verify=False)

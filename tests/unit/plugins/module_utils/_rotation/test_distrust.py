@@ -301,3 +301,13 @@ def test_still_served_names_servers_presenting_a_leaf_of_the_intermediate_on_any
     vm = [{'name': 'vm-1', 'url': 'nats://10.0.0.8:4222', 'cert_file': '/c', 'key_file': '/k'}]
     assert refusal.still_served(_Cluster(vm), _pem(bad[0]), probe) == {'signed': [], 'errors': []}
     assert refusal.still_served(_Cluster(vm, renew_leaves=False), _pem(bad[0]), probe)['signed'] == ['vm-1']
+
+
+@pytest.mark.parametrize('reason, refused', [
+    ('TLSV1_ALERT_UNKNOWN_CA', True), ('SSLV3_ALERT_BAD_CERTIFICATE', True), ('TLSV13_ALERT_CERTIFICATE_REQUIRED', True),
+    ('SSLV3_ALERT_CERTIFICATE_REVOKED', True), ('tlsv1 alert access denied', True),
+    ('SSLV3_ALERT_HANDSHAKE_FAILURE', False), ('NO_SHARED_SIGNATURE_ALGORITHMS', False), ('WRONG_VERSION_NUMBER', False),
+    ('', False),
+])
+def test_only_the_servers_alert_about_our_certificate_counts_as_a_refusal(reason, refused):
+    assert refusal.rejects_certificate(reason) is refused
