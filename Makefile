@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(DEV_COLL)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv dev build install demo demo-down test test-checks test-services unit integration faults soak-short sanity lint bench soak clean
+.PHONY: help venv dev build install demo demo-down test test-checks test-services unit integration integration-main integration-side faults soak-short sanity lint bench soak clean
 
 help:
 	@echo "make demo   - create .venv, install the collection, start the local stack, run playbooks/rotate.yml"
@@ -60,28 +60,37 @@ demo: install
 demo-down: venv
 	$(BIN)/python scripts/localstack down
 
-# two streams, one per core, of about the same length: the integration suite and the short soak (printed as they
-# run) beside the checks, the fault suite and the ansible-core edges (lint, sanity, unit, faults, test-matrix-edges;
-# printed when they end, also in .build/test-checks.log). Each stream runs its steps in order and stops at the first
+# two streams, one per core, of about the same length: most of the integration suite and the short soak (printed as
+# they run) beside the checks, the multi-cluster integration tests, the fault suite and the ansible-core edges (lint,
+# sanity, unit, integration-side, faults, test-matrix-edges; printed when they end, also in .build/test-checks.log). Each stream runs its steps in order and stops at the first
 # failure; make test fails when either does.
 test: dev
 	@set -o pipefail; mkdir -p $(BUILD); start=$$(date +%s); \
 	$(MAKE) --no-print-directory -j1 test-checks > $(BUILD)/test-checks.log 2>&1 & checks=$$!; \
 	$(MAKE) --no-print-directory -j1 test-services 2>&1 | tee $(BUILD)/test-services.log; services=$$?; \
 	wait $$checks; checks_rc=$$?; \
-	echo "== checks (lint, sanity, unit, faults, test-matrix-edges): exit $$checks_rc"; cat $(BUILD)/test-checks.log; \
-	echo "== services (integration, soak-short): exit $$services; make test took $$(( $$(date +%s) - start ))s"; \
+	echo "== checks (lint, sanity, unit, integration-side, faults, test-matrix-edges): exit $$checks_rc"; cat $(BUILD)/test-checks.log; \
+	echo "== services (integration-main, soak-short): exit $$services; make test took $$(( $$(date +%s) - start ))s"; \
 	[ $$services -eq 0 ] && [ $$checks_rc -eq 0 ]
 
-test-checks: lint sanity unit faults test-matrix-edges
+test-checks: lint sanity unit integration-side faults test-matrix-edges
 
-test-services: integration soak-short
+test-services: integration-main soak-short
+
+# the integration suite split between the two streams (make integration runs all of it)
+INTEGRATION_SIDE := tests/integration/test_rotation_multicluster.py
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
 integration: dev
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
+
+integration-main: dev
+	$(BIN)/python -m pytest tests/integration -q $(addprefix --ignore=,$(INTEGRATION_SIDE)) $(PYTEST_ARGS)
+
+integration-side: dev
+	$(BIN)/python -m pytest $(INTEGRATION_SIDE) -q $(PYTEST_ARGS)
 
 $(PIP_SHIM): .ci/get_pip_shim.py
 	@mkdir -p $(dir $@)
