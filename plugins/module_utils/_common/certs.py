@@ -248,3 +248,12 @@ def verify_intermediate(pem, root_pem, expected_not_after=None):
         problems.append('NotAfter is %s, expected exactly %s'
                         % (isoformat(cert_not_after(cert)), isoformat(expected_not_after)))
     return problems
+
+
+def san_sets(cert):
+    """``(dns names, ip addresses as strings)`` of a certificate's subjectAltName (empty sets without one)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return set(san.get_values_for_type(x509.DNSName)), {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}

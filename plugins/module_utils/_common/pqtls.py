@@ -25,7 +25,7 @@ try:
 except Exception:  # pylint: disable=broad-except  # absent, or too old for this cryptography (AttributeError)
     OpenSSL = SSL = None
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert, san_sets
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import peer_certificate
@@ -95,20 +95,13 @@ def _ssl_error(err):
 
 def _name_matches(cert, server_name):
     """Whether the certificate's subjectAltName names ``server_name`` (DNS, one leading wildcard label, or an IP)."""
-    # pylint: disable-next=import-outside-toplevel
-    from cryptography import x509
+    dns, ips = san_sets(cert)
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    try:
-        ip = ipaddress.ip_address(server_name)
+        return str(ipaddress.ip_address(server_name)) in ips
     except ValueError:
-        ip = None
-    if ip is not None:
-        return ip in san.get_values_for_type(x509.IPAddress)
+        pass
     want = server_name.lower().rstrip('.')
-    for name in san.get_values_for_type(x509.DNSName):
+    for name in dns:
         name = name.lower().rstrip('.')
         if name == want or (name.startswith('*.') and '.' in want and want.split('.', 1)[1] == name[2:]):
             return True

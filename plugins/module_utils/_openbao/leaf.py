@@ -25,6 +25,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._commo
     load_cert,
     normalize_pem,
     public_key_der,
+    san_sets,
     serial_hex,
     verify_issued_by,
 )
@@ -222,14 +223,6 @@ def read_leaf_files(cert_file, key_file):
     return out
 
 
-def _san_sets(cert):
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set(), set()
-    return set(san.get_values_for_type(x509.DNSName)), {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-
-
 def find_leaf_issuer(cert, issuers):
     """The issuer (from :func:`issuer_certificates`) whose certificate signed ``cert``: ``(id, info)`` or ``(None, None)``."""
     for issuer_id, info in issuers.items():
@@ -283,7 +276,7 @@ def leaf_renewal_reasons(cert, *, common_name, alt_names=(), ip_sans=(), renew_b
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not cn or cn[0].value != common_name:
         reasons.append('the common name is %r, not %r' % (cn[0].value if cn else None, common_name))
-    dns, ips = _san_sets(cert)
+    dns, ips = san_sets(cert)
     missing = sorted(set(alt_names) - dns) + sorted({str(ip) for ip in ip_sans} - ips)
     if missing:
         reasons.append('subject alternative names missing: %s' % ', '.join(missing))

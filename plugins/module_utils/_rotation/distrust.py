@@ -117,7 +117,7 @@ def refuse_while_pending(state):
 
 
 def _valid(issuer, now):
-    return not issuer.get('revoked') and parse_time(issuer['not_after'], 'not_after') > now
+    return not issuer.get('revoked') and not expired(issuer, now)
 
 
 def choose_target(epoch, issuers, state, now, include_root, force_intermediates_only):
