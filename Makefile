@@ -87,7 +87,7 @@ integration: dev
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
 
 integration-main: dev
-	$(BIN)/python -m pytest tests/integration -q $(addprefix --ignore=,$(INTEGRATION_SIDE)) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration -q --durations=15 $(addprefix --ignore=,$(INTEGRATION_SIDE)) $(PYTEST_ARGS)
 
 integration-side: dev
 	$(BIN)/python -m pytest $(INTEGRATION_SIDE) -q $(PYTEST_ARGS)
@@ -110,7 +110,7 @@ lint: dev
 	$(BIN)/antsibull-changelog lint
 
 faults: dev
-	$(BIN)/python -m pytest tests/faults -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/faults -q --durations=10 $(PYTEST_ARGS)
 
 bench: dev
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
