@@ -4,11 +4,16 @@ OpenSSL for an ML-DSA certificate, where Python's ssl cannot even complete the h
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import ssl
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
+import nats
 import pytest
 from catools.procs import find_binary, free_port, spawn, stop_process, wait_for
 from cryptography import x509
@@ -61,15 +66,19 @@ def pq_world(bao_client, tmp_path_factory):
         files[name] = _write(base / f"{name}.pem", leaf["certificate"] + "\n" + leaf["issuing_ca"])
         files[name + "_leaf"] = _write(base / f"{name}-leaf.pem", leaf["certificate"])
         files[name + "_key"] = _write(base / f"{name}-key.pem", leaf["private_key"], 0o600)
-    port = free_port()
+    port, leaf_port, monitor_port = free_port(), free_port(), free_port()
     conf = base / "nats.conf"
+    tls = f"""tls {{ cert_file: "{files['server']}", key_file: "{files['server_key']}", ca_file: "{files['ca']}", verify: true, timeout: 3 }}"""
     conf.write_text(f"""listen: 127.0.0.1:{port}
-tls {{ cert_file: "{files['server']}", key_file: "{files['server_key']}", ca_file: "{files['ca']}", verify: true, timeout: 3 }}
+http: 127.0.0.1:{monitor_port}
+{tls}
+leafnodes {{ listen: 127.0.0.1:{leaf_port}, {tls} }}
 """)
     proc = spawn([find_binary("nats-server"), "-c", str(conf)], base / "nats.log")
     try:
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 20, "nats-server (ML-DSA)")
-        yield {"port": port, "files": files, "inter": inter}
+        yield {"port": port, "leaf_port": leaf_port, "monitor_port": monitor_port, "files": files, "inter": inter,
+               "base": base}
     finally:
         stop_process(proc.pid, "nats-server")
         for mount in mounts.values():
@@ -177,3 +186,65 @@ def test_status_and_the_served_leaf_check_read_an_ml_dsa_server(pq_world):
     found = refusal.still_served(_Cluster([{"name": "pq-0", "url": f"nats://127.0.0.1:{port}"}]), other.strip() + "\n",
                                  {"cert_file": files["client"], "key_file": files["client_key"]})
     assert found == {"signed": [], "errors": []}, found
+
+
+def _leafnode(base: Path, name: str, hub_port: int, files: dict, cert: str):
+    """A second nats-server as a Go leafnode client of the ML-DSA hub: it presents ``cert`` over TLS 1.3 and serves
+    local clients on a plain loopback port (the PQ-only pattern: classical local clients, ML-DSA between servers)."""
+    port = free_port()
+    conf = base / f"{name}.conf"
+    conf.write_text(f"""server_name: {name}
+listen: 127.0.0.1:{port}
+leafnodes {{ remotes: [ {{ url: "tls://127.0.0.1:{hub_port}",
+  tls: {{ cert_file: "{files[cert]}", key_file: "{files[cert + '_key']}", ca_file: "{files['ca']}" }} }} ] }}
+""")
+    proc = spawn([find_binary("nats-server"), "-c", str(conf)], base / f"{name}.log")
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 20, f"nats-server {name}")
+    return proc, port, base / f"{name}.log"
+
+
+def _leafz(monitor_port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/leafz", timeout=5) as resp:
+        return json.load(resp)
+
+
+def test_a_pq_only_deployment_carries_messages_between_go_leafnode_clients(pq_world):
+    """ML-DSA servers only: two nats-servers connect as leafnodes with ML-DSA-65 client certificates, a message
+    published on one reaches a subscriber on the other through the hub; a leafnode with a stranger ML-DSA leaf is
+    refused by the hub."""
+    files, base, monitor = pq_world["files"], pq_world["base"], pq_world["monitor_port"]
+    procs = []
+    try:
+        for name, cert in (("leaf-a", "client"), ("leaf-b", "client"), ("leaf-x", "stranger")):
+            procs.append(_leafnode(base, name, pq_world["leaf_port"], files, cert))
+        names = lambda: sorted(l.get("name", "") for l in _leafz(monitor).get("leafs") or [])  # noqa: E731
+        wait_for(lambda: names() == ["leaf-a", "leaf-b"], 30, "two ML-DSA leafnodes on the hub")
+        # the stranger's leafnode is refused by the hub's certificate check (Go's client does not even send a leaf whose
+        # issuer is not among the hub's acceptable CAs), and it keeps retrying
+        wait_for(lambda: "TLS leafnode handshake error" in (base / "nats.log").read_text(), 30,
+                 "the hub refusing the stranger leafnode")
+        assert names() == ["leaf-a", "leaf-b"]
+
+        async def crossing():
+            sub_nc = await nats.connect(f"nats://127.0.0.1:{procs[1][1]}", allow_reconnect=False)
+            pub_nc = await nats.connect(f"nats://127.0.0.1:{procs[0][1]}", allow_reconnect=False)
+            try:
+                sub = await sub_nc.subscribe("pq.hello")
+                await sub_nc.flush()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:  # until the subscription's interest has reached leaf-a
+                    await pub_nc.publish("pq.hello", b"over ML-DSA leafnodes")
+                    await pub_nc.flush()
+                    try:
+                        return (await sub.next_msg(timeout=0.5)).data
+                    except nats.errors.TimeoutError:
+                        continue
+                return None
+            finally:
+                await sub_nc.close()
+                await pub_nc.close()
+
+        assert asyncio.run(crossing()) == b"over ML-DSA leafnodes"
+    finally:
+        for proc, _port, _log in procs:
+            stop_process(proc.pid, "nats-server leafnode")
