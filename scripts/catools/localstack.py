@@ -105,6 +105,7 @@ class LocalStack:
         jetstream: bool = True,
         inventory_dir: str | Path | None = None,
         key_type: str = "ec",
+        key_bits: int = 0,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir or os.environ.get("CA_ROTATION_STACK_DIR") or DEFAULT_STATE_DIR).resolve()
@@ -128,6 +129,11 @@ class LocalStack:
         self.jetstream = jetstream
         self.inventory_dir = Path(inventory_dir).resolve() if inventory_dir else None
         self.key_type = key_type
+        # an ML-DSA stack is ML-DSA throughout (root, intermediates, leaves): a PQ-only world; other key types keep the
+        # EC root and EC leaves
+        self.key_bits = int(key_bits or (65 if key_type == "mldsa" else 0))
+        pq = key_type == "mldsa"
+        self._chain_key = {"key_type": "mldsa", "key_bits": self.key_bits} if pq else {"key_type": "ec", "key_bits": 256}
         self._log = log or (lambda msg: None)
         self.info: dict = self._load() or {}
 
@@ -316,8 +322,8 @@ class LocalStack:
         client.sys.enable_secrets_engine("pki", path=ROOT_MOUNT, config={"max_lease_ttl": long_ttl})
         root = client.write_data(
             f"{ROOT_MOUNT}/root/generate/internal",
-            data={"common_name": "NATS Local Root CA", "issuer_name": "root", "key_name": "root",
-                  "key_type": "ec", "key_bits": 256, "ttl": long_ttl},
+            data=dict({"common_name": "NATS Local Root CA", "issuer_name": "root", "key_name": "root", "ttl": long_ttl},
+                      **self._chain_key),
         )["data"]
         pki_dir = self.state_dir / "pki"
         write_file(pki_dir / "root.pem", root["certificate"].strip() + "\n")
@@ -333,7 +339,7 @@ class LocalStack:
             data={
                 "allow_any_name": True, "allow_localhost": True, "allow_ip_sans": True,
                 "enforce_hostnames": False, "server_flag": True, "client_flag": True,
-                "key_type": "ec", "key_bits": 256, "max_ttl": long_ttl, "ttl": f"{sched.validity}s",
+                **self._chain_key, "max_ttl": long_ttl, "ttl": f"{sched.validity}s",
                 "no_store": True, "issuer_ref": "default",
             },
         )
@@ -354,7 +360,7 @@ class LocalStack:
 
         result = bao_intermediate.ensure_epoch_intermediate(
             client, self.schedule, epoch, root_mount=ROOT_MOUNT, int_mount=INT_MOUNT,
-            cn_prefix=CN_PREFIX, key_type=self.key_type, now=now,
+            cn_prefix=CN_PREFIX, key_type=self.key_type, key_bits=self.key_bits, now=now,
         )
         if activate:
             bao_intermediate.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
