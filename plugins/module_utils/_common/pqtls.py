@@ -77,6 +77,26 @@ def file_family(cert_file):
         return 'classical'
 
 
+#: OpenSSL's X509_V_ERR codes a verify callback sees most, as OpenSSL words them (Python's ssl says the same)
+_VERIFY_REASONS = {
+    2: 'unable to get issuer certificate', 9: 'certificate is not yet valid', 10: 'certificate has expired',
+    18: 'self-signed certificate', 19: 'self-signed certificate in certificate chain',
+    20: 'unable to get local issuer certificate', 21: 'unable to verify the first certificate',
+    24: 'invalid CA certificate', 26: 'unsupported certificate purpose', 7: 'certificate signature failure',
+}
+
+
+def _remember_failure(conn, cert, errno, depth, ok):
+    """pyOpenSSL verify callback: keeps OpenSSL's verdict, and remembers the first failure's reason for the error."""
+    if not ok:
+        failures = conn.get_app_data()
+        if isinstance(failures, list) and not failures:
+            subject = cert.to_cryptography().subject.rfc4514_string() if cert is not None else None
+            failures.append('%s (depth %d%s)' % (_VERIFY_REASONS.get(errno, 'X509 verify error %d' % errno), depth,
+                                                 ', %s' % subject if subject else ''))
+    return bool(ok)
+
+
 def _verify_error(err):
     exc = ssl.SSLCertVerificationError(1, 'certificate verify failed: %s' % err)
     exc.verify_message = str(err)
@@ -202,7 +222,7 @@ class PQContext:
                 # pylint: disable-next=import-outside-toplevel
                 from OpenSSL.crypto import X509StoreFlags
                 ctx.get_cert_store().set_flags(X509StoreFlags.PARTIAL_CHAIN)
-            ctx.set_verify(SSL.VERIFY_PEER, lambda _conn, _cert, _errno, _depth, ok: bool(ok))
+            ctx.set_verify(SSL.VERIFY_PEER, _remember_failure)
         else:
             ctx.set_verify(SSL.VERIFY_NONE, lambda *args: True)
         if key_file and not cert_file:
@@ -211,17 +231,26 @@ class PQContext:
         if cert_file:
             try:
                 ctx.use_certificate_chain_file(cert_file)
-                ctx.use_privatekey_file(key_file or cert_file)
+            except SSL.Error as exc:
+                raise TLSError('the client certificate %s does not load: %s' % (cert_file, _ssl_error(exc)), option='cert_file',
+                               path=cert_file, error=exc) from None
+            key_option, key_path = ('key_file', key_file) if key_file else ('cert_file', cert_file)
+            try:
+                ctx.use_privatekey_file(key_path)
                 ctx.check_privatekey()
             except SSL.Error as exc:
-                raise TLSError('the client certificate does not load: %s' % _ssl_error(exc), option='cert_file',
-                               path=cert_file, error=exc) from None
+                reason = _ssl_error(exc)
+                what = ('the client key %s is not the key of certificate %s' % (key_path, cert_file)
+                        if 'mismatch' in str(reason) else 'the client key %s does not load' % key_path)
+                raise TLSError('%s: %s' % (what, reason), option=key_option, path=key_path, error=exc) from None
         self._ctx = ctx
 
     def wrap_socket(self, raw, server_hostname=None):
         """The TLS connection over ``raw`` (connected, blocking with a timeout), handshaken."""
         timeout = raw.gettimeout()
         conn = SSL.Connection(self._ctx, raw)
+        failures = []
+        conn.set_app_data(failures)
         conn.set_connect_state()
         if server_hostname:
             try:
@@ -234,7 +263,7 @@ class PQContext:
             tls.handshake()
         except ssl.SSLError as exc:
             if 'certificate verify failed' in str(exc).lower():
-                raise _verify_error(exc) from None
+                raise _verify_error('; '.join(failures) or exc) from None
             raise
         if self.check_hostname and server_hostname:
             cert = conn.get_peer_certificate(as_cryptography=True)
