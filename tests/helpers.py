@@ -88,3 +88,10 @@ def ansible_playbook(playbook: str | Path, *args: str, inventory: str | Path | N
         argv.append("--check")
     argv += list(args)
     return subprocess.run(argv, cwd=REPO, env=env or ansible_env(), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def write_text(path: Path, text: str, mode: int = 0o644) -> str:
+    """Write ``text`` (stripped, one trailing newline) to ``path`` with ``mode``; returns the path as a string."""
+    path.write_text(text.strip() + "\n")
+    path.chmod(mode)
+    return str(path)

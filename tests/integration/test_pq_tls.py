@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from helpers import write_text
 from catools.procs import find_binary, free_port, spawn, stop_process, wait_for
 from cryptography import x509
 
@@ -30,12 +31,6 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotat
 
 pytestmark = pytest.mark.timeout(300)
 SCHED = EpochSchedule.from_params({"epoch_duration": "1h", "skew_allowance": "5m"})
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> str:
-    path.write_text(text.strip() + "\n")
-    path.chmod(mode)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +52,15 @@ def pq_world(bao_client, tmp_path_factory):
             "client_flag": True, "key_type": "any", "ttl": "1h", "max_ttl": "200h", "no_store": True}
     client.write_data(f"{mounts['int']}/roles/leaf", data=role)
     client.write_data(f"{mounts['other']}/roles/leaf", data=role)
-    files = {"ca": _write(base / "ca.pem", inter["certificate"] + "\n" + inter["root_certificate"])}
+    files = {"ca": write_text(base / "ca.pem", inter["certificate"] + "\n" + inter["root_certificate"])}
     for name, mount, key_type, bits in (("server", "int", "mldsa", 65), ("client", "int", "mldsa", 65),
                                         ("stranger", "other", "mldsa", 65), ("classical", "int", "ec", 256)):
         leaf = issue_leaf(client, int_mount=mounts[name == "stranger" and "other" or mount], role="leaf",
                           common_name=f"pq-{name}", alt_names=["localhost"], ip_sans=["127.0.0.1"], local_key=True,
                           key_type=key_type, key_bits=bits)
-        files[name] = _write(base / f"{name}.pem", leaf["certificate"] + "\n" + leaf["issuing_ca"])
-        files[name + "_leaf"] = _write(base / f"{name}-leaf.pem", leaf["certificate"])
-        files[name + "_key"] = _write(base / f"{name}-key.pem", leaf["private_key"], 0o600)
+        files[name] = write_text(base / f"{name}.pem", leaf["certificate"] + "\n" + leaf["issuing_ca"])
+        files[name + "_leaf"] = write_text(base / f"{name}-leaf.pem", leaf["certificate"])
+        files[name + "_key"] = write_text(base / f"{name}-key.pem", leaf["private_key"], 0o600)
     port, leaf_port, monitor_port = free_port(), free_port(), free_port()
     conf = base / "nats.conf"
     tls = f"""tls {{ cert_file: "{files['server']}", key_file: "{files['server_key']}", ca_file: "{files['ca']}", verify: true, timeout: 3 }}"""
@@ -221,7 +216,10 @@ def test_a_pq_only_deployment_carries_messages_between_go_leafnode_clients(pq_wo
     try:
         for name, cert in (("leaf-a", "client"), ("leaf-b", "client"), ("leaf-x", "stranger")):
             procs.append(_leafnode(base, name, pq_world["leaf_port"], files, cert))
-        names = lambda: sorted(l.get("name", "") for l in _leafz(monitor).get("leafs") or [])  # noqa: E731
+
+        def names():
+            return sorted(leaf.get("name", "") for leaf in _leafz(monitor).get("leafs") or [])
+
         wait_for(lambda: names() == ["leaf-a", "leaf-b"], 30, "two ML-DSA leafnodes on the hub")
         # the stranger's leafnode is refused by the hub's certificate check (Go's client does not even send a leaf whose
         # issuer is not among the hub's acceptable CAs), and it keeps retrying

@@ -66,7 +66,7 @@ def _load(pem, what, option=None):
         raise BundleError('%s is not a valid PEM certificate: %s' % (what, exc), option=option) from None
 
 
-def _self_signed(cert):
+def self_signed(cert):
     if cert.subject != cert.issuer:
         return False
     try:
@@ -130,7 +130,7 @@ def parse_bundle(pem, what='pem'):
     """
     out = []
     for text, cert in split_pem(pem, what):
-        entry = _facts(cert, kind='root' if _self_signed(cert) else 'intermediate')
+        entry = _facts(cert, kind='root' if self_signed(cert) else 'intermediate')
         entry.pop('epoch')
         entry.update({'common_name': _cn(cert), 'is_ca': _is_ca(cert), 'self_signed': entry['kind'] == 'root',
                       'certificate': text})
@@ -320,7 +320,7 @@ def bundle_from_pem(pem, schedule, now, root_pem=None, include_root=True, max_ce
     self-signed certificate in ``pem`` must be that root).
     """
     certs = split_pem(pem, what, what)
-    selfsigned = [(text, cert) for text, cert in certs if _self_signed(cert)]
+    selfsigned = [(text, cert) for text, cert in certs if self_signed(cert)]
     if root_pem:
         root_text, root = split_pem(root_pem, 'root_pem', 'root_pem')[0]
         for text, cert in selfsigned:
@@ -335,7 +335,7 @@ def bundle_from_pem(pem, schedule, now, root_pem=None, include_root=True, max_ce
     else:
         raise BundleError('%s holds no root certificate to verify the intermediates against: give root_pem' % what,
                           option='root_pem')
-    intermediates = [text for text, cert in certs if not _self_signed(cert)]
+    intermediates = [text for text, cert in certs if not self_signed(cert)]
     return build_bundle(intermediates, root_text, schedule, now, include_root=include_root,
                         max_certificates=max_certificates, drop_expired=drop_expired, distrusted=distrusted)
 
@@ -351,7 +351,7 @@ def bundle_unverified(pem, schedule=None, what='pem'):
     certs = split_pem(pem, what, what)
     certificates, epochs = [], []
     for _text, cert in certs:
-        if _self_signed(cert):
+        if self_signed(cert):
             certificates.append(_facts(cert, None, 'root'))
             continue
         match = _CN_EPOCH_RE.search(_cn(cert) or '')
