@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .localstack import APP_PERMISSIONS, INT_MOUNT, LEAF_ROLE
+from .localstack import INT_MOUNT, LEAF_ROLE
+from .natsconf import APP_PERMISSIONS
 from .procs import (
     StackError,
     find_binary,
