@@ -50,12 +50,14 @@ def inventory_vars(info: dict, state_dir: Path) -> dict:
         **stream_vars(info),
     }
 
+
 def stream_vars(info: dict) -> dict:
     """With fewer than 3 servers in a cluster the announcement stream cannot have 3 replicas: say how many it has."""
     smallest = min(len(c["servers"]) for c in info["clusters"])
     if smallest >= STREAM_DEFAULTS["replicas"]:
         return {}
     return {"ca_rotation_authority_stream": dict(STREAM_DEFAULTS, replicas=smallest)}
+
 
 def write_inventory(inventory_dir: Path, info: dict, state_dir: Path) -> None:
     """``group_vars/all/localstack.yml`` of ``inventory_dir`` for the running stack (mode 0600)."""

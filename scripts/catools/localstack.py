@@ -67,7 +67,6 @@ MAX_SERVERS = 7
 MAX_SERVERS_NO_JETSTREAM = 64
 
 
-
 # --------------------------------------------------------------------------------------------
 # the stack
 
@@ -415,8 +414,8 @@ class LocalStack:
     def _nats_config(self, server: dict, servers: list[dict], cluster_name: str, app_password: str, sys_password: str,
                      announcer_password: str) -> str:
         """The server's configuration (a method: benchmarks override it, e.g. to turn JetStream off per cluster)."""
-        return natsconf.server_config(server, servers, cluster_name, {"app": app_password, "sys": sys_password,
-                                                                       "announcer": announcer_password}, self.jetstream)
+        passwords = {"app": app_password, "sys": sys_password, "announcer": announcer_password}
+        return natsconf.server_config(server, servers, cluster_name, passwords, self.jetstream)
 
     def _start_nats(self, server: dict) -> None:
         proc = spawn([find_binary("nats-server"), "-c", server["config_file"]], Path(server["log_file"]))

@@ -50,4 +50,3 @@ def server_config(server: dict, servers: list[dict], cluster_name: str, password
         "}\n"
         "system_account: SYS\n"
     )
-
