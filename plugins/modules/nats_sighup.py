@@ -142,6 +142,50 @@ options:
           - Seconds for the connection and handshake.
         type: int
         default: 10
+  probes:
+    description:
+      - Several TLS client certificates, every one of which each server must accept after the reload - for a CA file
+        that serves two key families (a classical and an ML-DSA chain), one probe per family. Each is checked like
+        O(probe); the server fails when any of them is refused, and the result names which.
+      - Mutually exclusive with O(probe).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - The probe's name in results and messages. Default - the key family of its certificate chain
+            (C(classical) or C(mldsa)). Two probes may not have the same name.
+        type: str
+      cert_file:
+        description:
+          - Client certificate (PEM, with its intermediate) to present.
+          - When a certificate in it has an ML-DSA key or signature, the probe uses pyOpenSSL over the OpenSSL that
+            cryptography bundles (TLS 1.3; Python's C(ssl) cannot present or verify ML-DSA).
+        type: path
+        required: true
+      key_file:
+        description:
+          - Its private key.
+        type: path
+        required: true
+      ca_file:
+        description:
+          - Also verify the servers' certificates against this CA file. Without it the servers' certificates are not checked.
+        type: path
+      server_name:
+        description:
+          - Host name the servers' certificates must match (checked only together with O(probes[].ca_file)).
+        type: str
+      partial_chain:
+        description:
+          - Accept an intermediate in O(probes[].ca_file) as trust anchor (a bundle without the root).
+        type: bool
+        default: false
+      timeout:
+        description:
+          - Seconds for the connection and handshake.
+        type: int
+        default: 10
   namespace:
     description:
       - Namespace of the NATS pods (O(transport=kubernetes)).
@@ -219,6 +263,17 @@ EXAMPLES = r'''
     probe:
       cert_file: /run/probe/epoch-42.pem
       key_file: /run/probe/epoch-42-key.pem
+
+- name: A CA file serving two key families - every server must accept a classical and an ML-DSA client certificate
+  securetransport.ca_rotation.nats_sighup:
+    transport: signal
+    targets: "{{ nats_targets }}"
+    expect_sha256: "{{ bundle.sha256 }}"
+    probes:
+      - cert_file: /run/probe/epoch-42-ec.pem
+        key_file: /run/probe/epoch-42-ec-key.pem
+      - cert_file: /run/probe/epoch-42-mldsa.pem
+        key_file: /run/probe/epoch-42-mldsa-key.pem
 
 - name: Reload through the system account (no exec permission needed)
   securetransport.ca_rotation.nats_sighup:
@@ -301,11 +356,25 @@ targets:
       description: Whether the server reloaded (its load time advanced).
       type: bool
     probe_ok:
-      description: Whether the probe certificate was accepted; null without O(probe).
+      description: Whether the probe certificate (every one of O(probes)) was accepted; null without a probe.
       type: bool
     probe_detail:
-      description: What the probe saw.
+      description: What the probe saw (with O(probes), each probe's name and what it saw).
       type: str
+    probes:
+      description: With O(probe) or O(probes), each probe's verdict on this server; null without a probe.
+      type: list
+      elements: dict
+      contains:
+        name:
+          description: The probe's name (O(probes[].name), or its key family).
+          type: str
+        ok:
+          description: Whether the server accepted it.
+          type: bool
+        detail:
+          description: What it saw.
+          type: str
     ok:
       description: Whether this server passed every check.
       type: bool
@@ -378,6 +447,17 @@ def build_transport(module):
     return SystemTransport(p['nats'], targets=p['targets'])
 
 
+#: a probe's options (O(probe), and each of O(probes) with its name)
+PROBE_OPTIONS = dict(
+    cert_file=dict(type='path', required=True),
+    key_file=dict(type='path', required=True, no_log=False),
+    ca_file=dict(type='path'),
+    server_name=dict(type='str'),
+    partial_chain=dict(type='bool', default=False),
+    timeout=dict(type='int', default=10),
+)
+
+
 def main():
     argument_spec = dict(
         transport=dict(type='str', required=True, choices=list(TRANSPORTS)),
@@ -386,14 +466,8 @@ def main():
         propagation_timeout=dict(type='int', default=180),
         reload_timeout=dict(type='int', default=30),
         min_success=dict(type='int'),
-        probe=dict(type='dict', options=dict(
-            cert_file=dict(type='path', required=True),
-            key_file=dict(type='path', required=True, no_log=False),
-            ca_file=dict(type='path'),
-            server_name=dict(type='str'),
-            partial_chain=dict(type='bool', default=False),
-            timeout=dict(type='int', default=10),
-        )),
+        probe=dict(type='dict', options=dict(PROBE_OPTIONS)),
+        probes=dict(type='list', elements='dict', options=dict(PROBE_OPTIONS, name=dict(type='str'))),
         namespace=dict(type='str', default='nats'),
         label_selector=dict(type='str', default='app=nats'),
         container=dict(type='str', default='nats'),
@@ -409,6 +483,7 @@ def main():
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_if=[('transport', 'signal', ('targets',)), ('transport', 'command', ('targets',))],
+        mutually_exclusive=[('probe', 'probes')],
     )
     module.doing = 'reloading the NATS servers'
     module.run(_run, module)
@@ -420,7 +495,8 @@ def _run(module):
     try:
         return reload_servers(
             transport, expect_sha256=p['expect_sha256'], propagation_timeout=p['propagation_timeout'],
-            reload_timeout=p['reload_timeout'], probe=p['probe'], min_success=p['min_success'], check_mode=module.check_mode)
+            reload_timeout=p['reload_timeout'], probe=p['probe'], probes=p['probes'], min_success=p['min_success'],
+            check_mode=module.check_mode)
     finally:
         transport.close()
 

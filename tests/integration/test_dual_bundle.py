@@ -66,6 +66,7 @@ def dual(bao_client, tmp_path_factory):
         conf = base / "nats.conf"
         conf.write_text(f"""listen: 127.0.0.1:{port}
 http: 127.0.0.1:{monitor}
+pid_file: "{base / 'nats.pid'}"
 tls {{ cert_file: "{files['classical_server']}", key_file: "{files['classical_server_key']}", ca_file: "{ca_file}",
       verify: true, timeout: 3 }}
 """)
@@ -73,7 +74,7 @@ tls {{ cert_file: "{files['classical_server']}", key_file: "{files['classical_se
         try:
             wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 20, "nats-server")
             yield {"port": port, "monitor": monitor, "files": files, "bundle": bundle, "specs": specs, "ca_file": ca_file,
-                   "pid": proc.pid, "epoch": n}
+                   "pid": proc.pid, "epoch": n, "pid_file": str(base / "nats.pid")}
         finally:
             stop_process(proc.pid, "nats-server")
     finally:
@@ -141,3 +142,45 @@ def test_switching_the_ml_dsa_family_off_drops_it_and_the_server_refuses_ml_dsa_
         _reload(dual)
     ok, detail = _mldsa_probe(dual)
     assert ok, detail
+
+
+def _sighup(run_module, world, specs=None, **extra):
+    target = {"name": "dual-0", "pid_file": world["pid_file"], "ca_file": str(world["ca_file"]),
+              "monitor_url": f"http://127.0.0.1:{world['monitor']}", "url": f"tls://127.0.0.1:{world['port']}"}
+    files = world["files"]
+    specs = specs or [{"cert_file": files[f"{family}_client"], "key_file": files[f"{family}_client_key"],
+                       "ca_file": str(world["ca_file"]), "server_name": "localhost"} for family in ("classical", "mldsa")]
+    return run_module("nats_sighup", {"transport": "signal", "targets": [target], "probes": specs,
+                                      "expect_sha256": hashlib.sha256(world["ca_file"].read_bytes()).hexdigest(), **extra})
+
+
+def test_nats_sighup_proves_each_family_with_its_own_probe(dual, run_module):
+    """nats_sighup's probes: one client certificate per key family, each of which every server must accept."""
+    both = _sighup(run_module, dual)
+    assert not both.get("failed"), both
+    verdicts = both["targets"][0]["probes"]
+    assert [(v["name"], v["ok"]) for v in verdicts] == [("classical", True), ("mldsa", True)], verdicts
+    assert both["targets"][0]["ca_certificates"] == {"ec": 3, "mldsa": 3}
+    off = fam.family_bundle_from_pem(dual["ca_file"].read_text(), SCHED, utcnow(), enabled=("classical",))
+    try:
+        dual["ca_file"].write_text(off["pem"])
+        refused = _sighup(run_module, dual)
+        assert refused.get("failed") and refused["targets"][0]["changed"], refused  # reloaded, then the proof failed
+        assert [(v["name"], v["ok"]) for v in refused["targets"][0]["probes"]] == [("classical", True), ("mldsa", False)]
+        error = refused["targets"][0]["error"]
+        assert "the probe certificate mldsa is not accepted" in error and "classical:" not in error, error
+    finally:
+        dual["ca_file"].write_text(dual["bundle"]["pem"])
+        _reload(dual)
+    # bad input: probe and probes together, two probes of one name
+    both_given = _sighup(run_module, dual, probe={"cert_file": dual["files"]["classical_client"],
+                                                  "key_file": dual["files"]["classical_client_key"]})
+    assert both_given.get("failed") and "mutually exclusive" in both_given["msg"], both_given
+    classical = {"cert_file": dual["files"]["classical_client"], "key_file": dual["files"]["classical_client_key"]}
+    twice = _sighup(run_module, dual, specs=[classical, dict(classical)])
+    assert twice.get("failed") and "probes[1] and probes[0] are both named 'classical'" in twice["msg"], twice
+    assert twice.get("option") == "probes[1].name" and "targets" not in twice, twice  # refused before any reload
+    absent = {"cert_file": str(dual["ca_file"]) + ".absent", "key_file": dual["files"]["mldsa_client_key"]}
+    missing = _sighup(run_module, dual, specs=[classical, absent])
+    assert missing.get("failed") and missing.get("option") == "probes[1].cert_file", missing
+    assert "targets" not in missing, missing

@@ -15,6 +15,7 @@ import concurrent.futures
 import time
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import family_counts
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pqtls import file_family
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import PemError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import (
@@ -50,13 +51,14 @@ def new_result(transport_name, target):
         'target': target.name, 'transport': transport_name, 'server_id': target.server_id,
         'server_name': target.server_name, 'ca_file': None, 'sha256_seen': None, 'sha256_ok': None, 'ca_certificates': None,
         'load_time_before': None, 'load_time_after': None, 'reload_ms': None, 'signalled': False,
-        'changed': False, 'probe_ok': None, 'probe_detail': None, 'ok': False, 'error': None,
+        'changed': False, 'probe_ok': None, 'probe_detail': None, 'probes': None, 'ok': False, 'error': None,
     }
 
 
 def process_target(transport, target, expect_sha256=None, propagation_timeout=180.0, reload_timeout=30.0,
                    probe=None, check_mode=False, sleep=time.sleep):
-    """Pre-check, reload and verify one target; returns its result dict (never raises)."""
+    """Pre-check, reload and verify one target; returns its result dict (never raises). ``probe``: the list of
+    :func:`prepare_probes`, every one of which must be accepted (None or empty: no probe)."""
     res = new_result(transport.name, target)
     res['ca_file'] = transport.ca_location(target) if (expect_sha256 or target.ca_file) else None
     try:
@@ -169,21 +171,54 @@ def _process(transport, target, res, expect, propagation_timeout, reload_timeout
         raise TargetError(f"the server restarted (start {varz['start']} -> {state['varz']['start']}) instead of reloading")
     res['changed'] = True
 
-    # 4. the new trust works
-    if probe is not None:
+    # 4. the new trust works, for each probe (one per key family a dual-family bundle serves)
+    if probe:
         host, port = transport.probe_address(target, state['varz'])
-        ok, detail = tls_probe(host, port, probe['context'], probe.get('server_name'), probe.get('timeout', 10.0))
-        res['probe_ok'], res['probe_detail'] = ok, detail
-        if not ok:
-            raise TargetError(f"reloaded, but the probe certificate is not accepted: {detail}")
+        verdicts = []
+        for spec in probe:
+            ok, detail = tls_probe(host, port, spec['context'], spec.get('server_name'), spec.get('timeout', 10.0))
+            verdicts.append({'name': spec['name'], 'ok': ok, 'detail': detail})
+        res['probes'] = verdicts
+        res['probe_ok'] = all(v['ok'] for v in verdicts)
+        res['probe_detail'] = (verdicts[0]['detail'] if len(verdicts) == 1
+                               else '; '.join(f"{v['name']}: {v['detail']}" for v in verdicts))
+        refused = [v for v in verdicts if not v['ok']]
+        if len(verdicts) == 1 and refused:
+            raise TargetError(f"reloaded, but the probe certificate is not accepted: {refused[0]['detail']}")
+        if refused:
+            raise TargetError("reloaded, but the probe certificate%s %s %s not accepted: %s"
+                              % ('s' if len(refused) > 1 else '', ', '.join(v['name'] for v in refused),
+                                 'are' if len(refused) > 1 else 'is', '; '.join(f"{v['name']}: {v['detail']}" for v in refused)))
+
+
+def prepare_probes(probe=None, probes=None):
+    """The probes every server must accept, each with its SSL context (loaded now, so a bad file stops the run before
+    any reload) and a ``name``: its own, or its certificate chain's key family (``classical``, ``mldsa``)."""
+    if probe is not None and probes:
+        raise ReloadError("give probe or probes, not both (probes lists one client certificate per key family)",
+                          option='probes')
+    given = [('probe', probe)] if probe is not None else [('probes[%d]' % i, p) for i, p in enumerate(probes or [])]
+    prepared, names = [], {}
+    for option, spec in given:
+        spec = dict(spec or {})
+        spec['context'] = probe_context(spec, option=option)
+        spec['timeout'] = float(spec.get('timeout') or 10.0)
+        spec['name'] = spec.get('name') or file_family(spec['cert_file'])
+        if spec['name'] in names:
+            raise ReloadError(f"{option} and {names[spec['name']]} are both named {spec['name']!r}: give each probe its own "
+                              f"name ({option}.name)", option=f'{option}.name')
+        names[spec['name']] = option
+        prepared.append(spec)
+    return prepared
 
 
 def reload_servers(transport, expect_sha256=None, propagation_timeout=180, reload_timeout=30, probe=None,
-                   min_success=None, check_mode=False, max_workers=MAX_WORKERS, sleep=time.sleep):
+                   min_success=None, check_mode=False, max_workers=MAX_WORKERS, sleep=time.sleep, probes=None):
     """Discover, pre-check, reload and verify every target of ``transport`` in parallel; returns the module result.
 
     ``probe``: None or a dict with ``cert_file``, ``key_file`` and optionally ``ca_file``, ``server_name``,
-    ``partial_chain``, ``timeout``. Raises ReloadError when the run cannot start; otherwise the result has
+    ``partial_chain``, ``timeout``; ``probes``: a list of such dicts (each may have a ``name``), every one of which
+    each server must accept. Raises ReloadError when the run cannot start; otherwise the result has
     ``failed`` set when fewer than ``min_success`` (default: every target) passed.
     """
     expect = normalize_sha256(expect_sha256)
@@ -192,10 +227,7 @@ def reload_servers(transport, expect_sha256=None, propagation_timeout=180, reloa
             raise ReloadError(f"{option} must be a positive number of seconds, got {value!r}", option=option)
     if min_success is not None and int(min_success) < 0:
         raise ReloadError(f"min_success must be 0 or more, got {min_success}", option='min_success')
-    if probe is not None:
-        probe = dict(probe)
-        probe['context'] = probe_context(probe)
-        probe['timeout'] = float(probe.get('timeout') or 10.0)
+    probe = prepare_probes(probe, probes)
     transport.varz_timeout = min(float(transport.varz_timeout), float(reload_timeout))
     targets = transport.discover()
     if expect and isinstance(transport, SystemTransport):

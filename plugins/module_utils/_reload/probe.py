@@ -14,9 +14,10 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats.
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import ReloadError
 
 
-def probe_context(probe):
-    """An SSL context for the probe (client certificate loaded); raises ReloadError naming the option. An ML-DSA probe
-    certificate gets a :class:`_common.pqtls.PQContext` (pyOpenSSL), which the probe uses the same way.
+def probe_context(probe, option='probe'):
+    """An SSL context for the probe (client certificate loaded); raises ReloadError naming the option (``option``:
+    the probe's own, e.g. ``probes[1]``). An ML-DSA probe certificate gets a :class:`_common.pqtls.PQContext`
+    (pyOpenSSL), which the probe uses the same way.
 
     Without ``ca_file`` only the server's acceptance of our certificate is tested (the server's own
     certificate is not verified); with it, the host name is checked when ``server_name`` is given.
@@ -24,20 +25,20 @@ def probe_context(probe):
     probe = dict(probe or {})
     for key in ('cert_file', 'key_file'):
         if not probe.get(key):
-            raise ReloadError(f"probe.{key} is required for the TLS probe", option=f'probe.{key}')
+            raise ReloadError(f"{option}.{key} is required for the TLS probe", option=f'{option}.{key}')
     if file_family(probe['cert_file']) == 'mldsa':
         # Python's ssl cannot present (or verify) ML-DSA: the OpenSSL inside cryptography can, through pyOpenSSL
         try:
             return PQContext(probe.get('ca_file'), probe['cert_file'], probe['key_file'], bool(probe.get('partial_chain')),
                              verify=bool(probe.get('ca_file')), check_hostname=bool(probe.get('server_name')))
         except TLSError as exc:
-            raise ReloadError('probe.%s: %s' % (exc.option, exc), option='probe.%s' % exc.option) from None
+            raise ReloadError('%s.%s: %s' % (option, exc.option, exc), option='%s.%s' % (option, exc.option)) from None
     try:
         return build_ssl_context(probe.get('ca_file'), probe['cert_file'], probe['key_file'], bool(probe.get('partial_chain')),
-                                 prefix='probe.', verify=bool(probe.get('ca_file')),
+                                 prefix=f'{option}.', verify=bool(probe.get('ca_file')),
                                  check_hostname=bool(probe.get('server_name')))
     except NatsError as exc:
-        raise ReloadError(str(exc), option=f"probe.{exc.option}" if exc.option else 'probe') from None
+        raise ReloadError(str(exc), option=f"{option}.{exc.option}" if exc.option else option) from None
 
 
 def tls_probe(host, port, ctx, server_name=None, timeout=10.0, greeting_timeout=3.0):
