@@ -3,10 +3,17 @@ announcement permissions (DESIGN section 6). Shared by the local stack and the S
 
 from __future__ import annotations
 
+from . import ensure_collection_importable
+
+ensure_collection_importable()
+
+# pylint: disable-next=wrong-import-position
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import STREAM_DEFAULTS  # noqa: E402
+
 #: NATS permissions of the client identity ``app``: it reads the CA-bundle announcements but may not publish one,
 #: nor change or empty their stream; only ``announcer`` (the authority's identity) may (DESIGN section 6).
-ANNOUNCEMENT_SUBJECT = "metadata.client.ca-cert"
-ANNOUNCEMENT_STREAM = "METADATA_CA_CLIENT"
+ANNOUNCEMENT_SUBJECT = STREAM_DEFAULTS["subjects"][0]
+ANNOUNCEMENT_STREAM = STREAM_DEFAULTS["name"]
 APP_PERMISSIONS = (
     "{ publish: { deny: ["
     + ", ".join(f'"{s}"' for s in [ANNOUNCEMENT_SUBJECT] + [f"$JS.API.STREAM.{op}.{ANNOUNCEMENT_STREAM}" for op in

@@ -23,18 +23,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
     cert_sha256,
-    key_family,
+    certificate_family,
     verify_issued_by,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.digest import sha256_hex
 
 #: the families, in the order their parts appear in a bundle
 FAMILIES = ('classical', 'mldsa')
-
-
-def family_of(cert):
-    """``mldsa`` for a certificate with an ML-DSA key, ``classical`` for any other (EC, RSA, Ed25519...)."""
-    return 'mldsa' if key_family(cert) == 'mldsa' else 'classical'
 
 
 def _check_families(names, what):
@@ -71,17 +66,17 @@ def build_family_bundle(families, schedule, now, include_root=True, max_certific
         except BundleError as exc:
             problems.append('family %s: %s' % (family, exc))
             continue
-        wrong = [c for c in split_pem(part['pem'], 'family %s' % family) if family_of(c[1]) != family]
+        wrong = [c for c in split_pem(part['pem'], 'family %s' % family) if certificate_family(c[1]) != family]
         root = split_pem(spec['root_pem'], 'root_pem')[0][1]
-        if family_of(root) != family:
+        if certificate_family(root) != family:
             problems.append('family %s: its root (%s) has a %s key' % (family, root.subject.rfc4514_string(),
-                                                                       family_of(root)))
+                                                                       certificate_family(root)))
             continue
         if wrong:
             problems.append('family %s: %s %s a %s key; every certificate of a family has that family\'s key (a '
                             'classical client cannot use a chain an ML-DSA key signed)'
                             % (family, ', '.join(c[1].subject.rfc4514_string() for c in wrong),
-                               'has' if len(wrong) == 1 else 'have', family_of(wrong[0][1])))
+                               'has' if len(wrong) == 1 else 'have', certificate_family(wrong[0][1])))
             continue
         if part['root_sha256'] in roots.values():
             problems.append('family %s: its root is the root of family %s; each family has its own root'
@@ -117,9 +112,10 @@ def split_families(pem, what='pem', root_pems=()):
     in ``pem`` and ``root_pems`` (a bundle built without its roots needs them given). Raises BundleError for an
     intermediate no root signed, or two roots of one family."""
     certs = split_pem(pem, what, what)
+    selfsigned = [c for c in certs if self_signed(c[1])]
     roots = {}
-    for text, cert in [c for c in certs if self_signed(c[1])] + [split_pem(r, 'root_pem', 'root_pem')[0] for r in root_pems]:
-        family = family_of(cert)
+    for text, cert in selfsigned + [split_pem(r, 'root_pem', 'root_pem')[0] for r in root_pems]:
+        family = certificate_family(cert)
         if family in roots and cert_sha256(roots[family][1]) != cert_sha256(cert):
             raise BundleError('%s holds two roots of the %s family (%s, %s); a family has one root'
                               % (what, family, roots[family][1].subject.rfc4514_string(), cert.subject.rfc4514_string()),
@@ -127,9 +123,7 @@ def split_families(pem, what='pem', root_pems=()):
         roots[family] = (text, cert)
     _check_families(roots, what)
     out = {family: {'intermediates': [], 'root_pem': text} for family, (text, _cert) in roots.items()}
-    for text, cert in certs:
-        if self_signed(cert):
-            continue
+    for text, cert in [c for c in certs if c not in selfsigned]:
         for family, (_text, root) in roots.items():
             try:
                 verify_issued_by(cert, root)

@@ -205,6 +205,12 @@ def key_family(cert):
     return _FAMILY_OIDS.get(oid, oid)
 
 
+def certificate_family(cert):
+    """``mldsa`` for a certificate with an ML-DSA key, ``classical`` for any other (EC, RSA, Ed25519...): the two
+    families of a dual-family bundle, and the two TLS stacks (pyOpenSSL, Python's ``ssl``)."""
+    return 'mldsa' if key_family(cert) == 'mldsa' else 'classical'
+
+
 def family_counts(blocks):
     """``{family: number of certificates}`` of PEM certificate blocks (each parsed; a block that does not parse
     raises ``ValueError``); ``{'certificates': n}`` where ``cryptography`` is not installed (a VM's Python)."""

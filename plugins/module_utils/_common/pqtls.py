@@ -25,7 +25,11 @@ try:
 except Exception:  # pylint: disable=broad-except  # absent, or too old for this cryptography (AttributeError)
     OpenSSL = SSL = None
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import load_cert, san_sets
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import (
+    certificate_family,
+    load_cert,
+    san_sets,
+)
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import TLSError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.tls import peer_certificate
@@ -46,15 +50,6 @@ def pyopenssl_missing():
     if version < (24, 3):
         return 'ML-DSA TLS needs pyOpenSSL 24.3 or later; this one is %s: pip install -U pyOpenSSL' % OpenSSL.__version__
     return None
-
-
-def certificate_family(cert):
-    """``mldsa`` or ``classical``: the family of a ``cryptography`` certificate, by its public key's algorithm."""
-    try:
-        oid = cert.public_key_algorithm_oid.dotted_string
-    except (AttributeError, ValueError):
-        return 'classical'
-    return 'mldsa' if oid in MLDSA_OIDS else 'classical'
 
 
 def _mldsa_signed(cert):

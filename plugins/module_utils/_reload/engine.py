@@ -15,9 +15,9 @@ import concurrent.futures
 import time
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import family_counts
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pqtls import file_family
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.errors import PemError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pem import pem_certificates
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.pqtls import PQContext
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.base import (
     ReloadError,
     TargetError,
@@ -203,7 +203,7 @@ def prepare_probes(probe=None, probes=None):
         spec = dict(spec or {})
         spec['context'] = probe_context(spec, option=option)
         spec['timeout'] = float(spec.get('timeout') or 10.0)
-        spec['name'] = spec.get('name') or file_family(spec['cert_file'])
+        spec['name'] = spec.get('name') or ('mldsa' if isinstance(spec['context'], PQContext) else 'classical')
         if spec['name'] in names:
             raise ReloadError(f"{option} and {names[spec['name']]} are both named {spec['name']!r}: give each probe its own "
                               f"name ({option}.name)", option=f'{option}.name')
