@@ -109,8 +109,9 @@ def build_family_bundle(families, schedule, now, include_root=True, max_certific
 def split_families(pem, what='pem', root_pems=()):
     """``{family: {'intermediates': [PEM], 'root_pem': PEM}}`` of a bundle of several families (an earlier bundle put
     back, a held one): each intermediate goes to the root that signed it. The roots are the self-signed certificates
-    in ``pem`` and ``root_pems`` (a bundle built without its roots needs them given). Raises BundleError for an
-    intermediate no root signed, or two roots of one family."""
+    in ``pem`` and ``root_pems`` (a bundle built without its roots needs them given; a family of ``root_pems`` with
+    nothing in ``pem`` is left out). Raises BundleError for an intermediate no root signed, or two roots of one
+    family."""
     certs = split_pem(pem, what, what)
     selfsigned = [c for c in certs if self_signed(c[1])]
     roots = {}
@@ -122,6 +123,7 @@ def split_families(pem, what='pem', root_pems=()):
                               option=what)
         roots[family] = (text, cert)
     _check_families(roots, what)
+    in_pem = {certificate_family(cert) for _text, cert in selfsigned}
     out = {family: {'intermediates': [], 'root_pem': text} for family, (text, _cert) in roots.items()}
     for text, cert in [c for c in certs if c not in selfsigned]:
         for family, (_text, root) in roots.items():
@@ -135,7 +137,8 @@ def split_families(pem, what='pem', root_pems=()):
             raise BundleError('%s holds %s, which none of its roots (%s) signed'
                               % (what, cert.subject.rfc4514_string(),
                                  ', '.join(r.subject.rfc4514_string() for _t, r in roots.values()) or 'none'), option=what)
-    return out
+    # a root given in root_pems whose family has nothing in the bundle is not a part of it
+    return {family: spec for family, spec in out.items() if spec['intermediates'] or family in in_pem}
 
 
 def family_bundle_from_pem(pem, schedule, now, enabled=FAMILIES, root_pems=(), include_root=True,

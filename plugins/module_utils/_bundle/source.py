@@ -12,6 +12,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundl
     build_bundle,
     select_epochs,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.families import build_family_bundle
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import list_epoch_issuers, root_certificate
 
@@ -26,6 +27,19 @@ def bundle_from_openbao(client, schedule, now, int_mount='pki_int', root_mount='
     issuer) to the :func:`build_bundle` result. ``keep``, ``distrusted``: see :func:`select_epochs`;
     ``issuers``: :func:`list_epoch_issuers` when the caller has it. Raises OpenBaoError / BundleError.
     """
+    chain = family_chain(client, schedule, now, int_mount=int_mount, root_mount=root_mount, root_issuer=root_issuer,
+                         keep=keep, distrusted=distrusted, issuers=issuers)
+    bundle = build_bundle(chain['intermediates'], chain['root_pem'], schedule, now, include_root=include_root,
+                          max_certificates=max_certificates)
+    bundle.update(skipped=chain['skipped'], missing=chain['missing'], issuers=chain['issuers'])
+    return bundle
+
+
+def family_chain(client, schedule, now, int_mount='pki_int', root_mount='pki', root_issuer='default', keep=(),
+                 distrusted=(), issuers=None):
+    """One chain of trust as OpenBao holds it: ``{intermediates, root_pem, skipped, missing, issuers}`` - the epoch
+    issuers of ``int_mount`` :func:`bundle_from_openbao` bundles, not yet verified. Raises OpenBaoError / BundleError
+    (no usable intermediate)."""
     issuers = list_epoch_issuers(client, int_mount) if issuers is None else issuers
     wanted = schedule.desired_epochs(now)
     selected = select_epochs(issuers, schedule, now, keep=keep, distrusted=distrusted)
@@ -41,9 +55,24 @@ def bundle_from_openbao(client, schedule, now, int_mount='pki_int', root_mount='
             '(module openbao_intermediate); nothing was written'
             % (int_mount, isoformat(now), ', '.join(str(n) for n in wanted),
                'every one is revoked' if skipped else 'no issuer named epoch-<n> exists for them'))
-    root_pem = root_certificate(client, root_mount, root_issuer)
-    bundle = build_bundle(selected, root_pem, schedule, now, include_root=include_root, max_certificates=max_certificates)
-    bundle['skipped'] = skipped
-    bundle['missing'] = missing
-    bundle['issuers'] = {i['epoch']: i['issuer_id'] for i in reversed(selected) if i.get('issuer_id') not in set(keep or ())}
+    return {'intermediates': selected, 'root_pem': root_certificate(client, root_mount, root_issuer), 'skipped': skipped,
+            'missing': missing,
+            'issuers': {i['epoch']: i['issuer_id'] for i in reversed(selected) if i.get('issuer_id') not in set(keep or ())}}
+
+
+def families_from_openbao(client, schedule, now, families, include_root=True, max_certificates=DEFAULT_MAX_CERTIFICATES,
+                          distrusted=()):
+    """The bundle of several key families built fresh from OpenBao (dual mode): ``families`` lists
+    ``{family, int_mount, root_mount}`` (``_rotation.config.family_mounts``); each family's epoch issuers are verified
+    against its own root (:func:`build_family_bundle`). The result adds ``skipped`` and ``missing`` (each entry with
+    its family) and ``issuers`` of the classical family."""
+    chains, skipped, missing = {}, [], []
+    for spec in families:
+        chain = family_chain(client, schedule, now, int_mount=spec['int_mount'], root_mount=spec['root_mount'],
+                             distrusted=distrusted)
+        chains[spec['family']] = chain
+        skipped.extend(dict(s, family=spec['family']) for s in chain['skipped'])
+        missing.extend({'family': spec['family'], 'epoch': n} for n in chain['missing'])
+    bundle = build_family_bundle(chains, schedule, now, include_root=include_root, max_certificates=max_certificates)
+    bundle.update(skipped=skipped, missing=missing, issuers=chains[families[0]['family']]['issuers'])
     return bundle

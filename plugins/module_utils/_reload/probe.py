@@ -17,7 +17,8 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reloa
 def probe_context(probe, option='probe'):
     """An SSL context for the probe (client certificate loaded); raises ReloadError naming the option (``option``:
     the probe's own, e.g. ``probes[1]``). An ML-DSA probe certificate gets a :class:`_common.pqtls.PQContext`
-    (pyOpenSSL), which the probe uses the same way.
+    (pyOpenSSL), which the probe uses the same way; so does any probe with ``pyopenssl`` set (a classical client of a
+    server that presents an ML-DSA leaf, which Python's ssl cannot verify).
 
     Without ``ca_file`` only the server's acceptance of our certificate is tested (the server's own
     certificate is not verified); with it, the host name is checked when ``server_name`` is given.
@@ -26,7 +27,7 @@ def probe_context(probe, option='probe'):
     for key in ('cert_file', 'key_file'):
         if not probe.get(key):
             raise ReloadError(f"{option}.{key} is required for the TLS probe", option=f'{option}.{key}')
-    if file_family(probe['cert_file']) == 'mldsa':
+    if probe.get('pyopenssl') or file_family(probe['cert_file']) == 'mldsa':
         # Python's ssl cannot present (or verify) ML-DSA: the OpenSSL inside cryptography can, through pyOpenSSL
         try:
             return PQContext(probe.get('ca_file'), probe['cert_file'], probe['key_file'], bool(probe.get('partial_chain')),

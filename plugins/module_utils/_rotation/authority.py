@@ -15,13 +15,17 @@ import os
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils import _state
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.build import bundle_from_pem
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.families import family_bundle_from_pem
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.deliver import (
     DEFAULT_EPOCH_SECRET_KEY,
     DEFAULT_EPOCH_SECRET_NAME,
     DEFAULT_KV_PATH,
     kv_record,
 )
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import bundle_from_openbao
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._bundle.source import (
+    bundle_from_openbao,
+    families_from_openbao,
+)
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import cert_not_after, load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, utcnow
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.intermediate import (
@@ -39,6 +43,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions, distrust
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.announce import announce, last_announcement
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import dual, family_mounts
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
     authority_stopped,
     authority_went_ahead,
@@ -49,9 +54,14 @@ PROBE_CN = 'ca-rotation-probe'
 PROBE_RENEW_BEFORE = '33%'
 
 
-def probe_paths(probe_dir):
-    return {'cert_file': os.path.join(probe_dir, 'probe-cert.pem'), 'key_file': os.path.join(probe_dir, 'probe-key.pem'),
-            'bundle_file': os.path.join(probe_dir, 'ca-bundle.pem')}
+def probe_paths(probe_dir, mldsa=False):
+    """The probe's files; with ``mldsa`` (dual mode) also those of the ML-DSA probe (``mldsa``: cert_file, key_file)."""
+    out = {'cert_file': os.path.join(probe_dir, 'probe-cert.pem'), 'key_file': os.path.join(probe_dir, 'probe-key.pem'),
+           'bundle_file': os.path.join(probe_dir, 'ca-bundle.pem')}
+    if mldsa:
+        out['mldsa'] = {'cert_file': os.path.join(probe_dir, 'probe-mldsa-cert.pem'),
+                        'key_file': os.path.join(probe_dir, 'probe-mldsa-key.pem')}
+    return out
 
 
 def _probe_dir(cfg, check_mode):
@@ -136,6 +146,83 @@ def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None, issuer_ref
         if check_mode:  # the issuer may exist only as a prediction
             return {'changed': True, 'predicted': True}
         raise
+
+
+def _mldsa_probe_leaf(cfg, clients, epoch, probe, check_mode):
+    """Dual mode: the ML-DSA probe certificate of ``epoch`` from the ML-DSA family's intermediate mount (every server
+    must accept it as well as the classical one before anything is activated)."""
+    spec = family_mounts(cfg)[-1]
+    files = probe['mldsa']
+    try:
+        issuers = issuer_certificates(clients.openbao(), spec['int_mount'])
+        ref = live_epoch_names(issuers).get(epoch) or epoch_issuer_name(epoch)
+        return ensure_leaf(clients.openbao(), int_mount=spec['int_mount'], role=spec['role'], common_name=PROBE_CN,
+                           cert_file=files['cert_file'], key_file=files['key_file'], schedule=cfg.schedule, now=cfg.now,
+                           renew_before=parse_renew_before(PROBE_RENEW_BEFORE), issuer_ref=ref, key_type='mldsa',
+                           key_bits=spec['key_bits'], renew_if_not_default=False, check_mode=check_mode, issuers=issuers)
+    except Exception:
+        if check_mode:
+            return {'changed': True, 'predicted': True}
+        raise
+
+
+def probe_leaves(cfg, clients, epoch, probe, check_mode, issuers=None):
+    """Every probe certificate of ``epoch`` (the classical one; in dual mode the ML-DSA one too); whether one
+    changed."""
+    changed = _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=issuers)['changed']
+    if probe.get('mldsa'):
+        changed = _mldsa_probe_leaf(cfg, clients, epoch, probe, check_mode)['changed'] or changed
+    return changed
+
+
+def has_family(bundle, family):
+    """True when ``bundle`` holds an intermediate of ``family`` (a classical-only bundle has no family marks)."""
+    return any(c.get('family', 'classical') == family and c.get('kind') == 'intermediate'
+               for c in bundle['certificates'])
+
+
+def family_roots(cfg, clients):
+    """The root of every configured family (switched off ones too: a held bundle may still hold their part)."""
+    return [root_certificate(clients.openbao(), spec['root_mount']) for spec in family_mounts(cfg, enabled_only=False)]
+
+
+def rebuild_bundle(cfg, clients, pem, root_pem, include_root, distrusted, what):
+    """A stored or held bundle rebuilt for now: expired intermediates and distrusted ones left out; with the ML-DSA
+    family configured, each family verified against its own root and a family switched off dropped."""
+    if cfg.mldsa is None:
+        return bundle_from_pem(pem, cfg.schedule, cfg.now, root_pem=root_pem, include_root=include_root,
+                               max_certificates=cfg.max_certificates, drop_expired=True, distrusted=distrusted)
+    return family_bundle_from_pem(pem, cfg.schedule, cfg.now, enabled=[f['family'] for f in family_mounts(cfg)],
+                                  root_pems=family_roots(cfg, clients), include_root=include_root,
+                                  max_certificates=cfg.max_certificates, drop_expired=True, distrusted=distrusted,
+                                  what=what)
+
+
+def fresh_bundle(cfg, clients, include_root, distrusted):
+    """The bundle built fresh from OpenBao: every enabled family's epoch intermediates."""
+    pki = cfg.pki
+    if not dual(cfg):
+        return bundle_from_openbao(clients.openbao(), cfg.schedule, cfg.now, int_mount=pki['int_mount'],
+                                   root_mount=pki['root_mount'], include_root=include_root,
+                                   max_certificates=cfg.max_certificates, distrusted=distrusted)
+    return families_from_openbao(clients.openbao(), cfg.schedule, cfg.now, family_mounts(cfg), include_root=include_root,
+                                 max_certificates=cfg.max_certificates, distrusted=distrusted)
+
+
+def act_family(cfg, clients, spec, epoch, check_mode, certificates=None):
+    """Dual mode: make ``epoch``'s intermediate of another family (``spec``: a ``family_mounts`` entry) that family's
+    default issuer, as the classical one is made; ``{changed, issuer}`` (``issuer`` None and nothing changed when that
+    family has no intermediate of the epoch: it is issued by the next rotate.yml; ``certificates``: those of the bundle
+    every server proved - a family's intermediate they do not hold is not made the default)."""
+    if certificates is not None and not any(c.get('family') == spec['family'] and c.get('epoch') == epoch
+                                            and c.get('kind') == 'intermediate' for c in certificates):
+        return {'changed': False, 'issuer': None}  # trust first: never a default the proven bundle does not hold
+    names = live_epoch_names(issuer_certificates(clients.openbao(), spec['int_mount']))
+    name = names.get(epoch)
+    if name is None:  # in check mode: issued by this run (a prediction), else by the next rotate.yml
+        return {'changed': bool(check_mode), 'issuer': epoch_issuer_name(epoch) if check_mode else None}
+    return dict(set_default_issuer(clients.openbao(), spec['int_mount'], name, check_mode=check_mode, now=cfg.now),
+                issuer=name)
 
 
 def _probe_file_dest(probe, check_mode):
@@ -317,26 +404,29 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
         step = 'issue'
         with timings.step('issue'):
             issued = []
-            for epoch in decisions.epochs_to_issue(plan):
-                res = ensure_epoch_intermediate(
-                    clients.openbao(), cfg.schedule, epoch, root_mount=pki['root_mount'], int_mount=pki['int_mount'],
-                    cn_prefix=pki['cn_prefix'], key_type=pki['key_type'], key_bits=pki['key_bits'], check_mode=check_mode,
-                    now=cfg.now, distrusted=distrusted)
-                notes.extend(res.get('warnings') or [])
-                changed = changed or res['changed']
-                issued.append(res)
+            for spec in family_mounts(cfg):
+                for epoch in decisions.epochs_to_issue(plan):
+                    res = ensure_epoch_intermediate(
+                        clients.openbao(), cfg.schedule, epoch, root_mount=spec['root_mount'], int_mount=spec['int_mount'],
+                        cn_prefix=spec['cn_prefix'], key_type=spec['key_type'], key_bits=spec['key_bits'],
+                        check_mode=check_mode, now=cfg.now, distrusted=distrusted)
+                    notes.extend(res.get('warnings') or [])
+                    changed = changed or res['changed']
+                    issued.append(res)
         probe_dir = _probe_dir(cfg, check_mode)
-        probe = probe_paths(probe_dir)
+        probe = probe_paths(probe_dir, mldsa=dual(cfg))
         step = 'bundle'
         with timings.step('bundle'):
             if hold:
-                bundle = bundle_from_pem(hold['pem'], cfg.schedule, cfg.now, root_pem=issued[0]['root_certificate'],
-                                         include_root=include_root, max_certificates=cfg.max_certificates, drop_expired=True,
-                                         distrusted=distrusted)
+                bundle = rebuild_bundle(cfg, clients, hold['pem'], issued[0]['root_certificate'], include_root,
+                                        distrusted, 'the held bundle')
             else:
-                bundle = bundle_from_openbao(clients.openbao(), cfg.schedule, cfg.now, int_mount=pki['int_mount'],
-                                             root_mount=pki['root_mount'], include_root=include_root,
-                                             max_certificates=cfg.max_certificates, distrusted=distrusted)
+                bundle = fresh_bundle(cfg, clients, include_root, distrusted)
+        if probe.get('mldsa') and not has_family(bundle, 'mldsa'):
+            del probe['mldsa']  # nothing of that family to prove (a held bundle from before it was switched on)
+        if bundle.get('dropped_families'):
+            notes.append('The %s family is switched off: its certificates left the bundle'
+                         % ', '.join(bundle['dropped_families']))
         if include_root != cfg.include_root:
             notes.append('The root stays out of the bundle while a distrusted intermediate is valid (epochs %s, until %s)'
                          % (', '.join(str(d['epoch']) for d in distrust.valid_distrusted(state, cfg.now)),
@@ -354,13 +444,14 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
                 _state.set_hold(clients.openbao(), holder, None, pki['kv_mount'], cfg.state_path, check_mode)
         step = 'probe leaf'
         with timings.step('probe_leaf'):
-            changed = _probe_leaf(cfg, clients, epoch, probe, check_mode)['changed'] or changed
+            changed = probe_leaves(cfg, clients, epoch, probe, check_mode) or changed
         if cfg.prune:
             step = 'prune'
             with timings.step('prune'):
-                pr = prune_epoch_issuers(clients.openbao(), cfg.schedule, pki['int_mount'], cfg.prune_grace, now=cfg.now,
-                                         check_mode=check_mode)
-                changed = changed or pr['changed']
+                for spec in family_mounts(cfg):
+                    pr = prune_epoch_issuers(clients.openbao(), cfg.schedule, spec['int_mount'], cfg.prune_grace,
+                                             now=cfg.now, check_mode=check_mode)
+                    changed = changed or pr['changed']
     except Exception as err:  # pylint: disable=broad-except
         msg = _stop(cfg, clients, holder, check_mode, err, "The authority step failed at '%s': %s. The lock was released; "
                     "nothing after that step was changed and the next run converges." % (step, err))
@@ -404,14 +495,13 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
             # intermediates that expired since the bundle was stored are left out (they could not be trusted anyway)
             # with the root in or out as configured, so that rotation under the hold rebuilds the very same bytes
             # and so are distrusted ones: a rollback never puts one back
-            bundle = bundle_from_pem(stored['ca-bundle.pem'], cfg.schedule, cfg.now, root_pem=root_pem,
-                                     include_root=include_root, max_certificates=cfg.max_certificates, drop_expired=True,
-                                     distrusted=distrust.distrusted_shas(state))
+            bundle = rebuild_bundle(cfg, clients, stored['ca-bundle.pem'], root_pem, include_root,
+                                    distrust.distrusted_shas(state), 'the bundle stored for epoch %d' % target)
         step = 'check the safety margin'
         default_epoch = decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch'])
         # before anything is written: the leaves the rollback issues come from this epoch and cannot outlive it
         left = decisions.check_rollback_margin(cfg.schedule, default_epoch, cfg.now, cfg.rollback_min_validity)
-        probe = probe_paths(_probe_dir(cfg, check_mode))
+        probe = probe_paths(_probe_dir(cfg, check_mode), mldsa=dual(cfg) and has_family(bundle, 'mldsa'))
         step = 'store'
         with timings.step('store'):
             probe_file = _probe_file_dest(probe, check_mode)
@@ -419,12 +509,15 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
         step = 'probe leaf'
         with timings.step('probe_leaf'):
             issuers = issuer_certificates(clients.openbao(), pki['int_mount'])
-            _probe_leaf(cfg, clients, bundle['epoch'], probe, check_mode, issuers=issuers)
+            probe_leaves(cfg, clients, bundle['epoch'], probe, check_mode, issuers=issuers)
         step = 'point the default issuer back'
         with timings.step('activate'):
             act = set_default_issuer(clients.openbao(), pki['int_mount'],
                                      live_epoch_names(issuers).get(default_epoch) or epoch_issuer_name(default_epoch),
                                      check_mode=check_mode, now=cfg.now)
+            for spec in family_mounts(cfg)[1:]:
+                if act_family(cfg, clients, spec, default_epoch, check_mode, bundle['certificates'])['changed']:
+                    act = dict(act, changed=True)
         if cfg.renew_client_leaf and cfg.announce:
             step = 'renew the announcer leaf'
             with timings.step('renew'):

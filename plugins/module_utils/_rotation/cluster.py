@@ -25,6 +25,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reloa
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.system import SystemTransport
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import leaf_issuer_ref
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import family_mounts
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.hoststeps import LocalSteps
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import cluster_result
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.store import deliver
@@ -73,6 +74,28 @@ def probe_options(auth):
             'partial_chain': not auth.get('include_root', True)}
 
 
+def probe_set(auth, leaf_family='classical'):
+    """What every server must accept after a reload: the probe (a dict), or in dual mode a list of one probe per key
+    family (``classical``, ``mldsa``), each verifying the server against the bundle. Servers presenting ML-DSA leaves
+    (``leaf_family``) are probed through pyOpenSSL also with the classical certificate (Python's ssl cannot verify
+    them)."""
+    probe = probe_options(auth)
+    mldsa = (auth.get('probe') or {}).get('mldsa')
+    if not mldsa and leaf_family == 'mldsa':
+        # its servers' leaves chain to an ML-DSA intermediate: a bundle without that family breaks their routes
+        raise decisions.Refusal(
+            'The servers of this cluster present ML-DSA leaves (ca_rotation_nats_reload_leaf_family: mldsa) but the '
+            'bundle %s holds no ML-DSA intermediate (ca_rotation_pki.mldsa is off, or a rollback or hold chose a '
+            'bundle from before dual mode): those servers would stop trusting each other and every client. Nothing '
+            'was delivered to this cluster. Switch the family on, choose a bundle that holds it, or set the cluster\'s '
+            'leaf_family to classical once its servers present classical leaves' % (auth.get('sha256') or '')[:12])
+    if not mldsa:
+        return probe
+    pq = {'pyopenssl': True} if leaf_family == 'mldsa' else {}
+    return [dict(probe, name='classical', **pq),
+            dict(probe, name='mldsa', cert_file=mldsa['cert_file'], key_file=mldsa['key_file'])]
+
+
 def uses_host_steps(cc):
     """Files written and servers signalled where they run: the host-local steps (controller or VM)."""
     return cc.delivery == 'file' and cc.transport in ('signal', 'command')
@@ -92,8 +115,8 @@ def probe_address(target, probe_host=None):
 
 def probe_after(summary, cc, auth, min_success, probe_host=None):
     """The trust probe from the controller, after servers reloaded elsewhere (on their VM)."""
-    probe = probe_options(auth)
-    ctx = probe_context(probe)
+    probes = probe_set(auth, cc.leaf_family)
+    probes = [dict(p, context=probe_context(p)) for p in (probes if isinstance(probes, list) else [probes])]
     by_name = {t['name']: t for t in cc.targets}
     for res in summary['targets']:
         if not res['ok']:
@@ -102,10 +125,19 @@ def probe_after(summary, cc, auth, min_success, probe_host=None):
         if not host:
             res.update(ok=False, error='no url in the target to probe the new trust from the controller')
             continue
-        ok, detail = tls_probe(host, port, ctx, probe.get('server_name'), 10.0)
-        res.update(probe_ok=ok, probe_detail=detail)
-        if not ok:
-            res.update(ok=False, error='reloaded, but the probe certificate is not accepted: %s' % detail)
+        verdicts = []
+        for probe in probes:
+            ok, detail = tls_probe(host, port, probe['context'], probe.get('server_name'), 10.0)
+            verdicts.append({'name': probe.get('name') or 'probe', 'ok': ok, 'detail': detail})
+        refused = [v for v in verdicts if not v['ok']]
+        res.update(probe_ok=not refused, probe_detail='; '.join('%s: %s' % (v['name'], v['detail']) for v in verdicts)
+                   if len(verdicts) > 1 else verdicts[0]['detail'])
+        if len(verdicts) > 1:
+            res['probes'] = verdicts
+        if refused:
+            res.update(ok=False, error='reloaded, but the %s certificate is not accepted: %s' % (
+                'probe' if len(verdicts) == 1 else ' and '.join(v['name'] + ' probe' for v in refused),
+                '; '.join(v['detail'] for v in refused)))
     return summarize(summary['targets'], summary['transport'], min_success)
 
 
@@ -122,9 +154,10 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
         with timings.step('deliver'):
             record = _state.read_cluster(clients.openbao(), cc.record_name, kv_mount, cfg.state_path)
         unproven = decisions.cluster_needs_reload(False, record, auth['sha256'])
-        probe = probe_options(auth) if cc.probe else None
-        if probe is not None and not check_mode:
-            probe_context(probe)  # unreadable probe files stop here, before anything is written
+        probe = probe_set(auth, cc.leaf_family) if cc.probe else None
+        if probe is not None and not check_mode:  # unreadable probe files stop here, before anything is written
+            for one in probe if isinstance(probe, list) else [probe]:
+                probe_context(one)
         look = {}
         with timings.step('repair_leaves'):
             repaired = repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=look)
@@ -267,13 +300,20 @@ def leaf_managed_names(cc):
     return {t['name'] for t in _leaf_targets(cc)} if cc.renew_leaves else set()
 
 
+def leaf_chain(cfg, cc):
+    """The family (a ``family_mounts`` entry) whose leaves the servers of ``cc`` present and the leaf phase issues:
+    classical by default, the ML-DSA family with ``ca_rotation_nats_reload_leaf_family: mldsa`` (dual mode)."""
+    return next(s for s in family_mounts(cfg) if s['family'] == cc.leaf_family)
+
+
 def _sign_and_install(cfg, cc, client, targets, requests, issuer_ref, check_mode, steps):
     """Sign the CSRs of ``targets`` (only the CSR goes to OpenBao: the key stays where the server runs), install the
     leaves and reload those servers."""
     certificates = {}
+    chain = leaf_chain(cfg, cc)
     if not check_mode:
         for target in targets:
-            leaf = issue_leaf(client, int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=target['name'],
+            leaf = issue_leaf(client, int_mount=chain['int_mount'], role=chain['role'], common_name=target['name'],
                               alt_names=target['alt_names'], ip_sans=target['ip_sans'], csr=requests[target['name']]['csr'],
                               issuer_ref=issuer_ref)
             certificates[target['name']] = leaf['certificate'] + leaf['issuing_ca']
@@ -304,13 +344,14 @@ def repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=None):
     if not wanted:
         return []
     client = clients.openbao()
-    issuers = issuer_certificates(client, cfg.pki['int_mount'])
+    chain = leaf_chain(cfg, cc)
+    issuers = issuer_certificates(client, chain['int_mount'])
     issuer_ref = leaf_issuer_ref(cfg, issuers)
 
     def requests_for(targets, look_only):
         return steps.leaf_requests(targets=targets, issuers=issuers, renew_before=cc.leaf_renew_before,
-                                   now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), key_type=cfg.pki['key_type'],
-                                   key_bits=cfg.pki['key_bits'], check_mode=look_only)
+                                   now=isoformat(cfg.now), schedule=cfg.schedule.to_params(), key_type=chain['key_type'],
+                                   key_bits=chain['key_bits'], check_mode=look_only)
     # a look first (no key is made; on a VM the module runs in the task's check mode, and may keep a pending key)
     looked = requests_for(wanted, True)
     dead = {r['name']: r for r in looked if decisions.leaf_unusable(r['reasons'])}
@@ -327,7 +368,7 @@ def repair_dead_leaves(cfg, cc, clients, check_mode, steps, look=None):
             'leaf from issuer %s, whose intermediate is in the bundle of this run (bao write %s/issuer/%s/issue/%s '
             'common_name=<server> with its alt_names/ip_sans), install certificate + issuing CA as its cert_file and the '
             'key as its key_file, then run rotate.yml again (or set ca_rotation_nats_reload_renew_leaves: true and '
-            'rotate.yml does it)' % (', '.join(sorted(dead)), why, issuer, cfg.pki['int_mount'], issuer, cfg.pki['role']))
+            'rotate.yml does it)' % (', '.join(sorted(dead)), why, issuer, chain['int_mount'], issuer, chain['role']))
     targets = [t for t in wanted if t['name'] in dead]
     requests = {r['name']: r for r in requests_for(targets, check_mode)}
     _sign_and_install(cfg, cc, client, targets, requests, issuer_ref, check_mode, steps)
@@ -351,7 +392,8 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
     try:
         with timings.step('renew'):
             client = clients.openbao()
-            issuers = issuer_certificates(client, cfg.pki['int_mount'])
+            chain = leaf_chain(cfg, cc)
+            issuers = issuer_certificates(client, chain['int_mount'])
             look = result.get('leaf_look') or {}
             if look.get('issuers') == issuers_digest(issuers) and not look.get('due') and not steps.local:
                 # the deliver phase looked at these leaves against these very issuers (activation changed nothing)
@@ -361,7 +403,7 @@ def renew_leaves(cfg, cc, auth, previous, clients, timings, check_mode=False, st
             else:
                 requests = steps.leaf_requests(targets=wanted, issuers=issuers, renew_before=cc.leaf_renew_before,
                                                now=isoformat(cfg.now), schedule=cfg.schedule.to_params(),
-                                               key_type=cfg.pki['key_type'], key_bits=cfg.pki['key_bits'],
+                                               key_type=chain['key_type'], key_bits=chain['key_bits'],
                                                check_mode=check_mode)
             due = {r['name']: r for r in requests if r['csr']}
             renewed = [t for t in wanted if t['name'] in due]

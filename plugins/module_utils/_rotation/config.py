@@ -34,6 +34,20 @@ PKI_DEFAULTS = {
     'key_type': 'ec',
     'key_bits': 0,
     'role': 'nats-leaf',
+    #: the ML-DSA family of dual mode (DESIGN section 12): empty = classical only; see MLDSA_DEFAULTS
+    'mldsa': {},
+}
+
+#: ``ca_rotation_pki.mldsa``: a second chain of trust - its own root mount and intermediate mount - whose epoch
+#: intermediates are issued beside the classical ones and carried in the same bundle (``key_bits`` has no default:
+#: 44, 65 or 87 must be chosen)
+MLDSA_DEFAULTS = {
+    'enabled': True,
+    'root_mount': 'pki_mldsa',
+    'int_mount': 'pki_int_mldsa',
+    'cn_prefix': 'NATS ML-DSA Intermediate CA',
+    'key_bits': 0,
+    'role': None,  # the classical role's name
 }
 
 STREAM_DEFAULTS = {
@@ -108,6 +122,7 @@ DEFAULTS = {
     'nats_reload_rollback': True,
     'nats_reload_renew_leaves': False,
     'nats_reload_leaf_renew_before': '50%',
+    'nats_reload_leaf_family': 'classical',  # dual mode: the key family of the leaves the servers present
     'nats_reload_run_on': 'auto',  # where the host-local steps run: controller | host | auto (by the host's connection)
 }
 
@@ -152,6 +167,61 @@ def _dict(value, name):
     if not isinstance(value, dict):
         raise ConfigError('%s%s must be a mapping, got %s' % (PREFIX, name, type(value).__name__), PREFIX + name)
     return dict(value)
+
+
+def _mldsa_family(pki):
+    """``ca_rotation_pki.mldsa`` checked: None when absent, else the family's settings (``enabled`` false: configured
+    but switched off - its certificates leave the bundle on the next run)."""
+    given = pki.get('mldsa')
+    if given in (None, {}):
+        return None
+    option = PREFIX + 'pki.mldsa'
+    if not isinstance(given, dict):
+        raise ConfigError('%s must be a mapping (enabled, root_mount, int_mount, key_bits, cn_prefix, role), got %s'
+                          % (option, type(given).__name__), option)
+    unknown = sorted(set(given) - set(MLDSA_DEFAULTS))
+    if unknown:
+        raise ConfigError('%s has unknown key(s) %s; the keys are %s' % (option, ', '.join(unknown),
+                                                                         ', '.join(sorted(MLDSA_DEFAULTS))),
+                          option + '.' + unknown[0])
+    spec = dict(MLDSA_DEFAULTS, **{k: v for k, v in given.items() if v is not None})
+    spec['enabled'] = _bool(spec['enabled'], 'pki.mldsa.enabled')
+    spec['role'] = spec['role'] or pki['role']
+    try:
+        spec['key_type'], spec['key_bits'] = key_spec('mldsa', spec['key_bits'], option + '.key_type')
+    except ValueError:
+        raise ConfigError('%s.key_bits must be 44, 65 or 87 (the ML-DSA parameter set, always chosen: OpenBao would '
+                          'take 44; 65 is the one nats-server is known to serve and verify), got %r. Nothing was changed'
+                          % (option, given.get('key_bits')), option + '.key_bits') from None
+    for key in ('root_mount', 'int_mount'):
+        clash = [k for k in ('root_mount', 'int_mount') if pki[k] == spec[key]]
+        if clash:
+            raise ConfigError('%s.%s is %r, the classical %spki.%s: each family has its own mounts (its own root and '
+                              'intermediates); give the ML-DSA family other mounts' % (option, key, spec[key], PREFIX, clash[0]),
+                              '%s.%s' % (option, key))
+    if spec['root_mount'] == spec['int_mount']:
+        raise ConfigError('%s.root_mount and .int_mount are both %r: the root and the epoch intermediates live on '
+                          'different mounts' % (option, spec['root_mount']), option + '.int_mount')
+    return spec
+
+
+def family_mounts(cfg, enabled_only=True):
+    """``[{family, root_mount, int_mount, role, key_type, key_bits, cn_prefix}]``: the classical family first, then
+    the ML-DSA one when it is configured (and, with ``enabled_only``, switched on)."""
+    pki = cfg.pki
+    out = [{'family': 'classical', 'root_mount': pki['root_mount'], 'int_mount': pki['int_mount'], 'role': pki['role'],
+            'key_type': pki['key_type'], 'key_bits': pki['key_bits'], 'cn_prefix': pki['cn_prefix']}]
+    mldsa = cfg.mldsa
+    if mldsa and (mldsa['enabled'] or not enabled_only):
+        out.append({'family': 'mldsa', 'root_mount': mldsa['root_mount'], 'int_mount': mldsa['int_mount'],
+                    'role': mldsa['role'], 'key_type': 'mldsa', 'key_bits': mldsa['key_bits'],
+                    'cn_prefix': mldsa['cn_prefix']})
+    return out
+
+
+def dual(cfg):
+    """True when the ML-DSA family is configured and switched on."""
+    return bool(cfg.mldsa and cfg.mldsa['enabled'])
 
 
 class _LazyVars:
@@ -215,12 +285,12 @@ class Config:
         except ValueError as exc:
             raise ConfigError(str(exc), PREFIX + 'pki.key_type') from None
         if self.pki['key_type'] == 'mldsa':
-            raise ConfigError('%spki.key_type mldsa (ML-DSA-%d) is not supported by the rotation playbooks yet: they prove '
-                              'every server trusts each bundle with a TLS client of Python\'s ssl module, which cannot '
-                              'verify or present ML-DSA certificates, so no bundle could be proven and nothing would be '
-                              'activated. Keep ec, rsa or ed25519 here; the openbao_intermediate and openbao_leaf modules '
-                              'issue ML-DSA intermediates and leaves. Nothing was changed'
-                              % (PREFIX, self.pki['key_bits']), PREFIX + 'pki.key_type')
+            raise ConfigError('%spki.key_type mldsa (ML-DSA-%d) cannot be the only family of the rotation: the announcer '
+                              '(nats-py over Python\'s ssl) cannot verify or present ML-DSA certificates, so no bundle '
+                              'could be announced or proven. Keep a classical key_type (ec, rsa, ed25519) here and add the '
+                              'ML-DSA family with %spki.mldsa (dual mode: key_bits 44, 65 or 87). Nothing was changed'
+                              % (PREFIX, self.pki['key_bits'], PREFIX), PREFIX + 'pki.key_type')
+        self.pki['mldsa'] = self.mldsa = _mldsa_family(self.pki)
         self.release_hold = _bool(merged['release_hold'], 'release_hold')
         self.state_path = str(merged['state_path'])
         #: capped at one epoch duration (decisions.max_lock_ttl); ``lock_ttl_note`` says when it was
@@ -323,6 +393,15 @@ class ClusterConfig:
         self.rollback = _bool(v['nats_reload_rollback'], 'nats_reload_rollback')
         self.renew_leaves = _bool(v['nats_reload_renew_leaves'], 'nats_reload_renew_leaves')
         self.leaf_renew_before = v['nats_reload_leaf_renew_before']
+        self.leaf_family = v['nats_reload_leaf_family'] or 'classical'
+        if self.leaf_family not in ('classical', 'mldsa'):
+            raise ConfigError('%snats_reload_leaf_family must be classical or mldsa, got %r' % (PREFIX, self.leaf_family),
+                              PREFIX + 'nats_reload_leaf_family')
+        if self.leaf_family == 'mldsa' and not dual(cfg):
+            raise ConfigError('%snats_reload_leaf_family is mldsa, but the ML-DSA family is not %s (%spki.mldsa): its '
+                              'servers\' leaves would come from a chain the bundle does not hold. Switch the family on or '
+                              'keep classical leaves' % (PREFIX, 'switched on' if cfg.mldsa else 'configured', PREFIX),
+                              PREFIX + 'nats_reload_leaf_family')
         self.run_on = v['nats_reload_run_on']
         if self.run_on not in ('auto', 'controller', 'host'):
             raise ConfigError('%snats_reload_run_on must be auto, controller or host, got %r' % (PREFIX, self.run_on),

@@ -16,11 +16,13 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import list_issuers, live_issuer_name
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import (
+    act_family,
     announce_bundle,
     announcement_fields,
     announcer_leaf,
     retry_announcement,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import family_mounts
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.results import (
     Timings,
     failure_message,
@@ -76,6 +78,10 @@ def activate(cfg, auth, clusters, expected_clusters, clients, timings, check_mod
             act = set_default_issuer(clients.openbao(), cfg.pki['int_mount'], name, check_mode=check_mode, now=cfg.now)
             out['activated'] = act['changed']
             out['changed'] = out['changed'] or act['changed']
+            for spec in family_mounts(cfg)[1:]:  # dual mode: each family's intermediate of the epoch, trust-first too
+                fam = act_family(cfg, clients, spec, epoch, check_mode, auth.get('certificates'))
+                out.setdefault('families', {})[spec['family']] = {'activated': fam['changed'], 'issuer': fam['issuer']}
+                out['changed'] = out['changed'] or fam['changed']
         elif out['msg'] and auth.get('announce_error'):
             pass  # the second failure of the announcement says it
         elif not proven:

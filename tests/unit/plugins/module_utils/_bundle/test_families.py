@@ -130,6 +130,14 @@ def test_a_bundle_splits_back_into_its_families_and_a_family_switched_off_leaves
     with pytest.raises(BundleError) as info:
         fam.family_bundle_from_pem(bundle['pem'], SCHED, NOW, enabled=())
     assert 'none of which is enabled' in str(info.value)
+    # a classical-only bundle stored before the ML-DSA family was switched on rebuilds as it was, though both roots
+    # are given (a family with nothing in the bundle is not a part of it)
+    classical = bundle_build.build_bundle(_spec('classical')['intermediates'], ROOTS['classical'][2], SCHED, NOW,
+                                          include_root=False)
+    assert sorted(fam.split_families(classical['pem'], root_pems=[ROOTS['classical'][2], ROOTS['mldsa'][2]])) == ['classical']
+    rebuilt = fam.family_bundle_from_pem(classical['pem'], SCHED, NOW, root_pems=[ROOTS['classical'][2], ROOTS['mldsa'][2]],
+                                         include_root=False)
+    assert rebuilt['pem'] == classical['pem'] and rebuilt['counts'] == {'classical': 4} and rebuilt['dropped_families'] == []
 
 
 def test_bad_family_names_and_two_roots_of_one_family_are_refused():

@@ -51,7 +51,41 @@ def test_the_rotation_config_makes_the_size_explicit_and_refuses_what_it_cannot_
     assert info.value.option == 'ca_rotation_pki.key_type' and 'ca_rotation_pki.key_bits 1000' in str(info.value)
     with pytest.raises(ConfigError) as info:
         _config({'key_type': 'mldsa', 'key_bits': 65})
-    assert 'not supported by the rotation playbooks yet' in str(info.value) and 'Nothing was changed' in str(info.value)
+    assert 'cannot be the only family' in str(info.value) and 'ca_rotation_pki.mldsa' in str(info.value)
+    assert 'Nothing was changed' in str(info.value)
+
+
+def test_the_mldsa_family_needs_its_own_mounts_and_an_explicit_parameter_set():
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import (  # pylint: disable=import-outside-toplevel
+        dual,
+        family_mounts,
+    )
+    cfg = _config({'mldsa': {'key_bits': 65}})
+    assert dual(cfg) and cfg.mldsa['role'] == 'nats-leaf' and cfg.mldsa['key_type'] == 'mldsa'
+    assert [(f['family'], f['int_mount'], f['key_type'], f['key_bits']) for f in family_mounts(cfg)] == [
+        ('classical', 'pki_int', 'ec', 256), ('mldsa', 'pki_int_mldsa', 'mldsa', 65)]
+    off = _config({'mldsa': {'key_bits': 87, 'enabled': 'false'}})
+    assert not dual(off) and [f['family'] for f in family_mounts(off)] == ['classical']
+    assert [f['family'] for f in family_mounts(off, enabled_only=False)] == ['classical', 'mldsa']
+    assert not dual(_config({})) and _config({}).mldsa is None
+    for pki, option, words in (
+            ({'mldsa': {}}, None, None),
+            ({'mldsa': {'enabled': True}}, 'ca_rotation_pki.mldsa.key_bits', 'key_bits must be 44, 65 or 87'),
+            ({'mldsa': {'key_bits': 66}}, 'ca_rotation_pki.mldsa.key_bits', 'got 66'),
+            ({'mldsa': {'key_bits': 65, 'int_mount': 'pki_int'}}, 'ca_rotation_pki.mldsa.int_mount',
+             'the classical ca_rotation_pki.int_mount'),
+            ({'mldsa': {'key_bits': 65, 'root_mount': 'pki'}}, 'ca_rotation_pki.mldsa.root_mount', 'its own mounts'),
+            ({'mldsa': {'key_bits': 65, 'root_mount': 'x', 'int_mount': 'x'}}, 'ca_rotation_pki.mldsa.int_mount',
+             'different mounts'),
+            ({'mldsa': {'key_bits': 65, 'key_type': 'mldsa'}}, 'ca_rotation_pki.mldsa.key_type', 'unknown key(s) key_type'),
+            ({'mldsa': 'yes'}, 'ca_rotation_pki.mldsa', 'must be a mapping'),
+            ({'mldsa': {'key_bits': 65, 'enabled': 'maybe'}}, 'ca_rotation_pki.mldsa.enabled', 'true or false')):
+        if option is None:
+            assert not dual(_config(pki))
+            continue
+        with pytest.raises(ConfigError) as info:
+            _config(pki)
+        assert info.value.option == option and words in str(info.value), (pki, info.value.option, str(info.value))
 
 
 def test_a_leaf_whose_key_is_not_the_configured_one_is_renewed():

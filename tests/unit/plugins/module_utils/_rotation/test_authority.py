@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import authority, results
+import pytest
+
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import authority, decisions, results
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import Config
 
 CERTS = [{'epoch': 8, 'sha256': 'a' * 64, 'not_before': '2026-01-01T00:00:00Z', 'not_after': '2026-01-03T00:00:00Z'},
@@ -37,3 +39,39 @@ def test_one_result_shape_for_rotation_rollback_and_stopped_runs():
     stopped = results.authority_stopped('t', 'rotation', 'locked', locked_out=True).to_fact()
     assert set(rot) == set(rb) == set(stopped) == {f.name for f in dataclasses.fields(results.AuthorityResult)}
     assert rb['kind'] == 'rollback' and rb['hold'] == {'epoch': 8} and stopped['go'] is False
+
+
+class _NoOpenBao:
+    """Clients whose OpenBao must not be asked (the decision is made before)."""
+
+    def openbao(self):
+        raise AssertionError('OpenBao was asked')
+
+
+def test_dual_mode_a_familys_default_is_never_an_intermediate_the_proven_bundle_lacks():
+    cfg = Config({'pki': {'mldsa': {'key_bits': 65}}})
+    spec = authority.family_mounts(cfg)[1]
+    classical_only = [dict(c, kind='intermediate' if c['epoch'] else 'root') for c in CERTS]
+    assert authority.act_family(cfg, _NoOpenBao(), spec, 8, False, classical_only) == {'changed': False, 'issuer': None}
+    other_epoch = classical_only + [{'epoch': 7, 'kind': 'intermediate', 'family': 'mldsa', 'sha256': 'c' * 64}]
+    assert authority.act_family(cfg, _NoOpenBao(), spec, 8, False, other_epoch)['changed'] is False
+    assert not authority.has_family({'certificates': other_epoch[:2]}, 'mldsa')
+    assert authority.has_family({'certificates': other_epoch}, 'mldsa')
+    assert authority.has_family({'certificates': classical_only}, 'classical')
+
+
+def test_dual_mode_probe_files_per_family_and_one_probe_per_family_for_the_proof():
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import cluster  # pylint: disable=import-outside-toplevel
+    assert 'mldsa' not in authority.probe_paths('/p')
+    paths = authority.probe_paths('/p', mldsa=True)
+    assert paths['mldsa'] == {'cert_file': '/p/probe-mldsa-cert.pem', 'key_file': '/p/probe-mldsa-key.pem'}
+    auth = {'probe': paths, 'include_root': False}
+    probes = cluster.probe_set(auth)
+    assert [(p['name'], p['cert_file'], p['ca_file'], p['partial_chain']) for p in probes] == [
+        ('classical', '/p/probe-cert.pem', '/p/ca-bundle.pem', True),
+        ('mldsa', '/p/probe-mldsa-cert.pem', '/p/ca-bundle.pem', True)]
+    assert cluster.probe_set({'probe': authority.probe_paths('/p')}) == cluster.probe_options({'probe': authority.probe_paths('/p')})
+    # servers presenting ML-DSA leaves need the family in the bundle: without it the cluster is refused, naming the option
+    with pytest.raises(decisions.Refusal, match='ca_rotation_nats_reload_leaf_family: mldsa'):
+        cluster.probe_set({'probe': authority.probe_paths('/p'), 'sha256': 'ab' * 32}, 'mldsa')
+    assert [p.get('pyopenssl') for p in cluster.probe_set(auth, 'mldsa')] == [True, None]

@@ -127,6 +127,9 @@ def test_activation_epoch_is_the_held_one_under_a_hold():
     ({'announce_error': 'down'}, True, True, False),
     ({'go': False}, True, True, False),
     ({'hold': {'epoch': 3}}, True, True, False),  # the held epoch is not in the bundle
+    # dual mode: the classical default needs the classical intermediate; an ML-DSA one of the epoch does not do
+    ({'certificates': [{'epoch': 7, 'family': 'mldsa'}, {'epoch': 8, 'family': 'classical'}]}, True, True, False),
+    ({'certificates': [{'epoch': 7, 'family': 'mldsa'}, {'epoch': 7, 'family': 'classical'}]}, True, True, True),
 ])
 def test_may_activate(kw, proven, enabled, expect):
     assert d.may_activate(auth(**kw), proven, enabled)[0] is expect
