@@ -54,6 +54,36 @@ options:
     description: PKI mount of the C(epoch-<n>) intermediates (O(scope=authority)).
     type: str
     default: pki_int
+  families:
+    description:
+      - Dual mode - the other key families' mounts (O(scope=authority)); each family's epoch issuers, default issuer
+        and root are read and checked like those of O(int_mount) and O(root_mount), and its certificates in the
+        bundle are not flagged as foreign.
+      - C(playbooks/status.yml) fills it from C(ca_rotation_pki.mldsa).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      family:
+        description: The key family.
+        type: str
+        required: true
+        choices: [mldsa]
+      root_mount:
+        description: PKI mount of the family's root.
+        type: str
+        required: true
+      int_mount:
+        description: PKI mount of the family's C(epoch-<n>) intermediates.
+        type: str
+        required: true
+      enabled:
+        description:
+          - V(false) - the family is switched off (C(ca_rotation_pki.mldsa.enabled)) - its issuers are not checked
+            and a failure to read its mounts is not reported; its root still vouches for the certificates it signed
+            in stored bundle records (kept for rollbacks), which are then not flagged as foreign.
+        type: bool
+        default: true
   kv_mount:
     description: KV v2 mount of the rotation state and the bundles (O(scope=authority)).
     type: str
@@ -432,7 +462,7 @@ def _authority(module, schedule, now):
         state_path=p['state_path'], bundle_path=p['bundle_path'], clusters=p['clusters'],
         nats_params=p['nats'] if p['announcement'] else None, stream=p['stream'], subject=p['subject'],
         transit_mount=p['transit_mount'], transit_key=p['transit_key'],
-        k8s_params=p['kubernetes'] if p['epoch_secret'] else None, epoch_secret=p['epoch_secret'])
+        k8s_params=p['kubernetes'] if p['epoch_secret'] else None, epoch_secret=p['epoch_secret'], families=p['families'])
 
 
 def main():
@@ -440,6 +470,10 @@ def main():
         scope=dict(type='str', required=True, choices=['authority', 'cluster', 'report']),
         root_mount=dict(type='str', default='pki'),
         int_mount=dict(type='str', default='pki_int'),
+        families=dict(type='list', elements='dict', default=[], options=dict(
+            family=dict(type='str', required=True, choices=['mldsa']),
+            root_mount=dict(type='str', required=True),
+            int_mount=dict(type='str', required=True), enabled=dict(type='bool', default=True))),
         kv_mount=dict(type='str', default='secret'),
         state_path=dict(type='str', default='ca-rotation/state'),
         bundle_path=dict(type='str', default='ca-bundles/epoch-{epoch}'),

@@ -69,7 +69,8 @@ def _check_state(f, state, now):
                   '-e ca_rotation_release_hold=true or when it expires' % (hold.get('since'), hold.get('epoch'), hold.get('reason')))
 
 
-def _check_issuers(f, auth, now, bundle, held):
+def _check_issuers(f, auth, now, bundle, held, source='openbao'):
+    """The epoch issuers of an intermediate mount (``source``: where a finding is, for another family's mount)."""
     issuers = auth.get('issuers')
     if issuers is None:
         return
@@ -81,35 +82,35 @@ def _check_issuers(f, auth, now, bundle, held):
             by_epoch[issuer['epoch']] = issuer
     current, prepared = plan['current_epoch'], plan['prepared_epoch']
     if current not in by_epoch:
-        f.mismatch('issuer_missing', 'openbao', 'no issuer epoch-%d for the current epoch on %s: run rotate.yml'
+        f.mismatch('issuer_missing', source, 'no issuer epoch-%d for the current epoch on %s: run rotate.yml'
                    % (current, auth['openbao']['int_mount']))
     if prepared is not None and prepared not in by_epoch and not held:
-        f.warning('issuer_not_prepared', 'openbao', 'epoch %d is due for preparation but issuer epoch-%d does not exist yet '
+        f.warning('issuer_not_prepared', source, 'epoch %d is due for preparation but issuer epoch-%d does not exist yet '
                   '(the next rotate.yml run issues it)' % (prepared, prepared))
     default = auth.get('default_issuer')
     if not default:
-        f.mismatch('default_issuer_missing', 'openbao', '%s has no default issuer: leaf certificates cannot be issued'
+        f.mismatch('default_issuer_missing', source, '%s has no default issuer: leaf certificates cannot be issued'
                    % auth['openbao']['int_mount'])
     elif default.get('epoch') is None:
-        f.mismatch('default_issuer_not_epoch', 'openbao', 'the default issuer of %s is %r, not an epoch-<n> issuer'
+        f.mismatch('default_issuer_not_epoch', source, 'the default issuer of %s is %r, not an epoch-<n> issuer'
                    % (auth['openbao']['int_mount'], default.get('issuer_name') or default.get('issuer_id')))
     else:
         n = default['epoch']
         issuer = next((i for i in issuers if i.get('is_default')), None) or by_epoch.get(n) or {}
         not_after = _time(issuer.get('not_after'))
         if issuer.get('revoked'):
-            f.mismatch('default_issuer_revoked', 'openbao', 'the default issuer %s is revoked'
+            f.mismatch('default_issuer_revoked', source, 'the default issuer %s is revoked'
                        % (issuer.get('issuer_name') or 'epoch-%d' % n))
         if not_after is not None and not_after <= now:
-            f.mismatch('default_issuer_expired', 'openbao', 'the default issuer epoch-%d expired at %s' % (n, issuer['not_after']))
+            f.mismatch('default_issuer_expired', source, 'the default issuer epoch-%d expired at %s' % (n, issuer['not_after']))
         if n > current:
-            f.mismatch('default_issuer_early', 'openbao', 'the default issuer epoch-%d is newer than the current epoch %d: it was '
+            f.mismatch('default_issuer_early', source, 'the default issuer epoch-%d is newer than the current epoch %d: it was '
                        'activated before its epoch started' % (n, current))
         elif n < current:
-            f.warning('default_issuer_behind', 'openbao', 'the default issuer is epoch-%d, the current epoch is %d%s'
+            f.warning('default_issuer_behind', source, 'the default issuer is epoch-%d, the current epoch is %d%s'
                       % (n, current, ' (rollback hold)' if held else ': activation waits for every cluster to prove trust'))
         if bundle is not None and issuer.get('sha256') and issuer['sha256'] not in {c['sha256'] for c in bundle['certificates']}:
-            f.mismatch('default_not_in_bundle', 'openbao', 'the default issuer epoch-%d is not in the bundle %s: clients and '
+            f.mismatch('default_not_in_bundle', source, 'the default issuer epoch-%d is not in the bundle %s: clients and '
                        'servers trusting only the bundle reject the leaves it issues' % (n, bundle['location']))
     if bundle is not None:
         in_bundle = {c['sha256'] for c in bundle['certificates']}
@@ -161,9 +162,14 @@ def _check_bundle(f, auth, expected, now):
             f.mismatch('bundle_expired_intermediate', 'kv', 'the bundle at %s still holds the intermediate of epoch %s, expired at '
                        '%s: the next rotate.yml run drops it' % (kv['location'], cert.get('epoch'), cert['not_after']))
     root = auth.get('root')
+    families = auth.get('families') or {}
     known = {i['sha256'] for i in auth.get('issuers') or []}
+    roots = {root['sha256']} if root else set()
+    for part in families.values():  # dual mode: the other families' issuers and roots belong in the bundle too
+        known |= {i['sha256'] for i in part.get('issuers') or []}
+        roots |= {part['root']['sha256']} if part.get('root') else set()
     for cert in kv['certificates']:
-        if cert.get('kind') == 'root' and root and cert['sha256'] != root['sha256']:
+        if cert.get('kind') == 'root' and root and cert['sha256'] not in roots:
             f.mismatch('bundle_foreign_root', 'kv', 'the bundle at %s holds a root (%s) that is not the root of %s'
                        % (kv['location'], cert.get('subject'), auth['openbao']['root_mount']))
         elif cert.get('kind') == 'intermediate' and auth.get('issuers') is not None and cert['sha256'] not in known:
@@ -426,6 +432,12 @@ def build_report(authority, clusters):
     bundle = _check_bundle(f, auth, expected, now)
     _check_records(f, auth)
     _check_issuers(f, auth, now, bundle, held)
+    for part in (auth.get('families') or {}).values():  # each family's epoch issuers, default issuer and bundle part
+        if part.get('enabled') is False:
+            continue  # switched off: the next rotate.yml drops it from the bundle
+        _check_issuers(f, dict(auth, issuers=part.get('issuers'), default_issuer=part.get('default_issuer'),
+                               openbao=dict(auth.get('openbao') or {}, int_mount=part['int_mount'])), now, bundle, held,
+                       source='openbao %s' % part['int_mount'])
     _check_epoch_secret(f, auth, expected)
     _check_announcement(f, auth, state, now)
     by_name = {}

@@ -114,7 +114,9 @@ def _state_epoch(state):
     return int(state['last_epoch']) if state.get('last_epoch') is not None else None
 
 
-def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_mount, state_path, bundle_path, clusters):
+def _gather_chain(facts, client, schedule, now, root_mount, int_mount):
+    """The epoch issuers, default issuer and root of one family's mounts into ``facts``; returns the root PEM (None
+    when it could not be read)."""
     errors = facts['errors']
     try:
         issuers = list_epoch_issuers(client, int_mount)
@@ -132,6 +134,23 @@ def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_moun
         facts['root'] = {k: root[k] for k in ('common_name', 'sha256', 'not_before', 'not_after')}
     except OpenBaoError as exc:
         errors.append({'source': 'root', 'msg': 'reading the root of %s: %s' % (root_mount, _short(exc))})
+    return root_pem
+
+
+def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_mount, state_path, bundle_path, clusters,
+                    families=()):
+    errors = facts['errors']
+    root_pem = _gather_chain(facts, client, schedule, now, root_mount, int_mount)
+    roots = [root_pem] if root_pem is not None else []
+    for spec in families:  # dual mode: the other families' chains, each with its own mounts
+        enabled = spec.get('enabled', True)
+        part = {'int_mount': spec['int_mount'], 'root_mount': spec['root_mount'], 'issuers': None, 'default_issuer': None,
+                'root': None, 'enabled': enabled, 'errors': errors if enabled else []}  # switched off: its root, if any
+        other = _gather_chain(part, client, schedule, now, spec['root_mount'], spec['int_mount'])
+        del part['errors']
+        facts['families'][spec['family']] = part
+        if other is not None:
+            roots.append(other)
 
     try:
         state, version = _state.read_state(client, kv_mount, state_path)
@@ -183,14 +202,15 @@ def _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_moun
         except (OpenBaoError, BundleError) as exc:
             kv['error'] = _short(exc)
     if root_pem is not None:
-        facts['kv_foreign'] = _foreign_in_records(client, kv_mount, bundle_path, facts.get('kv_epochs') or [], root_pem)
+        facts['kv_foreign'] = _foreign_in_records(client, kv_mount, bundle_path, facts.get('kv_epochs') or [], roots)
 
 
-def _foreign_in_records(client, kv_mount, bundle_path, epochs, root_pem):
-    """Every stored bundle record's certificates that are neither the root nor signed by it (a record written
-    without verification, e.g. ``ca_bundle verify=false`` before it refused epoch records): ``[{location, subject,
-    sha256}]``. Signatures, not the issuer list, decide: expired issuers are pruned while their records are kept."""
-    root = load_cert(root_pem)
+def _foreign_in_records(client, kv_mount, bundle_path, epochs, root_pems):
+    """Every stored bundle record's certificates that are neither a root (of a family: ``root_pems``) nor signed by
+    one (a record written without verification, e.g. ``ca_bundle verify=false`` before it refused epoch records):
+    ``[{location, subject, sha256}]``. Signatures, not the issuer list, decide: expired issuers are pruned while their
+    records are kept."""
+    roots = [load_cert(pem) for pem in ([root_pems] if isinstance(root_pems, str) else root_pems)]
     out = []
     for epoch in epochs:
         path = expand(bundle_path, epoch)
@@ -201,7 +221,7 @@ def _foreign_in_records(client, kv_mount, bundle_path, epochs, root_pem):
             out.append({'location': '%s/%s' % (kv_mount, path), 'subject': None, 'sha256': None, 'error': _short(exc)})
             continue
         for cert in certs:
-            if cert_sha256(cert) == cert_sha256(root) or _signed_by(cert, root):
+            if any(cert_sha256(cert) == cert_sha256(root) or _signed_by(cert, root) for root in roots):
                 continue
             out.append({'location': '%s/%s' % (kv_mount, path), 'subject': cert.subject.rfc4514_string(),
                         'sha256': cert_sha256(cert), 'error': None})
@@ -304,9 +324,10 @@ def gather_authority(openbao_params, schedule, now, root_mount='pki', int_mount=
                      state_path=_state.DEFAULT_PATH, bundle_path=DEFAULT_BUNDLE_PATH, clusters=(), nats_params=None,
                      stream=DEFAULT_STREAM, subject=DEFAULT_SUBJECT, transit_mount=_message.DEFAULT_TRANSIT_MOUNT,
                      transit_key=_message.DEFAULT_TRANSIT_KEY, k8s_params=None, epoch_secret=None, timeout=10.0,
-                     connect=openbao_connect):
+                     connect=openbao_connect, families=()):
     """Facts of the authority side. ``nats_params`` None skips the announcement; ``epoch_secret`` None
-    (or ``k8s_params`` None) skips the per-epoch Secret. Never raises for unreachable services."""
+    (or ``k8s_params`` None) skips the per-epoch Secret; ``families``: the other key families' mounts in dual mode
+    (``[{family, root_mount, int_mount}]``, read into ``families``). Never raises for unreachable services."""
     if '{epoch}' not in bundle_path:
         raise StatusError('bundle_path %r must contain {epoch}' % bundle_path, option='bundle_path')
     facts = {
@@ -316,7 +337,7 @@ def gather_authority(openbao_params, schedule, now, root_mount='pki', int_mount=
         'openbao': {'int_mount': int_mount, 'root_mount': root_mount, 'kv_mount': kv_mount},
         'clusters': list(clusters), 'errors': [], 'issuers': None, 'default_issuer': None, 'root': None,
         'state': None, 'cluster_records': {}, 'kv_epochs': None, 'kv_bundle': None, 'kv_foreign': None, 'epoch_secret': None,
-        'announcement': None,
+        'announcement': None, 'families': {},
     }
     client = None
     try:
@@ -324,7 +345,8 @@ def gather_authority(openbao_params, schedule, now, root_mount='pki', int_mount=
     except OpenBaoError as exc:
         facts['errors'].append({'source': 'openbao', 'msg': 'connecting to OpenBao: %s' % _short(exc)})
     if client is not None:
-        _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_mount, state_path, bundle_path, clusters)
+        _gather_openbao(facts, client, schedule, now, root_mount, int_mount, kv_mount, state_path, bundle_path, clusters,
+                        families)
     epoch = (facts.get('state') or {}).get('epoch')
     if epoch_secret is not None and k8s_params is not None and epoch is not None:
         _gather_epoch_secret(facts, k8s_params, epoch_secret, epoch)

@@ -476,3 +476,52 @@ def test_an_epoch_with_a_replacement_is_judged_by_the_issuer_standing_for_it():
     assert findings(authority, cluster) == set()
     replacement['revoked'] = True
     assert findings(authority, cluster) == {('default_issuer_revoked', 'openbao')}
+
+
+def _dual():
+    """The converged facts of dual mode: an ML-DSA family with its own root and the same epochs in the bundle."""
+    authority, cluster = consistent()
+    pq = {n: ('%d' % n)[-1] * 63 + 'm' for n in INT}
+    issuers = [dict(i, sha256=pq[i['epoch']], issuer_id='pq-%d' % i['epoch'], subject='CN=NATS ML-DSA Intermediate CA Epoch %d'
+                    % i['epoch']) for i in authority['issuers']]
+    authority['families'] = {'mldsa': {
+        'int_mount': 'pki_int_mldsa', 'root_mount': 'pki_mldsa', 'issuers': issuers,
+        'default_issuer': {'issuer_id': 'pq-%d' % CURRENT, 'issuer_name': 'epoch-%d' % CURRENT, 'epoch': CURRENT},
+        'root': {'sha256': 'q' * 64, 'common_name': 'ML-DSA Root', 'not_after': '2036-01-01T00:00:00Z'}}}
+    authority['kv_bundle']['certificates'] += [
+        {'epoch': i['epoch'], 'kind': 'intermediate', 'sha256': i['sha256'], 'not_after': i['not_after'], 'subject': i['subject']}
+        for i in issuers] + [{'epoch': None, 'kind': 'root', 'sha256': 'q' * 64, 'not_after': '2036-01-01T00:00:00Z',
+                              'subject': 'CN=ML-DSA Root'}]
+    return authority, cluster
+
+
+def test_dual_mode_the_second_familys_chain_belongs_in_the_bundle_and_its_issuers_are_checked():
+    authority, cluster = _dual()
+    assert findings(authority, cluster) == set() and findings(authority, cluster, 'warning') == set()
+    # without the family's facts its root and intermediates are foreign to the bundle
+    plain = copy.deepcopy(authority)
+    del plain['families']
+    assert {code for code, _where in findings(plain, cluster)} == {'bundle_foreign_root', 'bundle_unknown_intermediate'}
+    # the family's own issuers are judged like the classical ones, where they are
+    for mutate, expected in (
+            (lambda fam: fam.update(default_issuer=None), ('default_issuer_missing', 'openbao pki_int_mldsa')),
+            (lambda fam: fam['issuers'][-1].update(revoked=True), ('default_issuer_revoked', 'openbao pki_int_mldsa')),
+            (lambda fam: fam.update(issuers=fam['issuers'][:-1]), ('issuer_missing', 'openbao pki_int_mldsa'))):
+        changed = copy.deepcopy(authority)
+        mutate(changed['families']['mldsa'])
+        assert expected in findings(changed, cluster), findings(changed, cluster)
+    # an ML-DSA issuer the bundle lacks is flagged as missing from it
+    short = copy.deepcopy(authority)
+    short['kv_bundle']['certificates'] = [c for c in short['kv_bundle']['certificates']
+                                          if c['sha256'] != short['families']['mldsa']['issuers'][0]['sha256']]
+    assert ('bundle_missing_epoch', 'kv') in findings(short, cluster)
+
+
+def test_dual_mode_a_family_switched_off_still_vouches_for_its_certificates_but_its_issuers_are_not_judged():
+    authority, cluster = _dual()
+    off = copy.deepcopy(authority)
+    off['families']['mldsa'].update(enabled=False, default_issuer=None)  # its issuers would be flagged if judged
+    assert findings(off, cluster) == set()
+    on = copy.deepcopy(off)
+    on['families']['mldsa']['enabled'] = True
+    assert ('default_issuer_missing', 'openbao pki_int_mldsa') in findings(on, cluster)
