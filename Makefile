@@ -78,7 +78,7 @@ test-checks: lint sanity unit integration-side faults test-matrix-edges
 test-services: integration-main soak-short
 
 # the integration suite split between the two streams (make integration runs all of it)
-INTEGRATION_SIDE := tests/integration/test_rotation_multicluster.py
+INTEGRATION_SIDE := tests/integration/test_rotation_multicluster.py tests/integration/test_dual_mode.py
 
 unit: dev
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)

@@ -30,7 +30,9 @@ def inventory_vars(info: dict, state_dir: Path) -> dict:
         "ca_rotation_schedule": dict(info["epoch"]),
         "ca_rotation_openbao": {"url": bao["addr"], "token_file": bao["token_file"],
                                 **({"ca_cert": bao["ca_cert"]} if bao.get("ca_cert") else {})},
-        "ca_rotation_pki": {k: pki[k] for k in ("root_mount", "int_mount", "role", "transit_mount", "transit_key", "kv_mount", "cn_prefix", "key_type")},
+        "ca_rotation_pki": dict(
+            {k: pki[k] for k in ("root_mount", "int_mount", "role", "transit_mount", "transit_key", "kv_mount", "cn_prefix", "key_type")},
+            **({"mldsa": {k: v for k, v in pki["mldsa"].items() if k != "root_pem_file"}} if pki.get("mldsa") else {})),
         "ca_rotation_nats_clusters": {
             c["name"]: {
                 "servers": [s["url"] for s in c["servers"]],

@@ -62,6 +62,9 @@ TRANSIT_MOUNT = "transit"
 TRANSIT_KEY = "ca-bundle-signer"
 KV_MOUNT = "secret"
 CN_PREFIX = "NATS Intermediate CA"
+MLDSA_ROOT_MOUNT = "pki_mldsa"
+MLDSA_INT_MOUNT = "pki_int_mldsa"
+MLDSA_CN_PREFIX = "NATS ML-DSA Intermediate CA"
 MAX_SERVERS = 7
 #: without JetStream (the benchmarks' many-server clusters) a cluster may be larger
 MAX_SERVERS_NO_JETSTREAM = 64
@@ -89,6 +92,7 @@ class LocalStack:
         inventory_dir: str | Path | None = None,
         key_type: str = "ec",
         key_bits: int = 0,
+        mldsa_family: int = 0,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir or os.environ.get("CA_ROTATION_STACK_DIR") or DEFAULT_STATE_DIR).resolve()
@@ -117,6 +121,10 @@ class LocalStack:
         self.key_bits = int(key_bits or (65 if key_type == "mldsa" else 0))
         pq = key_type == "mldsa"
         self._chain_key = {"key_type": "mldsa", "key_bits": self.key_bits} if pq else {"key_type": "ec", "key_bits": 256}
+        #: dual mode: an ML-DSA root and intermediate mount beside the classical ones (the ML-DSA parameter set; 0: off)
+        self.mldsa_family = int(mldsa_family or 0)
+        if self.mldsa_family and pq:
+            raise StackError("mldsa_family is the second family of a classical stack; this stack is ML-DSA already")
         self._log = log or (lambda msg: None)
         self.info: dict = self._load() or {}
 
@@ -327,6 +335,8 @@ class LocalStack:
             },
         )
         bundle = intermediate["certificate"].strip() + "\n" + root["certificate"].strip() + "\n"
+        if self.mldsa_family:
+            bundle += self._bootstrap_mldsa(client, pki_dir, current, now)
         write_file(pki_dir / "ca-bundle.pem", bundle)
         self.info["pki"] = {
             "root_mount": ROOT_MOUNT, "int_mount": INT_MOUNT, "role": LEAF_ROLE,
@@ -335,6 +345,48 @@ class LocalStack:
             "bundle_file": str(pki_dir / "ca-bundle.pem"), "bundle_sha256": hashlib.sha256(bundle.encode()).hexdigest(),
             "bootstrap_epoch": current, "key_type": self.key_type,
         }
+        if self.mldsa_family:
+            self.info["pki"]["mldsa"] = {"root_mount": MLDSA_ROOT_MOUNT, "int_mount": MLDSA_INT_MOUNT, "role": LEAF_ROLE,
+                                         "key_bits": self.mldsa_family, "cn_prefix": MLDSA_CN_PREFIX,
+                                         "root_pem_file": str(pki_dir / "root-mldsa.pem")}
+
+    def _bootstrap_mldsa(self, client, pki_dir: Path, current: int, now: _dt.datetime) -> str:
+        """Dual mode: the ML-DSA root, its intermediate mount with epoch ``current`` made the default and an ML-DSA
+        leaf role; returns the ML-DSA part of the bootstrap bundle (intermediate, root)."""
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
+
+        key = {"key_type": "mldsa", "key_bits": self.mldsa_family}
+        long_ttl = "87600h"
+        client.sys.enable_secrets_engine("pki", path=MLDSA_ROOT_MOUNT, config={"max_lease_ttl": long_ttl})
+        root = client.write_data(
+            f"{MLDSA_ROOT_MOUNT}/root/generate/internal",
+            data=dict({"common_name": "NATS Local ML-DSA Root CA", "issuer_name": "root", "key_name": "root",
+                       "ttl": long_ttl}, **key),
+        )["data"]
+        write_file(pki_dir / "root-mldsa.pem", root["certificate"].strip() + "\n")
+        client.sys.enable_secrets_engine("pki", path=MLDSA_INT_MOUNT, config={"max_lease_ttl": long_ttl})
+        result = bao_intermediate.ensure_epoch_intermediate(
+            client, self.schedule, current, root_mount=MLDSA_ROOT_MOUNT, int_mount=MLDSA_INT_MOUNT,
+            cn_prefix=MLDSA_CN_PREFIX, key_type="mldsa", key_bits=self.mldsa_family, now=now)
+        bao_intermediate.set_default_issuer(client, MLDSA_INT_MOUNT, f"epoch-{current}")
+        client.write_data(
+            f"{MLDSA_INT_MOUNT}/roles/{LEAF_ROLE}",
+            data={"allow_any_name": True, "allow_localhost": True, "allow_ip_sans": True, "enforce_hostnames": False,
+                  "server_flag": True, "client_flag": True, **key, "max_ttl": long_ttl,
+                  "ttl": f"{self.schedule.validity}s", "no_store": True, "issuer_ref": "default"},
+        )
+        return result["certificate"].strip() + "\n" + root["certificate"].strip() + "\n"
+
+    def issue_mldsa_leaf(self, common_name: str, cert_file: Path, key_file: Path, issuer_ref: str | None = None) -> None:
+        """Dual mode: an ML-DSA client+server leaf from the ML-DSA family's default issuer (or ``issuer_ref``),
+        written with its intermediate (cert + chain) and key (0600)."""
+        client = self.bao_client()
+        base = f"{MLDSA_INT_MOUNT}/issuer/{issuer_ref}" if issuer_ref else MLDSA_INT_MOUNT
+        data = client.write_data(f"{base}/issue/{LEAF_ROLE}", data={"common_name": common_name})["data"]
+        chain = [data["certificate"].strip()] + [c.strip() for c in data.get("ca_chain", [])][:1]
+        write_file(cert_file, "\n".join(chain) + "\n")
+        write_secret(key_file, data["private_key"].strip() + "\n")
 
     def _issue_intermediate(self, client, epoch: int, now: _dt.datetime, activate: bool = True) -> dict:
         """Issue (and activate) the intermediate of ``epoch`` (the collection's own code path)."""
@@ -510,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--servers", type=int, default=3, help="NATS servers per cluster")
     up.add_argument("--cluster", action="append", default=None, help="cluster name (repeatable)")
     up.add_argument("--openbao-tls", action="store_true", help="serve OpenBao over TLS (-dev-tls)")
+    up.add_argument("--mldsa-family", type=int, default=0, choices=(0, 44, 65, 87),
+                    help="dual mode: an ML-DSA root and intermediate mount beside the classical ones (the ML-DSA "
+                         "parameter set; the inventory gets ca_rotation_pki.mldsa)")
     up.add_argument("--rebuild", action="store_true",
                     help="when a recorded stack's OpenBao no longer runs, rebuild everything (new root CA, keys, ports)")
     up.add_argument("--vms", type=int, default=0,
@@ -530,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs.update(
             epoch_duration=args.epoch_duration, validity=args.validity, lead_time=args.lead_time,
             clusters=[(name, args.servers) for name in (args.cluster or ["local"])], openbao_tls=args.openbao_tls,
+            mldsa_family=args.mldsa_family,
         )
     try:
         stack = LocalStack(state_dir, **kwargs)

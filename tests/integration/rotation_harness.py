@@ -54,9 +54,9 @@ class RotationStack:
         self.runs.append(run)
         return run
 
-    def default_issuer_epoch(self) -> int | None:
+    def default_issuer_epoch(self, int_mount: str | None = None) -> int | None:
         client = self.bao()
-        issuers = client.list(f"{self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
+        issuers = client.list(f"{int_mount or self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
         for meta in issuers.values():
             match = re.fullmatch(r"epoch-(\d+)(?:-r\d+)?", meta.get("issuer_name") or "")
             if meta.get("is_default") and match:  # a replacement epoch-<n>-r<k> stands for epoch n
@@ -68,11 +68,13 @@ class RotationStack:
         return {hashlib.sha256(Path(s["ca_file"]).read_bytes()).hexdigest() for s in self.servers}
 
     def issue_client_leaf(self, dest: Path, issuer_ref: str = "default", leaf_only: bool = False, client=None,
-                          **params) -> tuple[str, str]:
+                          int_mount: str | None = None, **params) -> tuple[str, str]:
         """A client leaf from ``issuer_ref``; its cert file holds leaf + intermediate, or the leaf alone with ``leaf_only``
         (then a server accepts it only if its CA file lists that intermediate). ``params`` go to the issue call
-        (e.g. ``not_after``); ``client`` is an hvac client to use instead of a new one."""
-        data = (client or self.bao()).write_data(f"{self.info['pki']['int_mount']}/issuer/{issuer_ref}/issue/{self.info['pki']['role']}",
+        (e.g. ``not_after``); ``client`` is an hvac client to use instead of a new one; ``int_mount``: another family's
+        intermediate mount (dual mode)."""
+        mount = int_mount or self.info['pki']['int_mount']
+        data = (client or self.bao()).write_data(f"{mount}/issuer/{issuer_ref}/issue/{self.info['pki']['role']}",
                                                  data={"common_name": f"e2e-client-{dest.name}", **params})["data"]
         dest.mkdir(parents=True, exist_ok=True)
         cert, key = dest / "cert.pem", dest / "key.pem"
@@ -98,9 +100,11 @@ class Observer(threading.Thread):
     a handshake fails and is recorded.
     """
 
-    def __init__(self, rs: RotationStack, workdir: Path, interval: float = 0.5):
+    def __init__(self, rs: RotationStack, workdir: Path, interval: float = 0.5, int_mount: str | None = None):
         super().__init__(daemon=True)
         self.rs, self.workdir, self.interval = rs, workdir, interval
+        #: the family's intermediate mount whose default issuer is watched (dual mode: the ML-DSA one)
+        self.int_mount = int_mount
         self.stop_event = threading.Event()
         self.failures: list[str] = []
         self.checks = 0
@@ -110,11 +114,12 @@ class Observer(threading.Thread):
     def run(self):
         while not self.stop_event.wait(self.interval):
             try:
-                epoch = self.rs.default_issuer_epoch()
+                epoch = self.rs.default_issuer_epoch(self.int_mount)
                 if epoch is None:
                     continue
                 if epoch not in self.leaves:
-                    self.leaves[epoch] = self.rs.issue_client_leaf(self.workdir / f"epoch-{epoch}", f"epoch-{epoch}")
+                    self.leaves[epoch] = self.rs.issue_client_leaf(self.workdir / f"epoch-{epoch}", f"epoch-{epoch}",
+                                                                   int_mount=self.int_mount)
                     self.epochs_seen.append(epoch)
                 for server in self.rs.servers:
                     ok, detail = self.rs.handshake(*self.leaves[epoch], server)
