@@ -6,9 +6,13 @@ and no boundary is crossed while the test runs.
 
 Proves: bad input (no epoch, an epoch without an intermediate, a bundle that includes the root without the force
 option) fails with a clear message and changes nothing; check mode predicts and changes nothing; distrusting the
-default issuer revokes it, replaces it trust-first with ``epoch-<n>-r1``, re-issues the server leaves, and every
-server then refuses a leaf of it - sent alone and with its intermediate, on client and route ports - while leaves of
-the other epochs and of the replacement connect; a re-run and the next rotate.yml change nothing; distrusting the
+default issuer without renewing the announcer's certificate (which it signed) replaces it but keeps it in every CA
+file and fails naming the file; the re-run with the renewal on completes it: it revokes it, replaces it trust-first
+with ``epoch-<n>-r1``, re-issues the server leaves, and every
+server then refuses a leaf of it - sent alone and with its intermediate, on client and route ports, where a leaf of
+the replacement is accepted by the same attempt - while leaves of the other epochs and of the replacement connect; the
+last announcement is a signed ``kind: distrust`` of a newer generation whose bundle leaves the intermediate out; the
+state records the distrust (epoch, issuer, SHA-256, reason); a re-run and the next rotate.yml change nothing; distrusting the
 prepared epoch during a rollback hold takes it out of the held bundle (and issues its replacement); rollback.yml
 never puts a distrusted intermediate back; both distrusts are in the audit log; under JetStream traffic nothing acked
 is lost, and open connections of a distrusted certificate are kept (a reload does not re-check them); status.yml
@@ -30,10 +34,19 @@ from cryptography.hazmat.primitives import hashes
 from helpers import REPO
 from rotation_harness import RotationStack, Traffic
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.transit import verify_with_transit
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._reload.probe import probe_context
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import refusal
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import STREAM_DEFAULTS
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EPOCH = 3600
 EXTRA = {"ca_rotation_authority_include_root": False, "ca_rotation_nats_reload_propagation_timeout": 30}
+SUBJECT = "metadata.client.ca-cert"  # the announcement subject (stream METADATA_CA_CLIENT)
+REASON = "integration test: the epoch's key leaked"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +121,38 @@ def _failed(run) -> str:
     return run["stdout"][-4000:] + run["stderr"][-2000:]
 
 
+def _route_verdicts(rs, leaves) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(address, presentation): (verdict, detail)}`` of ``refusal.attempt`` - the attempt the distrust proof makes -
+    on every server's route port (the server's certificate verified against the root first: a verdict is the server's)."""
+    out = {}
+    for server in rs.servers:
+        routes = [(host, port) for label, host, port in refusal.ports(server) if label == "route"]
+        assert len(routes) == 1, (server["name"], refusal.ports(server))
+        for label, (cert, key) in leaves.items():
+            ctx = probe_context({"cert_file": cert, "key_file": key, "ca_file": rs.info["pki"]["root_pem_file"]})
+            out[("%s:%s" % routes[0], label)] = refusal.attempt(*routes[0], ctx)
+    return out
+
+
+async def _read_last(params: dict, stream: str):
+    client = await nats_client.connect(params)
+    try:
+        return await jetstream.last_message(client, stream, SUBJECT, jetstream.Deadline(30))
+    finally:
+        await nats_client.close(client)
+
+
+def _announcement(rs, newer_than: int | None = None) -> dict:
+    """The last announcement on the subject, read as the application's client and verified against the transit key
+    exactly as ca-bundle-sync does (``newer_than``: the generation it must be newer than)."""
+    auth, pki = rs.info["nats_auth"], rs.info["pki"]
+    params = {"servers": [s["url"] for s in rs.servers], "ca_file": auth["ca_file"], "cert_file": auth["client_cert_file"],
+              "key_file": auth["client_key_file"], "user": auth["app_user"], "password_file": auth["app_password_file"]}
+    last = nats_client.run(_read_last(params, jetstream.stream_options(STREAM_DEFAULTS, SUBJECT)[0]))
+    assert last is not None, f"no announcement on {SUBJECT}"
+    return verify_with_transit(rs.bao(), pki["transit_mount"], pki["transit_key"], last["data"], newer_than=newer_than)
+
+
 def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path):
     first = rs.playbook("rotate.yml", extra_vars=EXTRA)
     assert first["rc"] == 0, _failed(first)
@@ -149,17 +194,42 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert check["report"]["distrust"]["replacement"] == f"epoch-{n}-r1", check["report"]["distrust"]
     assert check["report"]["changed"] is True
     assert _snapshot(rs) == before, "check mode changed something"
+    announced = _announcement(rs)
+    assert announced["generation"] == first["report"]["generation"] and announced["kind"] == "rotation", \
+        {k: announced.get(k) for k in ("generation", "kind", "epoch")}
 
-    # distrust the default issuer
-    run = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n))
+    # distrust the default issuer - first without renewing the announcer's certificate, which epoch n signed: the
+    # replacement is issued, proven and made the default, but the distrusted intermediate stays in every CA file (the
+    # announcer would be locked out) and the run fails naming the file and the switch
+    blocked = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n, ca_rotation_distrust_reason=REASON,
+                                                          ca_rotation_authority_renew_client_leaf=False))
+    assert blocked["rc"] != 0, _failed(blocked)
+    for words in ("ca_rotation_authority_nats.cert_file", "ca_rotation_authority_renew_client_leaf is off",
+                  "The distrusted intermediate stays in the bundle"):
+        assert words in blocked["stdout"], _failed(blocked)
+    issuers = _issuers(rs)
+    assert issuers[f"epoch-{n}"]["revoked"] and issuers[f"epoch-{n}-r1"]["default"], issuers
+    assert issuers[f"epoch-{n}"]["sha256"] in _servers_ca_shas(rs)
+    assert (_state(rs).get("distrust_pending") or {}).get("epoch") == n, _state(rs).get("distrust_pending")
+    assert Path(auth["client_cert_file"]).read_bytes() == app_cert.read_bytes()  # not renewed
+    # the re-run, with the renewal on (the local inventory's setting), re-issues it and completes the distrust
+    run = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n, ca_rotation_distrust_reason=REASON))
     assert run["rc"] == 0, _failed(run)
-    report = run["report"]
+    report = distrust_report = run["report"]
     assert report["ok"] and report["kind"] == "distrust", report
     dis = report["distrust"]
     assert dis["stage"] == "complete" and dis["issuer_name"] == f"epoch-{n}" and dis["replacement"] == f"epoch-{n}-r1", dis
     proof = report["clusters"]["local"]["distrust_proof"]
     assert proof["ok"] and len(proof["servers"]) == 2 * len(rs.servers), proof  # client + route port of each server
     assert all(s["leaf_only"] == "refused" and s["with_intermediate"] == "refused" for s in proof["servers"]), proof
+    # the positive control of the route ports: on the very addresses where the proof saw the witness refused, the same
+    # attempt with a leaf of the replacement (a trusted epoch), alone and with its intermediate, is accepted - so that
+    # "refused" on a route port is the server's verdict about the distrusted leaf, not what any client gets there
+    replacement = _leaves(rs, tmp_path, f"epoch-{n}-r1")
+    accepted = _route_verdicts(rs, replacement)
+    assert {v[0] for v in accepted.values()} == {"accepted"}, accepted
+    assert set(accepted) == {(s["address"], label) for s in proof["servers"] if s["port"] == "route"
+                             for label in ("leaf_only", "with_intermediate")}, (accepted, proof)
     issuers = _issuers(rs)
     assert issuers[f"epoch-{n}"]["revoked"] and not issuers[f"epoch-{n}"]["default"]
     assert issuers[f"epoch-{n}-r1"]["default"] and not issuers[f"epoch-{n}-r1"]["revoked"]
@@ -175,7 +245,21 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert _verdicts(rs, current) == {False}
     assert _verdicts(rs, prepared) == {True}
     assert _verdicts(rs, _leaves(rs, tmp_path, "default")) == {True}
-    assert _state(rs)["distrusted"][0]["sha256"] == issuers[f"epoch-{n}"]["sha256"]
+    assert _verdicts(rs, replacement) == {True}
+    # the state's record of the distrust: what was distrusted, why, by which run
+    entry = _state(rs)["distrusted"][0]
+    assert {k: entry.get(k) for k in ("epoch", "issuer_name", "sha256", "serial", "reason")} == {
+        "epoch": n, "issuer_name": f"epoch-{n}", "sha256": issuers[f"epoch-{n}"]["sha256"], "serial": dis["serial"],
+        "reason": REASON}, entry
+    assert entry.get("by") and entry.get("at"), entry
+    # clients learn it from a signed announcement of kind distrust, newer than the last one, without the intermediate
+    distrust_msg = _announcement(rs, newer_than=announced["generation"])
+    assert distrust_msg["kind"] == "distrust" and distrust_msg["generation"] > announced["generation"], \
+        {k: distrust_msg.get(k) for k in ("generation", "kind", "epoch")}
+    assert distrust_msg["generation"] == report["generation"] and distrust_msg["bundle_sha256"] == report["bundle_sha256"]
+    announced_shas = _cert_shas(distrust_msg["bundle_pem"])
+    assert issuers[f"epoch-{n}"]["sha256"] not in announced_shas | {c["sha256"] for c in distrust_msg["certificates"]}
+    assert {issuers[f"epoch-{n}-r1"]["sha256"], issuers[f"epoch-{n + 1}"]["sha256"]} <= announced_shas, announced_shas
     acked_at_distrust = len(traffic.acked)
 
     # a re-run confirms the same distrust; the next rotate.yml converges without it
@@ -201,7 +285,7 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert run["report"]["clusters"]["local"]["distrust_proof"]["ok"]
     assert _state(rs)["hold"]["sha256"] == run["report"]["bundle_sha256"]
     assert _verdicts(rs, prepared) == {False} and _verdicts(rs, current) == {False}
-    assert _verdicts(rs, _leaves(rs, tmp_path, f"epoch-{n}-r1")) == {True}
+    assert _verdicts(rs, replacement) == {True}
     issuers = _issuers(rs)
     assert issuers[f"epoch-{n}-r1"]["default"] and issuers[f"epoch-{n + 1}"]["revoked"]
     distrusted = {issuers[f"epoch-{n}"]["sha256"], issuers[f"epoch-{n + 1}"]["sha256"]}
@@ -221,8 +305,14 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     shown = subprocess.run([sys.executable, str(REPO / "scripts" / "ca-audit"), "show", "--stack", str(rs.base / "state"),
                             "--json"], capture_output=True, text=True, timeout=240, check=False)
     assert shown.returncode == 0, shown.stderr
-    kinds = [(e["record"] or {}).get("kind") for e in json.loads(shown.stdout)]
+    records = [e["record"] or {} for e in json.loads(shown.stdout)]
+    kinds = [r.get("kind") for r in records]
     assert kinds.count("distrust") == 2, kinds
+    # the first distrust's record is the record of that run: its generation and bundle (the audit schema has no fields
+    # for the distrusted issuer, its SHA-256 or the reason: those are in the state's record, checked above)
+    first_distrust = next(r for r in records if r.get("kind") == "distrust")
+    assert (first_distrust["generation"], first_distrust["bundle_sha256"], first_distrust["epoch"]) == (
+        distrust_report["generation"], distrust_report["bundle_sha256"], distrust_report["epoch"]), first_distrust
 
     # open connections are not re-checked by a reload: the traffic's clients, whose certificate the distrusted epoch
     # signed, kept publishing and consuming without a loss; a new connection with that certificate is refused

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.certs import issued_by, load_cert
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._common.files import atomic_write
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._epoch import isoformat, parse_time
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.client import _data, _request
@@ -188,6 +189,48 @@ def replacing(target, state, first_pass=None, check_mode=False, now=None):
     if target.get('is_default') or (pending(state) or {}).get('epoch') == target['epoch']:
         return True
     return target.get('sha256') not in distrusted_shas(state)
+
+
+def announcer_leaf_blocks(cert_file, target, issuers=(), renew_client_leaf=False, announce=True, check_mode=False,
+                          now=None):
+    """None, or why the second pass must keep the distrusted intermediate: the announcer's client certificate
+    (``ca_rotation_authority_nats.cert_file``, read on the controller, where the announcer runs) is one ``target``
+    signed and this run did not re-issue it - a bundle without the intermediate would lock the announcer out of every
+    server (the next announcement, the audit record).
+
+    The engine re-issues it from the default issuer only with ``ca_rotation_authority_renew_client_leaf`` and the
+    announcement on (``activate_replacement``, before the leaf phase); check mode only predicts that renewal, so it
+    does not block. Nothing blocks when the file is not readable here or is no certificate (nothing to judge), when
+    the target's certificate is not known (a deleted issuer: nothing it signed verifies either way) or when the
+    target has expired at ``now``. ``issuers``: ``list_epoch_issuers`` facts, to name the default issuer."""
+    if renew_client_leaf and announce and check_mode:
+        return None
+    if not cert_file or not target.get('certificate') or (now is not None and expired(target, now)):
+        return None
+    path = os.path.expanduser(cert_file)
+    try:
+        with open(path, 'rb') as handle:
+            leaf = load_cert(handle.read())  # the first certificate of the file: the leaf (an intermediate may follow)
+    except (OSError, ValueError):
+        return None
+    if not issued_by(leaf, load_cert(target['certificate'])):
+        return None
+    default = next((i.get('issuer_name') for i in issuers if i.get('is_default')), None)
+    source = 'the default issuer %s' % default if default and default != target.get('issuer_name') else 'the default issuer'
+    if not renew_client_leaf:
+        why, fix = ('this collection does not re-issue it (ca_rotation_authority_renew_client_leaf is off)',
+                    'Re-issue it from %s (or set ca_rotation_authority_renew_client_leaf: true)' % source)
+    elif not announce:
+        why, fix = ('this collection re-issues it only when it announces (ca_rotation_authority_announce is off; the '
+                    'audit record still connects with it)',
+                    'Re-issue it from %s (or turn ca_rotation_authority_announce on)' % source)
+    else:
+        why, fix = ('it was not re-issued in this run (ca_rotation_authority_renew_client_leaf is on: the renewal after '
+                    'the activation failed or did not run, see its message)', 'Re-issue it from %s' % source)
+    return ('The announcer\'s client certificate %s (ca_rotation_authority_nats.cert_file) was signed by the distrusted '
+            'intermediate %s and %s: a bundle without that intermediate would lock the announcer out. %s, then re-run '
+            'playbooks/distrust.yml -e ca_rotation_distrust_epoch=%s. The distrusted intermediate stays in the bundle '
+            'until then.' % (path, target.get('issuer_name'), why, fix, target.get('epoch')))
 
 
 def distrust_entry(issuer, holder, now, reason):

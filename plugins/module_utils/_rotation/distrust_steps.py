@@ -20,6 +20,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     root_certificate,
 )
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation import decisions, distrust
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.config import PREFIX
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._rotation.authority import (
     _plan_and_state,
     _probe_dir,
@@ -71,6 +72,18 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
     step, changed, notes = 'choose', False, []
     try:
         decisions.check_clock(plan, state)
+        if cfg.mldsa is not None:
+            raise decisions.Refusal(
+                'distrust.yml does not handle a bundle of two key families yet (%spki.mldsa is set): it would revoke '
+                'and replace the classical intermediate of epoch %s only, and the ML-DSA one signed by the same epoch '
+                'would stay trusted. Nothing was changed. Until it does: for an epoch that is neither current nor '
+                'prepared, revoke its issuer on both families\' intermediate mounts (bao write '
+                '<int_mount>/issuer/epoch-%s/revoke) and run rotate.yml, which leaves revoked issuers out of the '
+                'bundle; for the current or prepared epoch (it needs a replacement, which only distrust.yml issues), '
+                'remove %spki.mldsa, run rotate.yml (the bundle becomes classical only), run distrust.yml, revoke '
+                'the ML-DSA issuer epoch-%s by hand, and put %spki.mldsa back once epoch %s is neither current nor '
+                'prepared' % (PREFIX, cfg.distrust_epoch, cfg.distrust_epoch, PREFIX, cfg.distrust_epoch, PREFIX,
+                              cfg.distrust_epoch))
         client = clients.openbao()
         with timings.step('choose'):
             issuers = list_epoch_issuers(client, pki['int_mount'])
@@ -82,6 +95,13 @@ def run(cfg, clients, holder, started_at, timings, check_mode=False, first_pass=
         record = entry or distrust.distrust_entry(target, holder, utcnow(), cfg.distrust_reason)
         distrusted = distrust.distrusted_shas(state) | {record['sha256']}
         replacing = distrust.replacing(target, state, first_pass, check_mode, now=cfg.now)
+        if first_pass.get('stage') == distrust.STAGE_REPLACING and not replacing:
+            # the pass that takes the intermediate out of the bundle must not lock the announcer (and the audit
+            # record) out: its leaf was to be re-issued by this run's activation, between the passes
+            blocked = distrust.announcer_leaf_blocks((cfg.authority_nats or {}).get('cert_file'), target, issuers,
+                                                     cfg.renew_client_leaf, cfg.announce, check_mode, now=cfg.now)
+            if blocked:
+                raise decisions.Refusal(blocked)
         previous = distrust.pending(state) or {}
         since = previous.get('since') or isoformat(utcnow())
         if entry is None and not check_mode:

@@ -311,3 +311,66 @@ def test_still_served_names_servers_presenting_a_leaf_of_the_intermediate_on_any
 ])
 def test_only_the_servers_alert_about_our_certificate_counts_as_a_refusal(reason, refused):
     assert refusal.rejects_certificate(reason) is refused
+
+
+def _announcer(tmp_path, name, cert, chain=()):
+    """The announcer's cert_file: the leaf, then whatever chain the file also holds."""
+    path = tmp_path / name
+    path.write_text(''.join(_pem(c) for c in (cert,) + tuple(chain)))
+    return str(path)
+
+
+def test_the_announcers_leaf_of_the_distrusted_intermediate_blocks_the_second_pass_when_it_is_not_reissued(tmp_path):
+    root = _ca('root')
+    bad, good = _ca('epoch-10', root), _ca('epoch-10-r1', root)
+    target = dict(issuer(10), certificate=_pem(bad[0]))
+    issuers = [target, dict(issuer(10, 1, default=True), certificate=_pem(good[0]))]
+    leaf = _announcer(tmp_path, 'announcer.pem', _ca('announcer', bad)[0], chain=[bad[0]])  # leaf + intermediate
+    why = distrust.announcer_leaf_blocks(leaf, target, issuers, renew_client_leaf=False, now=NOW)
+    assert why is not None and why.startswith("The announcer's client certificate %s (ca_rotation_authority_nats.cert_file) "
+                                              'was signed by the distrusted intermediate epoch-10' % leaf), why
+    assert 'ca_rotation_authority_renew_client_leaf is off' in why
+    assert 'Re-issue it from the default issuer epoch-10-r1 (or set ca_rotation_authority_renew_client_leaf: true), then ' \
+           're-run playbooks/distrust.yml -e ca_rotation_distrust_epoch=10' in why
+    assert why.endswith('The distrusted intermediate stays in the bundle until then.')
+    # the same leaf alone in the file, and in check mode (no renewal to predict): blocked too
+    alone = _announcer(tmp_path, 'alone.pem', _ca('announcer', bad)[0])
+    assert distrust.announcer_leaf_blocks(alone, target, issuers, check_mode=True, now=NOW) is not None
+    # with the renewal on but no announcement, the engine never re-issues it either: that switch is named
+    why = distrust.announcer_leaf_blocks(leaf, target, issuers, renew_client_leaf=True, announce=False, now=NOW)
+    assert 'ca_rotation_authority_announce is off' in why and 'or turn ca_rotation_authority_announce on' in why
+    # renewal on: a leaf the run should have re-issued and did not still blocks (the safety net), check mode predicts it
+    why = distrust.announcer_leaf_blocks(leaf, target, issuers, renew_client_leaf=True, now=NOW)
+    assert 'was not re-issued in this run' in why and 'Re-issue it from the default issuer epoch-10-r1, then' in why
+    assert distrust.announcer_leaf_blocks(leaf, target, issuers, renew_client_leaf=True, check_mode=True, now=NOW) is None
+
+
+def test_the_announcers_leaf_blocks_nothing_when_another_issuer_signed_it_or_nothing_can_be_judged(tmp_path):
+    root = _ca('root')
+    bad, good = _ca('epoch-10', root), _ca('epoch-10-r1', root)
+    target = dict(issuer(10), certificate=_pem(bad[0]))
+    of_bad = _announcer(tmp_path, 'bad.pem', _ca('announcer', bad)[0])
+    assert distrust.announcer_leaf_blocks(of_bad, target, now=NOW) is not None  # the control: this one blocks
+    # re-issued from the replacement, even with the distrusted intermediate's name on a look-alike: not signed by it
+    assert distrust.announcer_leaf_blocks(_announcer(tmp_path, 'good.pem', _ca('announcer', good)[0]), target, now=NOW) is None
+    impostor = _ca('epoch-10', root)  # same subject, other key
+    assert distrust.announcer_leaf_blocks(_announcer(tmp_path, 'imp.pem', _ca('announcer', impostor)[0]), target,
+                                          now=NOW) is None
+    (tmp_path / 'junk.pem').write_text('not a certificate\n')
+    for cert_file in (None, '', str(tmp_path / 'absent.pem'), str(tmp_path / 'junk.pem')):
+        assert distrust.announcer_leaf_blocks(cert_file, target, now=NOW) is None, cert_file
+    # a deleted issuer (the state's record, no certificate) or an expired one: nothing it signed verifies any more
+    assert distrust.announcer_leaf_blocks(of_bad, issuer(10), now=NOW) is None
+    assert distrust.announcer_leaf_blocks(of_bad, target, now=SCHED.expiry(10) + dt.timedelta(seconds=1)) is None
+    assert distrust.announcer_leaf_blocks(of_bad, target, now=None) is not None
+    # no default issuer known: the message says where to re-issue it from without a name
+    assert 'Re-issue it from the default issuer (or set' in distrust.announcer_leaf_blocks(of_bad, target, [target], now=NOW)
+
+
+def test_the_announcers_cert_file_is_read_with_the_home_directory_expanded(tmp_path, monkeypatch):
+    root = _ca('root')
+    bad = _ca('epoch-10', root)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    _announcer(tmp_path, 'announcer.pem', _ca('announcer', bad)[0])
+    why = distrust.announcer_leaf_blocks('~/announcer.pem', dict(issuer(10), certificate=_pem(bad[0])), now=NOW)
+    assert why is not None and str(tmp_path / 'announcer.pem') in why
