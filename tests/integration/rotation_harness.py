@@ -63,6 +63,10 @@ class RotationStack:
                 return int(match.group(1))
         return None
 
+    def default_issuer_name(self, int_mount: str | None = None) -> str | None:
+        issuers = self.bao().list(f"{int_mount or self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
+        return next((meta.get("issuer_name") for meta in issuers.values() if meta.get("is_default")), None)
+
     def ca_file_sha256s(self) -> set[str]:
         import hashlib
         return {hashlib.sha256(Path(s["ca_file"]).read_bytes()).hexdigest() for s in self.servers}
@@ -98,13 +102,21 @@ class Observer(threading.Thread):
 
     If the default issuer ever named an epoch that some server did not trust yet ("issue before trust"),
     a handshake fails and is recorded.
+
+    ``by_name``: the default issuer is told by its name, not its epoch (a replacement ``epoch-<n>-r<k>`` is another
+    issuer of epoch n), ``names_seen`` lists them, and a refusal counts only while that issuer is still the default
+    after the check (a distrust drops the distrusted issuer from the bundle once its replacement is the default).
     """
 
-    def __init__(self, rs: RotationStack, workdir: Path, interval: float = 0.5, int_mount: str | None = None):
+    def __init__(self, rs: RotationStack, workdir: Path, interval: float = 0.5, int_mount: str | None = None,
+                 by_name: bool = False):
         super().__init__(daemon=True)
         self.rs, self.workdir, self.interval = rs, workdir, interval
         #: the family's intermediate mount whose default issuer is watched (dual mode: the ML-DSA one)
         self.int_mount = int_mount
+        self.by_name = by_name
+        self.names: dict[str, tuple[str, str]] = {}
+        self.names_seen: list[str] = []
         self.stop_event = threading.Event()
         self.failures: list[str] = []
         self.checks = 0
@@ -114,6 +126,9 @@ class Observer(threading.Thread):
     def run(self):
         while not self.stop_event.wait(self.interval):
             try:
+                if self.by_name:
+                    self._check_by_name()
+                    continue
                 epoch = self.rs.default_issuer_epoch(self.int_mount)
                 if epoch is None:
                     continue
@@ -128,6 +143,19 @@ class Observer(threading.Thread):
                         self.failures.append(f"default issuer epoch-{epoch} not trusted by {server['name']}: {detail}")
             except Exception as exc:  # noqa: BLE001 - an observer error is a finding too
                 self.failures.append(f"observer error: {exc!r}")
+
+    def _check_by_name(self):
+        name = self.rs.default_issuer_name(self.int_mount)
+        if name is None:
+            return
+        if name not in self.names:
+            self.names[name] = self.rs.issue_client_leaf(self.workdir / name, name, int_mount=self.int_mount)
+            self.names_seen.append(name)
+        for server in self.rs.servers:
+            ok, detail = self.rs.handshake(*self.names[name], server)
+            self.checks += 1
+            if not ok and self.rs.default_issuer_name(self.int_mount) == name:
+                self.failures.append(f"default issuer {name} not trusted by {server['name']}: {detail}")
 
     def stop(self):
         self.stop_event.set()

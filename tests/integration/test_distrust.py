@@ -6,7 +6,8 @@ and no boundary is crossed while the test runs.
 
 Proves: bad input (no epoch, an epoch without an intermediate, a bundle that includes the root without the force
 option) fails with a clear message and changes nothing; check mode predicts and changes nothing; distrusting the
-default issuer without renewing the announcer's certificate (which it signed) replaces it but keeps it in every CA
+default issuer (a client of the default issuer - it, then its replacement - accepted by every server at every
+moment) without renewing the announcer's certificate (which it signed) replaces it but keeps it in every CA
 file and fails naming the file; the re-run with the renewal on completes it: it revokes it, replaces it trust-first
 with ``epoch-<n>-r1``, re-issues the server leaves, and every
 server then refuses a leaf of it - sent alone and with its intermediate, on client and route ports, where a leaf of
@@ -25,6 +26,7 @@ import datetime
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from helpers import REPO
-from rotation_harness import RotationStack, Traffic
+from rotation_harness import Observer, RotationStack, Traffic
 
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import client as nats_client
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._nats import jetstream
@@ -201,6 +203,14 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     # distrust the default issuer - first without renewing the announcer's certificate, which epoch n signed: the
     # replacement is issued, proven and made the default, but the distrusted intermediate stays in every CA file (the
     # announcer would be locked out) and the run fails naming the file and the switch
+    # trust first, watched throughout: a client of whatever issuer is the default (epoch-n, then its replacement) is
+    # accepted by every server at every moment
+    watch = Observer(rs, tmp_path / "observer", by_name=True)
+    watch.start()
+    deadline = time.monotonic() + 30
+    while not watch.checks and not watch.failures and time.monotonic() < deadline:  # its leaf of epoch-n, before the revoke
+        time.sleep(0.05)
+    assert watch.checks and not watch.failures, watch.failures[:5]
     blocked = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n, ca_rotation_distrust_reason=REASON,
                                                           ca_rotation_authority_renew_client_leaf=False))
     assert blocked["rc"] != 0, _failed(blocked)
@@ -214,6 +224,9 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     assert Path(auth["client_cert_file"]).read_bytes() == app_cert.read_bytes()  # not renewed
     # the re-run, with the renewal on (the local inventory's setting), re-issues it and completes the distrust
     run = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n, ca_rotation_distrust_reason=REASON))
+    watch.stop()
+    assert watch.failures == [] and watch.checks > 0, watch.failures[:5]
+    assert watch.names_seen[:1] == [f"epoch-{n}"] and f"epoch-{n}-r1" in watch.names_seen, watch.names_seen
     assert run["rc"] == 0, _failed(run)
     report = distrust_report = run["report"]
     assert report["ok"] and report["kind"] == "distrust", report
