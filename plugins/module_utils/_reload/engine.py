@@ -228,6 +228,9 @@ def reload_servers(transport, expect_sha256=None, propagation_timeout=180, reloa
     if min_success is not None and int(min_success) < 0:
         raise ReloadError(f"min_success must be 0 or more, got {min_success}", option='min_success')
     if isinstance(probe, list):  # one probe per key family (dual mode), as the rotation engine hands them on
+        if probes:
+            raise ReloadError('probe is a list of probes and probes is given as well: give the probes in one of them',
+                              option='probes')
         probe, probes = None, probe
     probe = prepare_probes(probe, probes)
     transport.varz_timeout = min(float(transport.varz_timeout), float(reload_timeout))

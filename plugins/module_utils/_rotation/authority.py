@@ -33,6 +33,7 @@ from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openb
     prune_epoch_issuers,
     set_default_issuer,
 )
+from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.leaf import ensure_leaf, parse_renew_before
 from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.pki import (
     epoch_issuer_name,
@@ -182,8 +183,18 @@ def has_family(bundle, family):
 
 
 def family_roots(cfg, clients):
-    """The root of every configured family (switched off ones too: a held bundle may still hold their part)."""
-    return [root_certificate(clients.openbao(), spec['root_mount']) for spec in family_mounts(cfg, enabled_only=False)]
+    """The root of every configured family (switched off ones too: a held bundle may still hold their part). A
+    switched-off family whose root cannot be read (its mounts never set up, or removed) is left out: a bundle that
+    still holds its intermediates is then refused as holding certificates no root signed."""
+    enabled = {spec['family'] for spec in family_mounts(cfg)}
+    roots = []
+    for spec in family_mounts(cfg, enabled_only=False):
+        try:
+            roots.append(root_certificate(clients.openbao(), spec['root_mount']))
+        except OpenBaoError:
+            if spec['family'] in enabled:
+                raise
+    return roots
 
 
 def rebuild_bundle(cfg, clients, pem, root_pem, include_root, distrusted, what):

@@ -374,7 +374,9 @@ def test_bad_options_are_refused_before_anything_happens():
     transport = FakeTransport({'n0': {}})
     for kwargs, option in (({'expect_sha256': 'xyz'}, 'expect_sha256'), ({'reload_timeout': 0}, 'reload_timeout'),
                            ({'propagation_timeout': -1}, 'propagation_timeout'), ({'min_success': -1}, 'min_success'),
-                           ({'probe': {'cert_file': '/nonexistent.pem', 'key_file': '/nonexistent-key.pem'}}, 'probe.cert_file')):
+                           ({'probe': {'cert_file': '/nonexistent.pem', 'key_file': '/nonexistent-key.pem'}}, 'probe.cert_file'),
+                           ({'probe': [{'cert_file': '/a.pem', 'key_file': '/a-key.pem'}],
+                             'probes': [{'cert_file': '/b.pem', 'key_file': '/b-key.pem'}]}, 'probes')):
         with pytest.raises(ReloadError) as err:
             reload_engine.reload_servers(transport, **kwargs)
         assert err.value.option == option

@@ -75,3 +75,23 @@ def test_dual_mode_probe_files_per_family_and_one_probe_per_family_for_the_proof
     with pytest.raises(decisions.Refusal, match='ca_rotation_nats_reload_leaf_family: mldsa'):
         cluster.probe_set({'probe': authority.probe_paths('/p'), 'sha256': 'ab' * 32}, 'mldsa')
     assert [p.get('pyopenssl') for p in cluster.probe_set(auth, 'mldsa')] == [True, None]
+
+
+def test_a_switched_off_familys_unreadable_root_is_left_out_an_enabled_ones_is_an_error(monkeypatch):
+    from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao.errors import OpenBaoError  # pylint: disable=import-outside-toplevel
+
+    def root(_client, mount):
+        if mount == 'pki_mldsa':
+            raise OpenBaoError('no mount pki_mldsa')
+        return 'ROOT ' + mount
+
+    class Clients:
+        def openbao(self):
+            return None
+
+    monkeypatch.setattr(authority, 'root_certificate', root)
+    off = Config({'pki': {'mldsa': {'key_bits': 65, 'enabled': False}}})
+    assert authority.family_roots(off, Clients()) == ['ROOT pki']
+    on = Config({'pki': {'mldsa': {'key_bits': 65}}})
+    with pytest.raises(OpenBaoError, match='pki_mldsa'):
+        authority.family_roots(on, Clients())
