@@ -181,7 +181,7 @@ def main():
             out = steps.deliver_reload(pem=p['pem'], targets=p['targets'], transport=p['transport'], file_mode=p['file_mode'],
                                        reload=p['reload'], expect_sha256=p['expect_sha256'],
                                        propagation_timeout=p['propagation_timeout'], reload_timeout=p['reload_timeout'],
-                                       min_success=p['min_success'], probe=None, check_mode=check)
+                                       min_success=p['min_success'], probes=None, check_mode=check)
             changed = out['delivered'] or bool(out['reload'] and out['reload']['changed'])
         elif p['step'] == 'leaf_requests':
             out = {'leaves': steps.leaf_requests(p['targets'], p['issuers'], p['renew_before'], p['now'], p['schedule'],

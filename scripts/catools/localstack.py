@@ -306,37 +306,46 @@ class LocalStack:
         token = Path(bao["token_file"]).read_text(encoding="utf-8").strip()
         return hvac.Client(url=bao["addr"], token=token, verify=bao["ca_cert"] or True, timeout=30)
 
-    def _bootstrap_pki(self) -> None:
-        client = self.bao_client()
-        sched = self.schedule
+    def _bootstrap_chain(self, client, root_file: Path, current: int, now: _dt.datetime, *, root_mount: str,
+                         int_mount: str, cn_prefix: str, root_cn: str, key: dict, int_key: dict) -> str:
+        """One chain of trust: a root on ``root_mount`` (written to ``root_file``), the intermediate of epoch
+        ``current`` on ``int_mount`` made the default, and the leaf role (``key``: the root's and the leaves' key,
+        ``int_key``: the intermediate's); returns its part of the bootstrap bundle (intermediate, root)."""
         long_ttl = "87600h"
-        client.sys.enable_secrets_engine("pki", path=ROOT_MOUNT, config={"max_lease_ttl": long_ttl})
+        client.sys.enable_secrets_engine("pki", path=root_mount, config={"max_lease_ttl": long_ttl})
         root = client.write_data(
-            f"{ROOT_MOUNT}/root/generate/internal",
-            data=dict({"common_name": "NATS Local Root CA", "issuer_name": "root", "key_name": "root", "ttl": long_ttl},
-                      **self._chain_key),
+            f"{root_mount}/root/generate/internal",
+            data=dict({"common_name": root_cn, "issuer_name": "root", "key_name": "root", "ttl": long_ttl}, **key),
         )["data"]
-        pki_dir = self.state_dir / "pki"
-        write_file(pki_dir / "root.pem", root["certificate"].strip() + "\n")
-        client.sys.enable_secrets_engine("pki", path=INT_MOUNT, config={"max_lease_ttl": long_ttl})
-        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
-        client.write_data(f"{TRANSIT_MOUNT}/keys/{TRANSIT_KEY}", data={"type": "ed25519"})
-
-        now = _epoch.utcnow()
-        current = sched.epoch(now)
-        intermediate = self._issue_intermediate(client, current, now)
+        write_file(root_file, root["certificate"].strip() + "\n")
+        client.sys.enable_secrets_engine("pki", path=int_mount, config={"max_lease_ttl": long_ttl})
+        intermediate = self._issue(client, current, now, root_mount, int_mount, cn_prefix, int_key, activate=True)
         client.write_data(
-            f"{INT_MOUNT}/roles/{LEAF_ROLE}",
+            f"{int_mount}/roles/{LEAF_ROLE}",
             data={
                 "allow_any_name": True, "allow_localhost": True, "allow_ip_sans": True,
                 "enforce_hostnames": False, "server_flag": True, "client_flag": True,
-                **self._chain_key, "max_ttl": long_ttl, "ttl": f"{sched.validity}s",
+                **key, "max_ttl": long_ttl, "ttl": f"{self.schedule.validity}s",
                 "no_store": True, "issuer_ref": "default",
             },
         )
-        bundle = intermediate["certificate"].strip() + "\n" + root["certificate"].strip() + "\n"
-        if self.mldsa_family:
-            bundle += self._bootstrap_mldsa(client, pki_dir, current, now)
+        return intermediate["certificate"].strip() + "\n" + root["certificate"].strip() + "\n"
+
+    def _bootstrap_pki(self) -> None:
+        client = self.bao_client()
+        pki_dir = self.state_dir / "pki"
+        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+        client.write_data(f"{TRANSIT_MOUNT}/keys/{TRANSIT_KEY}", data={"type": "ed25519"})
+        now = _epoch.utcnow()
+        current = self.schedule.epoch(now)
+        bundle = self._bootstrap_chain(client, pki_dir / "root.pem", current, now, root_mount=ROOT_MOUNT, int_mount=INT_MOUNT,
+                                       cn_prefix=CN_PREFIX, root_cn="NATS Local Root CA", key=self._chain_key,
+                                       int_key={"key_type": self.key_type, "key_bits": self.key_bits})
+        if self.mldsa_family:  # dual mode: the ML-DSA chain beside the classical one
+            mldsa = {"key_type": "mldsa", "key_bits": self.mldsa_family}
+            bundle += self._bootstrap_chain(client, pki_dir / "root-mldsa.pem", current, now, root_mount=MLDSA_ROOT_MOUNT,
+                                            int_mount=MLDSA_INT_MOUNT, cn_prefix=MLDSA_CN_PREFIX,
+                                            root_cn="NATS Local ML-DSA Root CA", key=mldsa, int_key=mldsa)
         write_file(pki_dir / "ca-bundle.pem", bundle)
         self.info["pki"] = {
             "root_mount": ROOT_MOUNT, "int_mount": INT_MOUNT, "role": LEAF_ROLE,
@@ -350,60 +359,22 @@ class LocalStack:
                                          "key_bits": self.mldsa_family, "cn_prefix": MLDSA_CN_PREFIX,
                                          "root_pem_file": str(pki_dir / "root-mldsa.pem")}
 
-    def _bootstrap_mldsa(self, client, pki_dir: Path, current: int, now: _dt.datetime) -> str:
-        """Dual mode: the ML-DSA root, its intermediate mount with epoch ``current`` made the default and an ML-DSA
-        leaf role; returns the ML-DSA part of the bootstrap bundle (intermediate, root)."""
-        # pylint: disable-next=import-outside-toplevel
-        from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
-
-        key = {"key_type": "mldsa", "key_bits": self.mldsa_family}
-        long_ttl = "87600h"
-        client.sys.enable_secrets_engine("pki", path=MLDSA_ROOT_MOUNT, config={"max_lease_ttl": long_ttl})
-        root = client.write_data(
-            f"{MLDSA_ROOT_MOUNT}/root/generate/internal",
-            data=dict({"common_name": "NATS Local ML-DSA Root CA", "issuer_name": "root", "key_name": "root",
-                       "ttl": long_ttl}, **key),
-        )["data"]
-        write_file(pki_dir / "root-mldsa.pem", root["certificate"].strip() + "\n")
-        client.sys.enable_secrets_engine("pki", path=MLDSA_INT_MOUNT, config={"max_lease_ttl": long_ttl})
-        result = bao_intermediate.ensure_epoch_intermediate(
-            client, self.schedule, current, root_mount=MLDSA_ROOT_MOUNT, int_mount=MLDSA_INT_MOUNT,
-            cn_prefix=MLDSA_CN_PREFIX, key_type="mldsa", key_bits=self.mldsa_family, now=now)
-        bao_intermediate.set_default_issuer(client, MLDSA_INT_MOUNT, f"epoch-{current}")
-        client.write_data(
-            f"{MLDSA_INT_MOUNT}/roles/{LEAF_ROLE}",
-            data={"allow_any_name": True, "allow_localhost": True, "allow_ip_sans": True, "enforce_hostnames": False,
-                  "server_flag": True, "client_flag": True, **key, "max_ttl": long_ttl,
-                  "ttl": f"{self.schedule.validity}s", "no_store": True, "issuer_ref": "default"},
-        )
-        return result["certificate"].strip() + "\n" + root["certificate"].strip() + "\n"
-
-    def issue_mldsa_leaf(self, common_name: str, cert_file: Path, key_file: Path, issuer_ref: str | None = None) -> None:
-        """Dual mode: an ML-DSA client+server leaf from the ML-DSA family's default issuer (or ``issuer_ref``),
-        written with its intermediate (cert + chain) and key (0600)."""
-        client = self.bao_client()
-        base = f"{MLDSA_INT_MOUNT}/issuer/{issuer_ref}" if issuer_ref else MLDSA_INT_MOUNT
-        data = client.write_data(f"{base}/issue/{LEAF_ROLE}", data={"common_name": common_name})["data"]
-        chain = [data["certificate"].strip()] + [c.strip() for c in data.get("ca_chain", [])][:1]
-        write_file(cert_file, "\n".join(chain) + "\n")
-        write_secret(key_file, data["private_key"].strip() + "\n")
-
-    def _issue_intermediate(self, client, epoch: int, now: _dt.datetime, activate: bool = True) -> dict:
-        """Issue (and activate) the intermediate of ``epoch`` (the collection's own code path)."""
+    def _issue(self, client, epoch: int, now: _dt.datetime, root_mount: str, int_mount: str, cn_prefix: str, key: dict,
+               activate: bool) -> dict:
+        """Issue (and activate) the intermediate of ``epoch`` on ``int_mount`` (the collection's own code path)."""
         # pylint: disable-next=import-outside-toplevel
         from ansible_collections.securetransport.ca_rotation.plugins.module_utils._openbao import intermediate as bao_intermediate
 
         result = bao_intermediate.ensure_epoch_intermediate(
-            client, self.schedule, epoch, root_mount=ROOT_MOUNT, int_mount=INT_MOUNT,
-            cn_prefix=CN_PREFIX, key_type=self.key_type, key_bits=self.key_bits, now=now,
-        )
+            client, self.schedule, epoch, root_mount=root_mount, int_mount=int_mount, cn_prefix=cn_prefix, now=now, **key)
         if activate:
-            bao_intermediate.set_default_issuer(client, INT_MOUNT, f"epoch-{epoch}")
+            bao_intermediate.set_default_issuer(client, int_mount, f"epoch-{epoch}")
         return result
 
     def issue_intermediate(self, epoch: int, activate: bool = False) -> dict:
         """The intermediate of ``epoch`` (an earlier one, as an earlier run would have left it), not made the default."""
-        return self._issue_intermediate(self.bao_client(), epoch, _dt.datetime.now(_dt.timezone.utc), activate=activate)
+        return self._issue(self.bao_client(), epoch, _dt.datetime.now(_dt.timezone.utc), ROOT_MOUNT, INT_MOUNT, CN_PREFIX,
+                           {"key_type": self.key_type, "key_bits": self.key_bits}, activate=activate)
 
     def issue_leaf(self, common_name: str, cert_file: Path, key_file: Path, client=None, issuer_ref: str | None = None) -> None:
         """Issue a server+client leaf from the default issuer (or ``issuer_ref``); write cert (+ chain) and key (0600)."""

@@ -55,17 +55,18 @@ class RotationStack:
         return run
 
     def default_issuer_epoch(self, int_mount: str | None = None) -> int | None:
-        client = self.bao()
-        issuers = client.list(f"{int_mount or self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
-        for meta in issuers.values():
-            match = re.fullmatch(r"epoch-(\d+)(?:-r\d+)?", meta.get("issuer_name") or "")
-            if meta.get("is_default") and match:  # a replacement epoch-<n>-r<k> stands for epoch n
-                return int(match.group(1))
-        return None
+        return _epoch_of(self.default_issuer_name(int_mount))
 
     def default_issuer_name(self, int_mount: str | None = None) -> str | None:
         issuers = self.bao().list(f"{int_mount or self.info['pki']['int_mount']}/issuers")["data"]["key_info"]
         return next((meta.get("issuer_name") for meta in issuers.values() if meta.get("is_default")), None)
+
+    def write_hosts(self, clusters: dict[str, dict], authority: dict | None = None) -> None:
+        """The inventory's hosts.yml: the ``authority`` host (with its variables) and one ``nats_clusters`` host per
+        cluster with its variables (JSON, which is YAML)."""
+        hosts = {"all": {"children": {"ca_authority": {"hosts": {"authority": authority}},
+                                      "nats_clusters": {"hosts": clusters}}}}
+        (self.inventory / "hosts.yml").write_text(json.dumps(hosts, indent=2))
 
     def ca_file_sha256s(self) -> set[str]:
         import hashlib
@@ -97,6 +98,12 @@ class RotationStack:
         self.stack.down()
 
 
+def _epoch_of(issuer_name: str | None) -> int | None:
+    """The epoch an issuer stands for (a replacement epoch-<n>-r<k> stands for epoch n); None for another name."""
+    match = re.fullmatch(r"epoch-(\d+)(?:-r\d+)?", issuer_name or "")
+    return int(match.group(1)) if match else None
+
+
 class Observer(threading.Thread):
     """Every `interval` s: a client holding a leaf of the *default* issuer must be accepted by every server.
 
@@ -104,8 +111,9 @@ class Observer(threading.Thread):
     a handshake fails and is recorded.
 
     ``by_name``: the default issuer is told by its name, not its epoch (a replacement ``epoch-<n>-r<k>`` is another
-    issuer of epoch n), ``names_seen`` lists them, and a refusal counts only while that issuer is still the default
-    after the check (a distrust drops the distrusted issuer from the bundle once its replacement is the default).
+    issuer of epoch n; ``leaves`` and ``epochs_seen`` are keyed by the name), and a refusal counts only while that
+    issuer is still the default after the check (a distrust drops the distrusted issuer from the bundle once its
+    replacement is the default).
     """
 
     def __init__(self, rs: RotationStack, workdir: Path, interval: float = 0.5, int_mount: str | None = None,
@@ -115,47 +123,33 @@ class Observer(threading.Thread):
         #: the family's intermediate mount whose default issuer is watched (dual mode: the ML-DSA one)
         self.int_mount = int_mount
         self.by_name = by_name
-        self.names: dict[str, tuple[str, str]] = {}
-        self.names_seen: list[str] = []
         self.stop_event = threading.Event()
         self.failures: list[str] = []
         self.checks = 0
-        self.leaves: dict[int, tuple[str, str]] = {}
-        self.epochs_seen: list[int] = []
+        self.leaves: dict[int | str, tuple[str, str]] = {}
+        self.epochs_seen: list[int | str] = []
 
     def run(self):
         while not self.stop_event.wait(self.interval):
             try:
-                if self.by_name:
-                    self._check_by_name()
-                    continue
-                epoch = self.rs.default_issuer_epoch(self.int_mount)
-                if epoch is None:
-                    continue
-                if epoch not in self.leaves:
-                    self.leaves[epoch] = self.rs.issue_client_leaf(self.workdir / f"epoch-{epoch}", f"epoch-{epoch}",
-                                                                   int_mount=self.int_mount)
-                    self.epochs_seen.append(epoch)
-                for server in self.rs.servers:
-                    ok, detail = self.rs.handshake(*self.leaves[epoch], server)
-                    self.checks += 1
-                    if not ok:
-                        self.failures.append(f"default issuer epoch-{epoch} not trusted by {server['name']}: {detail}")
+                self._check()
             except Exception as exc:  # noqa: BLE001 - an observer error is a finding too
                 self.failures.append(f"observer error: {exc!r}")
 
-    def _check_by_name(self):
+    def _check(self):
         name = self.rs.default_issuer_name(self.int_mount)
-        if name is None:
+        epoch = _epoch_of(name)
+        if epoch is None:
             return
-        if name not in self.names:
-            self.names[name] = self.rs.issue_client_leaf(self.workdir / name, name, int_mount=self.int_mount)
-            self.names_seen.append(name)
+        key, ref = (name, name) if self.by_name else (epoch, f"epoch-{epoch}")
+        if key not in self.leaves:
+            self.leaves[key] = self.rs.issue_client_leaf(self.workdir / ref, ref, int_mount=self.int_mount)
+            self.epochs_seen.append(key)
         for server in self.rs.servers:
-            ok, detail = self.rs.handshake(*self.names[name], server)
+            ok, detail = self.rs.handshake(*self.leaves[key], server)
             self.checks += 1
-            if not ok and self.rs.default_issuer_name(self.int_mount) == name:
-                self.failures.append(f"default issuer {name} not trusted by {server['name']}: {detail}")
+            if not ok and (not self.by_name or self.rs.default_issuer_name(self.int_mount) == name):
+                self.failures.append(f"default issuer {ref} not trusted by {server['name']}: {detail}")
 
     def stop(self):
         self.stop_event.set()

@@ -226,7 +226,7 @@ def test_distrust_replaces_the_default_and_every_server_refuses_it(rs, tmp_path)
     run = rs.playbook("distrust.yml", extra_vars=dict(EXTRA, ca_rotation_distrust_epoch=n, ca_rotation_distrust_reason=REASON))
     watch.stop()
     assert watch.failures == [] and watch.checks > 0, watch.failures[:5]
-    assert watch.names_seen[:1] == [f"epoch-{n}"] and f"epoch-{n}-r1" in watch.names_seen, watch.names_seen
+    assert watch.epochs_seen[:1] == [f"epoch-{n}"] and f"epoch-{n}-r1" in watch.epochs_seen, watch.epochs_seen
     assert run["rc"] == 0, _failed(run)
     report = distrust_report = run["report"]
     assert report["ok"] and report["kind"] == "distrust", report

@@ -13,7 +13,6 @@ both families.
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
 
@@ -200,22 +199,11 @@ def pq_world(tmp_path_factory):
     """A classical cluster (the announcer's) and a cluster whose servers present ML-DSA leaves."""
     stack = RotationStack(tmp_path_factory.mktemp("dual-leaves"), epoch_duration="6h", clusters=(("local", 3), ("pq", 1)),
                           mldsa_family=65)
-    (stack.inventory / "hosts.yml").write_text(textwrap.dedent("""\
-        all:
-          children:
-            ca_authority:
-              hosts:
-                authority:
-            nats_clusters:
-              hosts:
-                local:
-                  ca_rotation_nats_reload_targets: "{{ ca_rotation_nats_clusters.local.members }}"
-                  ca_rotation_nats_reload_renew_leaves: true
-                pq:
-                  ca_rotation_nats_reload_targets: "{{ ca_rotation_nats_clusters.pq.members }}"
-                  ca_rotation_nats_reload_renew_leaves: true
-                  ca_rotation_nats_reload_leaf_family: mldsa
-        """))
+    stack.write_hosts({
+        "local": {"ca_rotation_nats_reload_targets": "{{ ca_rotation_nats_clusters.local.members }}",
+                  "ca_rotation_nats_reload_renew_leaves": True},
+        "pq": {"ca_rotation_nats_reload_targets": "{{ ca_rotation_nats_clusters.pq.members }}",
+               "ca_rotation_nats_reload_renew_leaves": True, "ca_rotation_nats_reload_leaf_family": "mldsa"}})
     yield stack
     stack.down()
 

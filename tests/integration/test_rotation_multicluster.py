@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import textwrap
 import time
 from pathlib import Path
 
@@ -37,33 +36,24 @@ def world(tmp_path_factory):
     west = EmulatedCluster(name="west", namespaces=["nats", "openbao"], secret_sync_delay=(1, 3),
                            pods=[PodBackend.from_localstack_server(s) for s in by_name["west"]["servers"]])
     with ClusterSet([east, west]) as clusters:
-        (rs.inventory / "hosts.yml").write_text(textwrap.dedent(f"""\
-            all:
-              children:
-                ca_authority:
-                  hosts:
-                    authority:
-                      ca_rotation_authority_epoch_secret: true
-                      ca_rotation_authority_kubernetes: {{kubeconfig: "{clusters.kubeconfig}", context: east}}
-                      ca_rotation_authority_nats:
-                        servers: "{{{{ ca_rotation_nats_clusters.vm.servers }}}}"
-                        ca_file: "{{{{ ca_rotation_nats_client.ca_file }}}}"
-                        cert_file: "{{{{ ca_rotation_nats_client.cert_file }}}}"
-                        key_file: "{{{{ ca_rotation_nats_client.key_file }}}}"
-                        user: "{{{{ ca_rotation_nats_announcer.user }}}}"
-                        password_file: "{{{{ ca_rotation_nats_announcer.password_file }}}}"
-                nats_clusters:
-                  hosts:
-                    east:
-                      ca_rotation_nats_reload_transport: kubernetes
-                      ca_rotation_nats_reload_kubernetes: {{kubeconfig: "{clusters.kubeconfig}", context: east}}
-                    west:
-                      ca_rotation_nats_reload_transport: kubernetes
-                      ca_rotation_nats_reload_kubernetes: {{kubeconfig: "{clusters.kubeconfig}", context: west}}
-                    vm:
-                      ca_rotation_nats_reload_transport: signal
-                      ca_rotation_nats_reload_targets: "{{{{ ca_rotation_nats_clusters.vm.members }}}}"
-            """))
+        kube = {"kubeconfig": str(clusters.kubeconfig)}
+        rs.write_hosts({
+            "east": {"ca_rotation_nats_reload_transport": "kubernetes",
+                     "ca_rotation_nats_reload_kubernetes": dict(kube, context="east")},
+            "west": {"ca_rotation_nats_reload_transport": "kubernetes",
+                     "ca_rotation_nats_reload_kubernetes": dict(kube, context="west")},
+            "vm": {"ca_rotation_nats_reload_transport": "signal",
+                   "ca_rotation_nats_reload_targets": "{{ ca_rotation_nats_clusters.vm.members }}"},
+        }, authority={
+            "ca_rotation_authority_epoch_secret": True,
+            "ca_rotation_authority_kubernetes": dict(kube, context="east"),
+            "ca_rotation_authority_nats": {
+                "servers": "{{ ca_rotation_nats_clusters.vm.servers }}",
+                "ca_file": "{{ ca_rotation_nats_client.ca_file }}",
+                "cert_file": "{{ ca_rotation_nats_client.cert_file }}",
+                "key_file": "{{ ca_rotation_nats_client.key_file }}",
+                "user": "{{ ca_rotation_nats_announcer.user }}",
+                "password_file": "{{ ca_rotation_nats_announcer.password_file }}"}})
         yield rs, clusters
     rs.down()
 

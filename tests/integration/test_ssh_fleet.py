@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import threading
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -48,22 +47,12 @@ def world(tmp_path_factory):
         kube = EmulatedCluster(name="kube", namespaces=["nats", "openbao"],
                                pods=[PodBackend.from_localstack_server(s) for s in rs.info["clusters"][1]["servers"]])
         with ClusterSet([kube]) as clusters:
-            (rs.inventory / "hosts.yml").write_text(textwrap.dedent(f"""\
-                all:
-                  children:
-                    ca_authority:
-                      hosts:
-                        authority:
-                    nats_clusters:
-                      hosts:
-                        local:
-                          ca_rotation_nats_reload_transport: signal
-                          ca_rotation_nats_reload_targets: "{{{{ ca_rotation_nats_clusters.local.members }}}}"
-                          ca_rotation_nats_reload_renew_leaves: true
-                        kube:
-                          ca_rotation_nats_reload_transport: kubernetes
-                          ca_rotation_nats_reload_kubernetes: {{kubeconfig: "{clusters.kubeconfig}", context: kube}}
-                """))
+            rs.write_hosts({
+                "local": {"ca_rotation_nats_reload_transport": "signal",
+                          "ca_rotation_nats_reload_targets": "{{ ca_rotation_nats_clusters.local.members }}",
+                          "ca_rotation_nats_reload_renew_leaves": True},
+                "kube": {"ca_rotation_nats_reload_transport": "kubernetes",
+                         "ca_rotation_nats_reload_kubernetes": {"kubeconfig": str(clusters.kubeconfig), "context": "kube"}}})
             yield rs, fleet, clusters
     finally:
         rs.down()

@@ -217,7 +217,7 @@ def reload_servers(transport, expect_sha256=None, propagation_timeout=180, reloa
     """Discover, pre-check, reload and verify every target of ``transport`` in parallel; returns the module result.
 
     ``probe``: None or a dict with ``cert_file``, ``key_file`` and optionally ``ca_file``, ``server_name``,
-    ``partial_chain``, ``timeout`` (a list: taken as ``probes``); ``probes``: a list of such dicts (each may have a ``name``), every one of which
+    ``partial_chain``, ``timeout``; ``probes``: a list of such dicts (each may have a ``name``), every one of which
     each server must accept. Raises ReloadError when the run cannot start; otherwise the result has
     ``failed`` set when fewer than ``min_success`` (default: every target) passed.
     """
@@ -227,11 +227,6 @@ def reload_servers(transport, expect_sha256=None, propagation_timeout=180, reloa
             raise ReloadError(f"{option} must be a positive number of seconds, got {value!r}", option=option)
     if min_success is not None and int(min_success) < 0:
         raise ReloadError(f"min_success must be 0 or more, got {min_success}", option='min_success')
-    if isinstance(probe, list):  # one probe per key family (dual mode), as the rotation engine hands them on
-        if probes:
-            raise ReloadError('probe is a list of probes and probes is given as well: give the probes in one of them',
-                              option='probes')
-        probe, probes = None, probe
     probe = prepare_probes(probe, probes)
     transport.varz_timeout = min(float(transport.varz_timeout), float(reload_timeout))
     targets = transport.discover()

@@ -65,6 +65,13 @@ def probe_paths(probe_dir, mldsa=False):
     return out
 
 
+def bundle_probe(cfg, bundle, check_mode):
+    """The probe files for ``bundle``: the ML-DSA probe's too in dual mode when the bundle holds that family (not a
+    held or stored bundle from before it was switched on: nothing of it to prove)."""
+    return probe_paths(_probe_dir(cfg, check_mode),
+                       mldsa=dual(cfg) and decisions.holds_intermediate(bundle['certificates'], 'mldsa'))
+
+
 def _probe_dir(cfg, check_mode):
     path = os.path.expanduser(cfg.probe_dir)
     if not check_mode:
@@ -132,63 +139,45 @@ def announce_bundle(cfg, clients, fields, check_mode):
                     cfg.pki['transit_mount'], cfg.pki['transit_key'], check_mode=check_mode)
 
 
-def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None, issuer_ref=None):
+def _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=None, issuer_ref=None, spec=None):
     """A client certificate of ``epoch`` (of its newest replacement, if it has one; ``issuer_ref``: of that issuer)
-    for the trust probe (kept until it is due)."""
+    for the trust probe (kept until it is due). ``spec``: another family's ``family_mounts`` entry (dual mode: the
+    ML-DSA probe, ``probe['mldsa']``, from that family's mount)."""
+    int_mount, role = (spec['int_mount'], spec['role']) if spec else (cfg.pki['int_mount'], cfg.pki['role'])
+    files = probe[spec['family']] if spec else probe
+    key = {'key_type': spec['key_type'], 'key_bits': spec['key_bits']} if spec else {}
     try:
         if issuers is None:
-            issuers = issuer_certificates(clients.openbao(), cfg.pki['int_mount'])
+            issuers = issuer_certificates(clients.openbao(), int_mount)
         ref = issuer_ref or live_epoch_names(issuers).get(epoch) or epoch_issuer_name(epoch)
-        return ensure_leaf(clients.openbao(), int_mount=cfg.pki['int_mount'], role=cfg.pki['role'], common_name=PROBE_CN,
-                           cert_file=probe['cert_file'], key_file=probe['key_file'], schedule=cfg.schedule, now=cfg.now,
+        return ensure_leaf(clients.openbao(), int_mount=int_mount, role=role, common_name=PROBE_CN,
+                           cert_file=files['cert_file'], key_file=files['key_file'], schedule=cfg.schedule, now=cfg.now,
                            renew_before=parse_renew_before(PROBE_RENEW_BEFORE), issuer_ref=ref,
-                           renew_if_not_default=False, check_mode=check_mode, issuers=issuers)
+                           renew_if_not_default=False, check_mode=check_mode, issuers=issuers, **key)
     except Exception:
         if check_mode:  # the issuer may exist only as a prediction
             return {'changed': True, 'predicted': True}
         raise
 
 
-def _mldsa_probe_leaf(cfg, clients, epoch, probe, check_mode):
-    """Dual mode: the ML-DSA probe certificate of ``epoch`` from the ML-DSA family's intermediate mount (every server
-    must accept it as well as the classical one before anything is activated)."""
-    spec = family_mounts(cfg)[-1]
-    files = probe['mldsa']
-    try:
-        issuers = issuer_certificates(clients.openbao(), spec['int_mount'])
-        ref = live_epoch_names(issuers).get(epoch) or epoch_issuer_name(epoch)
-        return ensure_leaf(clients.openbao(), int_mount=spec['int_mount'], role=spec['role'], common_name=PROBE_CN,
-                           cert_file=files['cert_file'], key_file=files['key_file'], schedule=cfg.schedule, now=cfg.now,
-                           renew_before=parse_renew_before(PROBE_RENEW_BEFORE), issuer_ref=ref, key_type='mldsa',
-                           key_bits=spec['key_bits'], renew_if_not_default=False, check_mode=check_mode, issuers=issuers)
-    except Exception:
-        if check_mode:
-            return {'changed': True, 'predicted': True}
-        raise
-
-
 def probe_leaves(cfg, clients, epoch, probe, check_mode, issuers=None):
-    """Every probe certificate of ``epoch`` (the classical one; in dual mode the ML-DSA one too); whether one
-    changed."""
+    """Every probe certificate of ``epoch`` (the classical one; in dual mode the ML-DSA one too: every server must
+    accept both before anything is activated); whether one changed."""
     changed = _probe_leaf(cfg, clients, epoch, probe, check_mode, issuers=issuers)['changed']
-    if probe.get('mldsa'):
-        changed = _mldsa_probe_leaf(cfg, clients, epoch, probe, check_mode)['changed'] or changed
+    for spec in family_mounts(cfg)[1:]:
+        if probe.get(spec['family']):
+            changed = _probe_leaf(cfg, clients, epoch, probe, check_mode, spec=spec)['changed'] or changed
     return changed
 
 
-def has_family(bundle, family):
-    """True when ``bundle`` holds an intermediate of ``family`` (a classical-only bundle has no family marks)."""
-    return any(c.get('family', 'classical') == family and c.get('kind') == 'intermediate'
-               for c in bundle['certificates'])
-
-
-def family_roots(cfg, clients):
-    """The root of every configured family (switched off ones too: a held bundle may still hold their part). A
-    switched-off family whose root cannot be read (its mounts never set up, or removed) is left out: a bundle that
-    still holds its intermediates is then refused as holding certificates no root signed."""
+def family_roots(cfg, clients, root_pem):
+    """The root of every configured family (switched off ones too: a held bundle may still hold their part), the
+    classical one (``root_pem``) first. A switched-off family whose root cannot be read (its mounts never set up, or
+    removed) is left out: a bundle that still holds its intermediates is then refused as holding certificates no root
+    signed."""
     enabled = {spec['family'] for spec in family_mounts(cfg)}
-    roots = []
-    for spec in family_mounts(cfg, enabled_only=False):
+    roots = [root_pem]
+    for spec in family_mounts(cfg, enabled_only=False)[1:]:
         try:
             roots.append(root_certificate(clients.openbao(), spec['root_mount']))
         except OpenBaoError:
@@ -204,7 +193,7 @@ def rebuild_bundle(cfg, clients, pem, root_pem, include_root, distrusted, what):
         return bundle_from_pem(pem, cfg.schedule, cfg.now, root_pem=root_pem, include_root=include_root,
                                max_certificates=cfg.max_certificates, drop_expired=True, distrusted=distrusted)
     return family_bundle_from_pem(pem, cfg.schedule, cfg.now, enabled=[f['family'] for f in family_mounts(cfg)],
-                                  root_pems=family_roots(cfg, clients), include_root=include_root,
+                                  root_pems=family_roots(cfg, clients, root_pem), include_root=include_root,
                                   max_certificates=cfg.max_certificates, drop_expired=True, distrusted=distrusted,
                                   what=what)
 
@@ -225,8 +214,7 @@ def act_family(cfg, clients, spec, epoch, check_mode, certificates=None):
     default issuer, as the classical one is made; ``{changed, issuer}`` (``issuer`` None and nothing changed when that
     family has no intermediate of the epoch: it is issued by the next rotate.yml; ``certificates``: those of the bundle
     every server proved - a family's intermediate they do not hold is not made the default)."""
-    if certificates is not None and not any(c.get('family') == spec['family'] and c.get('epoch') == epoch
-                                            and c.get('kind') == 'intermediate' for c in certificates):
+    if certificates is not None and not decisions.holds_intermediate(certificates, spec['family'], epoch):
         return {'changed': False, 'issuer': None}  # trust first: never a default the proven bundle does not hold
     names = live_epoch_names(issuer_certificates(clients.openbao(), spec['int_mount']))
     name = names.get(epoch)
@@ -424,8 +412,6 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
                     notes.extend(res.get('warnings') or [])
                     changed = changed or res['changed']
                     issued.append(res)
-        probe_dir = _probe_dir(cfg, check_mode)
-        probe = probe_paths(probe_dir, mldsa=dual(cfg))
         step = 'bundle'
         with timings.step('bundle'):
             if hold:
@@ -433,8 +419,7 @@ def rotate(cfg, clients, holder, started_at, timings, check_mode=False):
                                         distrusted, 'the held bundle')
             else:
                 bundle = fresh_bundle(cfg, clients, include_root, distrusted)
-        if probe.get('mldsa') and not has_family(bundle, 'mldsa'):
-            del probe['mldsa']  # nothing of that family to prove (a held bundle from before it was switched on)
+        probe = bundle_probe(cfg, bundle, check_mode)
         if bundle.get('dropped_families'):
             notes.append('The %s family is switched off: its certificates left the bundle'
                          % ', '.join(bundle['dropped_families']))
@@ -512,7 +497,7 @@ def prepare_rollback(cfg, clients, holder, started_at, timings, check_mode=False
         default_epoch = decisions.rollback_default_epoch(bundle['epoch'], plan['current_epoch'])
         # before anything is written: the leaves the rollback issues come from this epoch and cannot outlive it
         left = decisions.check_rollback_margin(cfg.schedule, default_epoch, cfg.now, cfg.rollback_min_validity)
-        probe = probe_paths(_probe_dir(cfg, check_mode), mldsa=dual(cfg) and has_family(bundle, 'mldsa'))
+        probe = bundle_probe(cfg, bundle, check_mode)
         step = 'store'
         with timings.step('store'):
             probe_file = _probe_file_dest(probe, check_mode)

@@ -48,11 +48,11 @@ def build_transport(cc, targets=None):
     return SystemTransport(cc.system, targets=cc.reload_targets(targets) or None)
 
 
-def _reload(cc, expect_sha256, probe, check_mode, targets=None, min_success=None):
+def _reload(cc, expect_sha256, probes, check_mode, targets=None, min_success=None):
     transport = build_transport(cc, targets)
     try:
         return reload_servers(transport, expect_sha256=expect_sha256, propagation_timeout=cc.propagation_timeout,
-                              reload_timeout=cc.reload_timeout, probe=probe, min_success=min_success, check_mode=check_mode)
+                              reload_timeout=cc.reload_timeout, probes=probes, min_success=min_success, check_mode=check_mode)
     finally:
         transport.close()
 
@@ -75,25 +75,29 @@ def probe_options(auth):
 
 
 def probe_set(auth, leaf_family='classical'):
-    """What every server must accept after a reload: the probe (a dict), or in dual mode a list of one probe per key
-    family (``classical``, ``mldsa``), each verifying the server against the bundle. Servers presenting ML-DSA leaves
+    """What every server must accept after a reload: one probe per key family of the bundle (``classical``; in dual
+    mode ``mldsa`` too), each verifying the server against the bundle. Servers presenting ML-DSA leaves
     (``leaf_family``) are probed through pyOpenSSL also with the classical certificate (Python's ssl cannot verify
     them)."""
     probe = probe_options(auth)
     mldsa = (auth.get('probe') or {}).get('mldsa')
-    if not mldsa and leaf_family == 'mldsa':
-        # its servers' leaves chain to an ML-DSA intermediate: a bundle without that family breaks their routes
+    if not mldsa:
+        return [probe]
+    pq = {'pyopenssl': True} if leaf_family == 'mldsa' else {}
+    return [dict(probe, name='classical', **pq),
+            dict(probe, name='mldsa', cert_file=mldsa['cert_file'], key_file=mldsa['key_file'])]
+
+
+def check_leaf_family(cc, auth):
+    """Refuse a bundle without the ML-DSA family for a cluster whose servers present ML-DSA leaves: they chain to an
+    ML-DSA intermediate, so its servers would stop trusting each other and every client."""
+    if cc.leaf_family == 'mldsa' and not decisions.holds_intermediate(auth.get('certificates'), 'mldsa'):
         raise decisions.Refusal(
             'The servers of this cluster present ML-DSA leaves (ca_rotation_nats_reload_leaf_family: mldsa) but the '
             'bundle %s holds no ML-DSA intermediate (ca_rotation_pki.mldsa is off, or a rollback or hold chose a '
             'bundle from before dual mode): those servers would stop trusting each other and every client. Nothing '
             'was delivered to this cluster. Switch the family on, choose a bundle that holds it, or set the cluster\'s '
             'leaf_family to classical once its servers present classical leaves' % (auth.get('sha256') or '')[:12])
-    if not mldsa:
-        return probe
-    pq = {'pyopenssl': True} if leaf_family == 'mldsa' else {}
-    return [dict(probe, name='classical', **pq),
-            dict(probe, name='mldsa', cert_file=mldsa['cert_file'], key_file=mldsa['key_file'])]
 
 
 def uses_host_steps(cc):
@@ -113,10 +117,10 @@ def probe_address(target, probe_host=None):
     return host, port
 
 
-def probe_after(summary, cc, auth, min_success, probe_host=None):
-    """The trust probe from the controller, after servers reloaded elsewhere (on their VM)."""
-    probes = probe_set(auth, cc.leaf_family)
-    probes = [dict(p, context=probe_context(p)) for p in (probes if isinstance(probes, list) else [probes])]
+def probe_after(summary, cc, probes, min_success, probe_host=None):
+    """The trust probe from the controller (``probes``: :func:`probe_set`), after servers reloaded elsewhere (on
+    their VM)."""
+    probes = [dict(p, context=probe_context(p)) for p in probes]
     by_name = {t['name']: t for t in cc.targets}
     for res in summary['targets']:
         if not res['ok']:
@@ -154,9 +158,10 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
         with timings.step('deliver'):
             record = _state.read_cluster(clients.openbao(), cc.record_name, kv_mount, cfg.state_path)
         unproven = decisions.cluster_needs_reload(False, record, auth['sha256'])
-        probe = probe_set(auth, cc.leaf_family) if cc.probe else None
-        if probe is not None and not check_mode:  # unreadable probe files stop here, before anything is written
-            for one in probe if isinstance(probe, list) else [probe]:
+        check_leaf_family(cc, auth)
+        probes = probe_set(auth, cc.leaf_family) if cc.probe else None
+        if probes is not None and not check_mode:  # unreadable probe files stop here, before anything is written
+            for one in probes:
                 probe_context(one)
         look = {}
         with timings.step('repair_leaves'):
@@ -169,11 +174,11 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
                     pem=auth['pem'], targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,
                     reload='always' if unproven else 'auto', expect_sha256=None if check_mode else auth['sha256'],
                     propagation_timeout=cc.propagation_timeout, reload_timeout=cc.reload_timeout, min_success=min_success,
-                    probe=probe if steps.local else None, check_mode=check_mode)
+                    probes=probes if steps.local else None, check_mode=check_mode)
             previous_pem, delivered, out = res['previous_pem'], res['delivered'], res['reload']
-            if out is not None and probe is not None and not steps.local and not check_mode and not out['failed']:
+            if out is not None and probes is not None and not steps.local and not check_mode and not out['failed']:
                 with timings.step('prove'):
-                    out = probe_after(out, cc, auth, min_success, getattr(steps, 'probe_host', None))
+                    out = probe_after(out, cc, probes, min_success, getattr(steps, 'probe_host', None))
         else:
             with timings.step('deliver'):
                 results = deliver(_destinations(cc), {'pem': auth['pem'], 'sha256': auth['sha256']}, auth['epoch'], None, clients, check_mode)
@@ -182,7 +187,7 @@ def deliver_and_prove(cfg, cc, auth, clients, timings, check_mode=False, steps=N
             out = None
             if delivered or unproven:
                 with timings.step('reload'):
-                    out = _reload(cc, None if check_mode else auth['sha256'], probe, check_mode, min_success=min_success)
+                    out = _reload(cc, None if check_mode else auth['sha256'], probes, check_mode, min_success=min_success)
         if out is not None:
             servers = out['targets']
             if out['failed']:
@@ -236,7 +241,7 @@ def restore_previous(cc, previous_pem, clients, steps):
             res = steps.deliver_reload(pem=previous_pem, targets=cc.targets, transport=cc.transport, file_mode=cc.file_mode,
                                        reload='always', expect_sha256=bundle['sha256'],
                                        propagation_timeout=cc.propagation_timeout, reload_timeout=cc.reload_timeout,
-                                       min_success=None, probe=None, check_mode=False)
+                                       min_success=None, probes=None, check_mode=False)
             out['restored'] = all(d['after_sha256'] == bundle['sha256'] for d in res['destinations'])
             summary = res['reload']
         else:

@@ -145,6 +145,13 @@ def activation_epoch(auth):
     return rollback_default_epoch(hold['epoch'], current) if hold else current
 
 
+def holds_intermediate(certificates, family='classical', epoch=None):
+    """Whether a bundle's ``certificates`` hold an epoch intermediate of ``family`` (of ``epoch``, when given); the
+    certificates of a classical-only bundle carry no family mark."""
+    return any(c.get('epoch') is not None and c.get('family', 'classical') == family and epoch in (None, c['epoch'])
+               for c in certificates or [])
+
+
 def may_activate(auth, proven, enabled=True):
     """``(bool, reason)``: activation needs every cluster's proof, a recorded announcement and the
     epoch's intermediate in the bundle."""
@@ -158,7 +165,7 @@ def may_activate(auth, proven, enabled=True):
         return False, 'not every cluster has proven trust'
     epoch = activation_epoch(auth)
     # the classical family's own intermediate (in dual mode an ML-DSA one of the epoch does not stand for it)
-    if epoch not in [c.get('epoch') for c in auth.get('certificates') or [] if c.get('family', 'classical') == 'classical']:
+    if not holds_intermediate(auth.get('certificates'), 'classical', epoch):
         return False, 'epoch %d is not in the bundle' % epoch
     return True, None
 

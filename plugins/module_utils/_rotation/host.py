@@ -35,19 +35,19 @@ class HostStepError(Exception):
     """A host-local step could not run; the message names the server and the file."""
 
 
-def reload_local(targets, transport='signal', expect_sha256=None, propagation_timeout=180, reload_timeout=30, probe=None,
+def reload_local(targets, transport='signal', expect_sha256=None, propagation_timeout=180, reload_timeout=30, probes=None,
                  min_success=None, check_mode=False, nats_server_path=None):
     """Reload the servers of this host (signal or ``nats-server --signal reload``) and prove each reload."""
     local = LocalTransport(transport, reload_specs(targets), nats_server_path=nats_server_path)
     try:
         return reload_servers(local, expect_sha256=expect_sha256, propagation_timeout=propagation_timeout,
-                              reload_timeout=reload_timeout, probe=probe, min_success=min_success, check_mode=check_mode)
+                              reload_timeout=reload_timeout, probes=probes, min_success=min_success, check_mode=check_mode)
     finally:
         local.close()
 
 
 def deliver_reload(pem, targets, transport='signal', file_mode='0644', reload='auto', expect_sha256=None,
-                   propagation_timeout=180, reload_timeout=30, min_success=None, probe=None, check_mode=False,
+                   propagation_timeout=180, reload_timeout=30, min_success=None, probes=None, check_mode=False,
                    nats_server_path=None):
     """Write ``pem`` into every server's ``ca_file`` (only where it differs), then reload and prove the servers.
 
@@ -68,7 +68,7 @@ def deliver_reload(pem, targets, transport='signal', file_mode='0644', reload='a
     if reload == 'always' or (reload == 'auto' and delivered):
         try:
             out['reload'] = reload_local(targets, transport, expect_sha256=expect_sha256,
-                                         propagation_timeout=propagation_timeout, reload_timeout=reload_timeout, probe=probe,
+                                         propagation_timeout=propagation_timeout, reload_timeout=reload_timeout, probes=probes,
                                          min_success=min_success, check_mode=check_mode, nats_server_path=nats_server_path)
         except ReloadError as err:  # written already: the caller must be able to put the previous bundle back
             out['reload'] = {'failed': True, 'changed': False, 'msg': str(err), 'targets': [], 'transport': transport}

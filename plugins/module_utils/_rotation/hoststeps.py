@@ -59,7 +59,7 @@ class RemoteSteps:
         return res
 
     def deliver_reload(self, **kw):
-        kw.pop('probe', None)  # the controller probes after the reload
+        kw.pop('probes', None)  # the controller probes after the reload
         kw.pop('check_mode', None)  # the module runs in the task's check mode
         return self._call('deliver_reload', **kw)
 

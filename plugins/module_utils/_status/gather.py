@@ -210,7 +210,7 @@ def _foreign_in_records(client, kv_mount, bundle_path, epochs, root_pems):
     one (a record written without verification, e.g. ``ca_bundle verify=false`` before it refused epoch records):
     ``[{location, subject, sha256}]``. Signatures, not the issuer list, decide: expired issuers are pruned while their
     records are kept."""
-    roots = [load_cert(pem) for pem in ([root_pems] if isinstance(root_pems, str) else root_pems)]
+    roots = [load_cert(pem) for pem in root_pems]
     out = []
     for epoch in epochs:
         path = expand(bundle_path, epoch)

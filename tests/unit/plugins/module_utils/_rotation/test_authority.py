@@ -55,9 +55,9 @@ def test_dual_mode_a_familys_default_is_never_an_intermediate_the_proven_bundle_
     assert authority.act_family(cfg, _NoOpenBao(), spec, 8, False, classical_only) == {'changed': False, 'issuer': None}
     other_epoch = classical_only + [{'epoch': 7, 'kind': 'intermediate', 'family': 'mldsa', 'sha256': 'c' * 64}]
     assert authority.act_family(cfg, _NoOpenBao(), spec, 8, False, other_epoch)['changed'] is False
-    assert not authority.has_family({'certificates': other_epoch[:2]}, 'mldsa')
-    assert authority.has_family({'certificates': other_epoch}, 'mldsa')
-    assert authority.has_family({'certificates': classical_only}, 'classical')
+    assert not decisions.holds_intermediate(other_epoch[:2], 'mldsa')
+    assert decisions.holds_intermediate(other_epoch, 'mldsa')
+    assert decisions.holds_intermediate(classical_only, 'classical')
 
 
 def test_dual_mode_probe_files_per_family_and_one_probe_per_family_for_the_proof():
@@ -70,10 +70,12 @@ def test_dual_mode_probe_files_per_family_and_one_probe_per_family_for_the_proof
     assert [(p['name'], p['cert_file'], p['ca_file'], p['partial_chain']) for p in probes] == [
         ('classical', '/p/probe-cert.pem', '/p/ca-bundle.pem', True),
         ('mldsa', '/p/probe-mldsa-cert.pem', '/p/ca-bundle.pem', True)]
-    assert cluster.probe_set({'probe': authority.probe_paths('/p')}) == cluster.probe_options({'probe': authority.probe_paths('/p')})
+    assert cluster.probe_set({'probe': authority.probe_paths('/p')}) == [cluster.probe_options({'probe': authority.probe_paths('/p')})]
     # servers presenting ML-DSA leaves need the family in the bundle: without it the cluster is refused, naming the option
+    pq_cluster = dataclasses.make_dataclass('Cluster', ['leaf_family'])('mldsa')
     with pytest.raises(decisions.Refusal, match='ca_rotation_nats_reload_leaf_family: mldsa'):
-        cluster.probe_set({'probe': authority.probe_paths('/p'), 'sha256': 'ab' * 32}, 'mldsa')
+        cluster.check_leaf_family(pq_cluster, {'sha256': 'ab' * 32, 'certificates': [{'epoch': 7}, {'epoch': None}]})
+    cluster.check_leaf_family(pq_cluster, {'certificates': [{'epoch': 7}, {'epoch': 7, 'family': 'mldsa'}]})
     assert [p.get('pyopenssl') for p in cluster.probe_set(auth, 'mldsa')] == [True, None]
 
 
@@ -91,7 +93,7 @@ def test_a_switched_off_familys_unreadable_root_is_left_out_an_enabled_ones_is_a
 
     monkeypatch.setattr(authority, 'root_certificate', root)
     off = Config({'pki': {'mldsa': {'key_bits': 65, 'enabled': False}}})
-    assert authority.family_roots(off, Clients()) == ['ROOT pki']
+    assert authority.family_roots(off, Clients(), 'ROOT pki') == ['ROOT pki']
     on = Config({'pki': {'mldsa': {'key_bits': 65}}})
     with pytest.raises(OpenBaoError, match='pki_mldsa'):
-        authority.family_roots(on, Clients())
+        authority.family_roots(on, Clients(), 'ROOT pki')
